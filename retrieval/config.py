@@ -1,0 +1,54 @@
+"""Configuration values shared across modules (no heavy imports here)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MMSearchError
+
+INDEX_DIR_ENV = "MMSEARCH_INDEX_DIR"
+DEFAULT_INDEX_NAME = "default"
+DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
+SCHEMA_VERSION = 1
+
+# Index names become directory names: keep them portable and free of path tricks.
+_INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+        ".heic", ".heif", ".avif", ".jxl",
+    }
+)
+
+
+def resolve_index_root(index_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Index root: the explicit argument, else $MMSEARCH_INDEX_DIR, else ./indexes."""
+    if index_dir:
+        return Path(index_dir).expanduser()
+    env = os.environ.get(INDEX_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path("indexes")
+
+
+def validate_index_name(name: str) -> str:
+    """Return ``name`` if it is a valid index name, else raise ``MMSearchError``."""
+    if not _INDEX_NAME.match(name or ""):
+        raise MMSearchError(
+            f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class EmbedCfg:
+    """How images are fed to the encoder during indexing."""
+
+    batch_size: int = 32
+    decode_workers: int = 0  # 0 = choose from the CPU count
+    commit_every: int = 256  # items per sqlite transaction (crash-safety granularity)
+    max_pixels: int = 178_956_970  # Pillow's own decompression-bomb error threshold

@@ -1,0 +1,54 @@
+"""Typed errors. Every message is written for the person who will read it.
+
+The library raises these; only the CLI (and the server) turn them into output.
+"""
+
+from __future__ import annotations
+
+
+class MMSearchError(Exception):
+    """Base class of every error mmsearch raises on purpose."""
+
+
+class ModelLoadError(MMSearchError):
+    """A model spec could not be turned into a working encoder."""
+
+
+class IndexNotFoundError(MMSearchError):
+    """The named index does not exist under the index root."""
+
+
+class IndexExistsError(MMSearchError):
+    """Creating an index whose directory already exists."""
+
+
+class IndexCorruptError(MMSearchError):
+    """An index directory is inconsistent or unreadable."""
+
+
+class SchemaVersionError(MMSearchError):
+    """An index was written by an incompatible (usually newer) version."""
+
+
+class ModelMismatchError(MMSearchError):
+    """An index was built by one model and is being used with another."""
+
+
+class IndexLockedError(MMSearchError):
+    """Another process is writing to the index."""
+
+
+class InvalidQueryError(MMSearchError):
+    """A query that cannot be answered (empty text, bad weights, ...)."""
+
+
+class ImageDecodeError(MMSearchError):
+    """An image given as a query could not be decoded."""
+
+
+class SourceError(MMSearchError):
+    """A path to index is missing, empty or unreadable."""
+
+
+class DataError(MMSearchError):
+    """Training / evaluation data is missing or has no usable rows."""
