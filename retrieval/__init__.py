@@ -13,9 +13,26 @@ from .errors import MMSearchError
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Index": ".api",
+    "IndexInfo": ".api",
+    "open_index": ".api",
+    "create_index": ".api",
+    "open_or_create_index": ".api",
+    "list_indexes": ".api",
+    "delete_index": ".api",
+    "IndexReport": ".indexer",
+    "Hit": ".search",
+    "Encoder": ".encoder",
+    "load_encoder": ".encoder",
 }
 
 __all__ = ["MMSearchError", *_LAZY]
+
+if TYPE_CHECKING:
+    from .api import Index, IndexInfo, create_index, delete_index, list_indexes, open_index, open_or_create_index
+    from .encoder import Encoder, load_encoder
+    from .indexer import IndexReport
+    from .search import Hit
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,307 @@
+"""The ``mmsearch`` command line: a thin layer over :mod:`retrieval.api`.
+
+Heavy modules (torch, open_clip, faiss) are imported inside the commands that
+need them, so ``mmsearch --help`` and ``mmsearch list`` start fast. Every
+``MMSearchError`` becomes one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
+from .errors import MMSearchError
+
+
+class _Group(TyperGroup):
+    """Turns library errors into a message on stderr and exit code 1, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MMSearchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: what was committed so far is kept", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="mmsearch: search your images (and texts) by meaning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Name of the index.")]
+IndexDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index-dir", help="Folder holding the indexes [default: $MMSEARCH_INDEX_DIR or ./indexes]."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library diagnostics.")] = False,
+) -> None:
+    # open_clip and huggingface_hub log warnings a user can do nothing about
+    # (e.g. "model initialized randomly" for test models); keep stderr readable.
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s: %(message)s")
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+# -- index ------------------------------------------------------------------------
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) of images to index.")],
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m",
+            help=f"Model spec for a NEW index: ARCH:PRETRAINED, hf-hub:ORG/REPO or a local model folder "
+            f"[default: {DEFAULT_MODEL}]. An existing index keeps its own model.",
+        ),
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding threads (0 = one per core).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")] = False,
+    json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-file messages.")] = False,
+) -> None:
+    """Embed every image under PATHS into an index (only what changed since the last run)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .api import open_or_create_index
+    from .errors import SourceError
+
+    for p in paths:
+        if not p.exists():
+            raise SourceError(f"no such file or directory: {p}")
+    console = Console(stderr=True, highlight=False)
+    with open_or_create_index(index_name, model=model, root=index_dir, device=device) as idx:
+        progress = Progress(
+            TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(), console=console, disable=quiet, transient=False,
+        )
+        task = progress.add_task("embed", total=None, rate="")
+        t0 = [0.0]
+
+        def on_progress(done: int, total: int) -> None:
+            import time
+
+            if done == 0:
+                t0[0] = time.perf_counter()
+                if total and not quiet:
+                    progress.start()  # only once there is work: an error before that prints alone
+            elapsed = time.perf_counter() - t0[0]
+            rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 and done else ""
+            progress.update(task, completed=done, total=total, rate=rate)
+
+        def on_skip(path: str, reason: str) -> None:
+            if not quiet:
+                console.print(f"skipped: {path}: {reason}", markup=False, soft_wrap=True)
+
+        try:
+            report = idx.add_folder(
+                paths, exclude=exclude or (), batch_size=batch_size, workers=workers, wait=not no_wait,
+                on_progress=on_progress, on_skip=on_skip,
+                on_wait=lambda: _err(f"index {index_name!r} is being written by another process; waiting..."),
+            )
+            progress.stop()
+        except MMSearchError:
+            progress.stop()
+            if idx.newly_created and len(idx) == 0:
+                from .api import delete_index
+
+                idx.close()
+                delete_index(index_name, root=index_dir)  # don't leave an empty index behind
+            raise
+        total = len(idx)
+    if json_out:
+        typer.echo(json.dumps({"index": index_name, "items": total, **report.as_dict()}, indent=2))
+        return
+    typer.echo(
+        f"index {index_name!r}: {report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.unchanged} unchanged, {report.reused} reused, {report.failed} failed "
+        f"({total} items) in {report.seconds:.1f}s, {report.images_per_second:.1f} images/s"
+    )
+
+
+# -- query ------------------------------------------------------------------------
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    paths = "paths"
+
+
+def _print_hits(hits: list[Any], fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+    elif fmt is OutputFormat.paths:
+        for h in hits:
+            typer.echo(h.path if h.path is not None else h.text)
+    else:
+        if not hits:
+            _err("no results")
+            return
+        typer.echo(f"{'rank':>4}  {'score':>6}  item")
+        for h in hits:
+            typer.echo(f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
+
+
+@app.command()
+def query(
+    text: Annotated[Optional[str], typer.Argument(help="What to look for, in words.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Find items that look like this image.")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results.")] = 10,
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    paths_only: Annotated[bool, typer.Option("--paths", help="Only the paths, one per line.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+) -> None:
+    """Search an index by text or by example image; best matches first."""
+    from .api import open_index
+    from .errors import InvalidQueryError
+
+    if text is not None and image is not None:
+        raise InvalidQueryError("give either a text or --image, not both")
+    if image is None and (text is None or not text.strip()):
+        raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
+    with open_index(index_name, root=index_dir, device=device) as idx:
+        hits = idx.search_image(image, k) if image is not None else idx.search_text(text or "", k)
+    fmt = OutputFormat.json if json_out else OutputFormat.paths if paths_only else OutputFormat.table
+    _print_hits(hits, fmt)
+
+
+# -- info / list ------------------------------------------------------------------
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+@app.command()
+def info(
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Also list the files that could not be indexed.")] = False,
+) -> None:
+    """What an index holds: model, counts, size."""
+    from .api import open_index
+
+    with open_index(index_name, root=index_dir) as idx:
+        data = idx.info()
+        failures = idx.failed() if failed else []
+    if json_out:
+        out = data.as_dict()
+        if failed:
+            out["failed_files"] = [{"path": p, "reason": r} for p, r in failures]
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"index:    {data.name}  ({data.path})")
+    typer.echo(f"model:    {data.model}  (fingerprint {data.fingerprint}, {data.dim}-d)")
+    typer.echo(f"items:    {data.images} images, {data.texts} texts, {data.failed} failed")
+    typer.echo(f"size:     {_human_size(data.size_bytes)}")
+    typer.echo(f"ann:      {data.ann.get('type', 'flat')}")
+    for path, reason in failures:
+        typer.echo(f"failed:   {path}: {reason}")
+
+
+@app.command("list")
+def list_(index_dir: IndexDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Which indexes exist under the index folder."""
+    from .api import list_indexes
+
+    infos = list_indexes(index_dir)
+    if json_out:
+        typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    if not infos:
+        _err("no indexes yet: create one with 'mmsearch index FOLDER'")
+        return
+    typer.echo(f"{'name':<20} {'items':>8} {'size':>10}  model")
+    for i in infos:
+        typer.echo(f"{i.name:<20} {i.images + i.texts:>8} {_human_size(i.size_bytes):>10}  {i.model}")
+
+
+@app.command()
+def drop(
+    index_name: Annotated[str, typer.Argument(help="Index to delete.")],
+    index_dir: IndexDirOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an index (your image files are never touched)."""
+    from .api import delete_index
+
+    if not yes and not typer.confirm(f"delete index {index_name!r}?", err=True):
+        raise typer.Exit(1)
+    delete_index(index_name, root=index_dir)
+    typer.echo(f"deleted index {index_name!r}")
+
+
+@app.command()
+def models(
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="List ARCH:PRETRAINED pairs.")] = False,
+) -> None:
+    """Model architectures (and pretrained weights) that --model accepts."""
+    import open_clip
+
+    if pretrained:
+        for arch, tag in open_clip.list_pretrained():
+            typer.echo(f"{arch}:{tag}")
+    else:
+        for arch in open_clip.list_models():
+            typer.echo(arch)
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .cli_train import register
+    except ImportError:  # the training commands are optional
+        return
+    register(app)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="mmsearch")
+
+
+if __name__ == "__main__":
+    main()

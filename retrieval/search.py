@@ -1,0 +1,81 @@
+"""From a query vector to ranked hits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InvalidQueryError
+from .store import IndexStore
+
+if TYPE_CHECKING:
+    from .ann import VectorIndex
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score`` is the cosine similarity to the query."""
+
+    rank: int
+    score: float
+    id: int
+    kind: str
+    path: str | None = None
+    text: str | None = None
+    meta: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+def normalise(vector: np.ndarray) -> np.ndarray:
+    """Unit-length float32 copy of a 1-d vector; a zero vector is an error."""
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm < 1e-8:
+        raise InvalidQueryError("the query vector is zero (e.g. a term cancelled by its negation)")
+    return v / norm
+
+
+def search_vector(
+    store: IndexStore,
+    index: "VectorIndex",
+    vector: np.ndarray,
+    k: int = 10,
+    *,
+    exclude_ids: frozenset[int] = frozenset(),
+) -> list[Hit]:
+    """The ``k`` items nearest to ``vector``, best first."""
+    if k < 1:
+        raise InvalidQueryError(f"k must be at least 1 (got {k})")
+    if vector.shape[-1] != store.manifest.dim:
+        raise InvalidQueryError(
+            f"query vector has {vector.shape[-1]} dimensions, the index has {store.manifest.dim}"
+        )
+    query = normalise(vector)
+    fetch = k + len(exclude_ids)
+    hits: list[Hit] = []
+    while True:
+        scores, ids = index.search(query[None, :], fetch)
+        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
+        rows = store.items_by_id([i for _, i in found])
+        hits = []
+        for score, item_id in found:
+            row = rows.get(item_id)
+            if row is None:  # removed since the ANN index was loaded
+                continue
+            hits.append(
+                Hit(
+                    rank=len(hits) + 1, score=score, id=item_id, kind=row.kind, path=row.path, text=row.text,
+                    meta=json.loads(row.meta) if row.meta else None,
+                )
+            )
+            if len(hits) == k:
+                return hits
+        if fetch >= index.ntotal:
+            return hits
+        fetch = min(index.ntotal, fetch * 2)
