@@ -287,15 +287,21 @@ def models(
             typer.echo(arch)
 
 
-def _register_optional_commands() -> None:
-    try:
-        from .cli_train import register
-    except ImportError:  # the training commands are optional
-        return
-    register(app)
+def _register_command_groups() -> None:
+    """Commands that live in their own modules (each has ``register(app)``)."""
+    import importlib
+
+    for module in ("cli_train", "cli_maintenance"):
+        try:
+            mod = importlib.import_module(f".{module}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
+            continue
+        mod.register(app)
 
 
-_register_optional_commands()
+_register_command_groups()
 
 
 def main() -> None:
