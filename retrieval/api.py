@@ -14,8 +14,16 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL, resolve_index_root, validate_index_name
-from .errors import ImageDecodeError, IndexNotFoundError, InvalidQueryError, ModelMismatchError, SourceError
+from .errors import (
+    ImageDecodeError,
+    IndexNotFoundError,
+    InvalidQueryError,
+    MMSearchError,
+    ModelMismatchError,
+    SourceError,
+)
 from .indexer import IndexReport, ProgressFn, SkipFn, update_index
+from .query import Filters, QueryTerm, combine
 from .search import Hit, search_vector
 from .store import MANIFEST, IndexStore
 
@@ -174,17 +182,153 @@ class Index:
             image = loaded.image
         return self.encoder.encode_images([image.convert("RGB")])[0]
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
-        """Items nearest to a vector in the index's space, best first."""
-        return search_vector(self.store, self._vector_index(), np.asarray(vector, dtype=np.float32), k)
+    def search_vector(
+        self, vector: np.ndarray, k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
+        exclude_ids: frozenset[int] = frozenset(),
+    ) -> list[Hit]:
+        """Items nearest to a vector in the index's space, best first.
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        Without ``filters`` only images are returned; ``Filters(target="text")``
+        or ``"all"`` returns indexed texts too.
+        """
+        return search_vector(
+            self.store, self._vector_index(), np.asarray(vector, dtype=np.float32), k,
+            filters=filters or Filters(), dedup=dedup, exclude_ids=exclude_ids,
+        )
+
+    def search_text(self, text: str, k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
         """Items that best match a text, best first."""
-        return self.search_vector(self.embed_text(text), k)
+        return self.search_vector(self.embed_text(text), k, filters=filters)
 
-    def search_image(self, image: "PathLike | Image.Image", k: int = 10) -> list[Hit]:
+    def search_image(self, image: "PathLike | Image.Image", k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
         """Items that look most like an image (a path or a PIL image), best first."""
-        return self.search_vector(self.embed_image(image), k)
+        return self.search_vector(self.embed_image(image), k, filters=filters)
+
+    def embed_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """The query vector of a combined query: weighted sum of unit term vectors, renormalised."""
+        vectors = []
+        for term in terms:
+            if term.kind == "text":
+                vectors.append(self.embed_text(str(term.value)))
+            elif term.kind == "image":
+                vectors.append(self.embed_image(term.value))  # type: ignore[arg-type]
+            else:
+                vectors.append(np.asarray(term.value, dtype=np.float32))
+        return combine(vectors, [t.weight for t in terms])
+
+    def search(
+        self, terms: Sequence[QueryTerm], k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
+    ) -> list[Hit]:
+        """A combined query, e.g. ``[QueryTerm.image("shoe.jpg"), QueryTerm.text("red", 2), QueryTerm.text("leather", -1)]``."""
+        return self.search_vector(self.embed_terms(terms), k, filters=filters, dedup=dedup)
+
+    def find_item(self, path_or_id: "PathLike | int") -> int:
+        """The id of an indexed item, given its id, its file path or its text key."""
+        if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isdigit()):
+            item_id = int(path_or_id)
+            if self.store.items_by_id([item_id]):
+                return item_id
+            raise InvalidQueryError(f"no item with id {item_id} in index {self.name!r}")
+        key = os.path.abspath(os.path.expanduser(os.fspath(path_or_id)))
+        row = self.store.item_by_key(key) or self.store.item_by_key(os.fspath(path_or_id))
+        if row is None:
+            raise InvalidQueryError(
+                f"{os.fspath(path_or_id)} is not in index {self.name!r} (index it first, or use 'query --image')"
+            )
+        if row.status != "ok":
+            raise InvalidQueryError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
+        return row.id
+
+    def similar(
+        self, path_or_id: "PathLike | int", k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
+    ) -> list[Hit]:
+        """"More like this": neighbours of an indexed item, from its stored vector (no re-encoding)."""
+        item_id = self.find_item(path_or_id)
+        vector = self.store.vector(item_id)
+        if vector is None:
+            raise InvalidQueryError(f"item {item_id} has no stored vector")
+        return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset({item_id}))
+
+    def add_texts(
+        self,
+        path: PathLike,
+        *,
+        field: str | None = None,
+        id_field: str | None = None,
+        batch_size: int = 64,
+        wait: bool = True,
+        on_skip: SkipFn | None = None,
+    ) -> IndexReport:
+        """Index the texts of a TXT/CSV/JSONL file (see ``sources.read_text_records``).
+
+        Re-running embeds only new or changed texts and removes texts that left the file.
+        """
+        import json
+        import time
+
+        from .embed import content_hash
+        from .sources import Skipped, read_text_records
+        from .store import NewItem
+
+        started = time.perf_counter()
+        report = IndexReport()
+
+        def skipped(s: Skipped) -> None:
+            report.failed += 1
+            report.skipped.append((s.path, s.reason))
+            if on_skip:
+                on_skip(s.path, s.reason)
+
+        source = os.path.abspath(os.fspath(path))
+        records = {r.id: r for r in read_text_records(source, field=field, id_field=id_field, on_skip=skipped)}
+        if not records:
+            raise SourceError(f"no texts found in {source}")
+        prefix = f"text:{source}#"
+        encoder = self.encoder
+        with self.store.writer_lock(wait=wait):
+            db = self.store.connect()
+            old = {
+                key: (item_id, digest)
+                for key, item_id, digest in db.execute(
+                    "SELECT key, id, hash FROM items WHERE kind='text' AND substr(key, 1, ?) = ?",
+                    (len(prefix), prefix),
+                )
+            }
+            todo = []
+            for rid, rec in records.items():
+                digest = content_hash(rec.text.encode("utf-8"))
+                prev = old.get(prefix + rid)
+                if prev is not None and prev[1] == digest:
+                    report.unchanged += 1
+                else:
+                    todo.append((rid, rec, digest, prev is not None))
+            index = self.store.load_vector_index()
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                vectors = encoder.encode_texts([rec.text for _, rec, _, _ in chunk])
+                items = [
+                    NewItem(
+                        kind="text", key=prefix + rid, path=None, text=rec.text, hash=digest,
+                        meta=json.dumps({"source": source, "id": rid, **rec.meta}, ensure_ascii=False, default=str),
+                        vector=vectors[i],
+                    )
+                    for i, (rid, rec, digest, _) in enumerate(chunk)
+                ]
+                added, dropped = self.store.commit(items, [])
+                index.remove(np.asarray(dropped, dtype=np.int64))
+                index.add(np.asarray(added, dtype=np.int64), vectors)
+                report.encoded += len(chunk)
+                report.updated += sum(1 for c in chunk if c[3])
+                report.added += sum(1 for c in chunk if not c[3])
+            gone = [item_id for key, (item_id, _) in old.items() if key[len(prefix):] not in records]
+            if gone:
+                self.store.commit([], gone)
+                index.remove(np.asarray(gone, dtype=np.int64))
+            report.removed = len(gone)
+            self.store.save_vector_index(index)
+        self._vectors = None
+        report.seconds = time.perf_counter() - started
+        return report
 
     def close(self) -> None:
         self.store.close()

@@ -69,9 +69,26 @@ def _err(message: str) -> None:
 # -- index ------------------------------------------------------------------------
 
 
+def _merge_reports(a: Any, b: Any) -> Any:
+    """Add up two IndexReports (images, then texts) for one summary line."""
+    from dataclasses import fields, replace
+
+    merged = {f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(a)}
+    return replace(a, **merged)
+
+
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) of images to index.")],
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Folders (or files) of images to index.")] = None,
+    texts: Annotated[
+        Optional[list[Path]], typer.Option("--texts", help="A TXT (one per line), CSV or JSONL file of texts to index.")
+    ] = None,
+    text_field: Annotated[
+        Optional[str], typer.Option("--text-field", help="CSV column / JSONL field holding the text [default: text].")
+    ] = None,
+    id_field: Annotated[
+        Optional[str], typer.Option("--id-field", help="CSV column / JSONL field with a stable id per text.")
+    ] = None,
     index_name: IndexOpt = DEFAULT_INDEX_NAME,
     index_dir: IndexDirOpt = None,
     model: Annotated[
@@ -99,7 +116,10 @@ def index(
     from .api import open_or_create_index
     from .errors import SourceError
 
-    for p in paths:
+    paths = paths or []
+    if not paths and not texts:
+        raise SourceError("nothing to index: give a folder of images and/or --texts FILE")
+    for p in [*paths, *(texts or [])]:
         if not p.exists():
             raise SourceError(f"no such file or directory: {p}")
     console = Console(stderr=True, highlight=False)
@@ -127,12 +147,19 @@ def index(
                 console.print(f"skipped: {path}: {reason}", markup=False, soft_wrap=True)
 
         try:
-            report = idx.add_folder(
-                paths, exclude=exclude or (), batch_size=batch_size, workers=workers, wait=not no_wait,
-                on_progress=on_progress, on_skip=on_skip,
-                on_wait=lambda: _err(f"index {index_name!r} is being written by another process; waiting..."),
-            )
+            report = None
+            if paths:
+                report = idx.add_folder(
+                    paths, exclude=exclude or (), batch_size=batch_size, workers=workers, wait=not no_wait,
+                    on_progress=on_progress, on_skip=on_skip,
+                    on_wait=lambda: _err(f"index {index_name!r} is being written by another process; waiting..."),
+                )
             progress.stop()
+            for text_file in texts or []:
+                text_report = idx.add_texts(
+                    text_file, field=text_field, id_field=id_field, wait=not no_wait, on_skip=on_skip
+                )
+                report = text_report if report is None else _merge_reports(report, text_report)
         except MMSearchError:
             progress.stop()
             if idx.newly_created and len(idx) == 0:
@@ -176,29 +203,161 @@ def _print_hits(hits: list[Any], fmt: OutputFormat) -> None:
             typer.echo(f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
 
 
+TargetOpt = Annotated[
+    Optional[str], typer.Option("--target", help="What to return: image, text or all [default: image; text for --image queries on a text-only index].")
+]
+MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine.")]
+PathOpt = Annotated[Optional[str], typer.Option("--under", help="Only files under this folder.")]
+GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="Only files whose path or name matches this glob.")]
+TypeOpt = Annotated[Optional[str], typer.Option("--type", help="Only these file types, e.g. 'jpg,png'.")]
+AfterOpt = Annotated[Optional[str], typer.Option("--after", help="Only files modified on/after this date (YYYY-MM-DD).")]
+BeforeOpt = Annotated[Optional[str], typer.Option("--before", help="Only files modified before this date (YYYY-MM-DD).")]
+DedupOpt = Annotated[
+    Optional[float], typer.Option("--dedup", min=0.0, max=1.0, help="Drop hits this similar (cosine) to a better hit.")
+]
+HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained results page here.")]
+KOpt = Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results (after filtering).")]
+
+
+def _filters(target, min_score, under, glob, types, after, before, default_target: str = "image"):
+    from .query import Filters
+
+    return Filters(
+        target=target or default_target, min_score=min_score, path_prefix=under, path_glob=glob,
+        file_types=tuple((types or "").split(",")), modified_after=after, modified_before=before,
+    )
+
+
+def _emit(hits: list[Any], json_out: bool, paths_only: bool, html: Optional[Path], title: str) -> None:
+    if html is not None:
+        from .html_report import write_results_page
+
+        written = write_results_page(hits, html, title)
+        _err(f"wrote {written}")
+    fmt = OutputFormat.json if json_out else OutputFormat.paths if paths_only else OutputFormat.table
+    _print_hits(hits, fmt)
+
+
 @app.command()
 def query(
-    text: Annotated[Optional[str], typer.Argument(help="What to look for, in words.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Find items that look like this image.")] = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results.")] = 10,
+    text: Annotated[Optional[str], typer.Argument(help="What to look for, in words (optional WEIGHT: prefix).")] = None,
+    image: Annotated[
+        Optional[list[str]], typer.Option("--image", help="[WEIGHT:]FILE: results that look like this image (repeatable).")
+    ] = None,
+    more_text: Annotated[
+        Optional[list[str]], typer.Option("--text", help="[WEIGHT:]TEXT: another text term (repeatable).")
+    ] = None,
+    not_text: Annotated[
+        Optional[list[str]], typer.Option("--not-text", help="[WEIGHT:]TEXT: push results away from this (repeatable).")
+    ] = None,
+    not_image: Annotated[
+        Optional[list[str]], typer.Option("--not-image", help="[WEIGHT:]FILE: push results away from this image.")
+    ] = None,
+    k: KOpt = 10,
+    target: TargetOpt = None,
+    min_score: MinScoreOpt = None,
+    under: PathOpt = None,
+    glob: GlobOpt = None,
+    types: TypeOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    dedup: DedupOpt = None,
     index_name: IndexOpt = DEFAULT_INDEX_NAME,
     index_dir: IndexDirOpt = None,
     json_out: JsonOpt = False,
-    paths_only: Annotated[bool, typer.Option("--paths", help="Only the paths, one per line.")] = False,
+    paths_only: Annotated[bool, typer.Option("--paths", help="Only the paths (or texts), one per line.")] = False,
+    html: HtmlOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
-    """Search an index by text or by example image; best matches first."""
+    """Search by text, by example image, or by a weighted combination of both.
+
+    \b
+    mmsearch query "red shoes"
+    mmsearch query --image q.jpg
+    mmsearch query --image q.jpg --text "2:red" --not-text leather
+    """
     from .api import open_index
     from .errors import InvalidQueryError
+    from .query import QueryTerm, parse_weighted
 
-    if text is not None and image is not None:
-        raise InvalidQueryError("give either a text or --image, not both")
-    if image is None and (text is None or not text.strip()):
+    terms: list[QueryTerm] = []
+    for raw in ([text] if text is not None else []) + list(more_text or []):
+        weight, value = parse_weighted(raw)
+        terms.append(QueryTerm.text(value, weight))
+    for raw in not_text or []:
+        weight, value = parse_weighted(raw, negate=True)
+        terms.append(QueryTerm.text(value, weight))
+    for raw, negate in [(r, False) for r in image or []] + [(r, True) for r in not_image or []]:
+        weight, value = parse_weighted(raw, negate=negate)
+        terms.append(QueryTerm.image(Path(value), weight))
+    if not terms or all(t.kind == "text" and not str(t.value).strip() for t in terms):
         raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
+    filters = _filters(target, min_score, under, glob, types, after, before)
     with open_index(index_name, root=index_dir, device=device) as idx:
-        hits = idx.search_image(image, k) if image is not None else idx.search_text(text or "", k)
-    fmt = OutputFormat.json if json_out else OutputFormat.paths if paths_only else OutputFormat.table
-    _print_hits(hits, fmt)
+        hits = idx.search(terms, k, filters=filters, dedup=dedup)
+    title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
+    _emit(hits, json_out, paths_only, html, f"mmsearch: {title}")
+
+
+@app.command()
+def similar(
+    item: Annotated[str, typer.Argument(help="An indexed file's path, or an item id.")],
+    k: KOpt = 10,
+    target: TargetOpt = None,
+    min_score: MinScoreOpt = None,
+    under: PathOpt = None,
+    glob: GlobOpt = None,
+    types: TypeOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    dedup: DedupOpt = None,
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    paths_only: Annotated[bool, typer.Option("--paths", help="Only the paths (or texts), one per line.")] = False,
+    html: HtmlOpt = None,
+) -> None:
+    """More like this: neighbours of an item already in the index (no model needed)."""
+    from .api import open_index
+
+    filters = _filters(target, min_score, under, glob, types, after, before)
+    with open_index(index_name, root=index_dir) as idx:
+        hits = idx.similar(item, k, filters=filters, dedup=dedup)
+    _emit(hits, json_out, paths_only, html, f"mmsearch: more like {item}")
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Images to label.")],
+    labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels.")] = None,
+    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="One label per line.")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Model spec [default: the index's model, else the default model].")
+    ] = None,
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per image.")] = 3,
+) -> None:
+    """Zero-shot classification: the most likely of LABELS for each image."""
+    from .encoder import load_encoder
+    from .store import MANIFEST
+    from .zeroshot import classify as run_classify
+    from .zeroshot import parse_labels
+
+    names = parse_labels(labels, labels_file)
+    if model is None:
+        from .config import resolve_index_root
+
+        manifest = resolve_index_root(index_dir) / index_name / MANIFEST
+        model = json.loads(manifest.read_text())["model"] if manifest.is_file() else DEFAULT_MODEL
+    predictions = run_classify(load_encoder(model), images, names)
+    if json_out:
+        typer.echo(json.dumps([p.as_dict() for p in predictions], indent=2, ensure_ascii=False))
+        return
+    for p in predictions:
+        shown = ", ".join(f"{label} {prob:.1%}" for label, prob in p.labels[:top])
+        typer.echo(f"{p.source}: {shown}")
 
 
 # -- info / list ------------------------------------------------------------------

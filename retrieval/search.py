@@ -13,6 +13,7 @@ from .store import IndexStore
 
 if TYPE_CHECKING:
     from .ann import VectorIndex
+    from .query import Filters
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,15 @@ def search_vector(
     k: int = 10,
     *,
     exclude_ids: frozenset[int] = frozenset(),
+    filters: "Filters | None" = None,
+    dedup: float | None = None,
 ) -> list[Hit]:
-    """The ``k`` items nearest to ``vector``, best first."""
+    """The ``k`` items nearest to ``vector`` that pass ``filters``, best first.
+
+    Candidates are fetched in growing rounds until ``k`` pass the filters (or
+    the index is exhausted), so ``k`` means k results after filtering. With
+    ``dedup``, a hit whose cosine to a better hit is >= ``dedup`` is dropped.
+    """
     if k < 1:
         raise InvalidQueryError(f"k must be at least 1 (got {k})")
     if vector.shape[-1] != store.manifest.dim:
@@ -64,10 +72,23 @@ def search_vector(
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
         rows = store.items_by_id([i for _, i in found])
         hits = []
+        kept: list[np.ndarray] = []
+        below_min = False
         for score, item_id in found:
+            if filters is not None and filters.min_score is not None and score < filters.min_score:
+                below_min = True  # scores come best first: nothing after this can pass
+                break
             row = rows.get(item_id)
             if row is None:  # removed since the ANN index was loaded
                 continue
+            if filters is not None and not filters.accepts(row):
+                continue
+            if dedup is not None:
+                vec = store.vector(item_id)
+                if vec is not None and any(float(vec @ other) >= dedup for other in kept):
+                    continue
+                if vec is not None:
+                    kept.append(vec)
             hits.append(
                 Hit(
                     rank=len(hits) + 1, score=score, id=item_id, kind=row.kind, path=row.path, text=row.text,
@@ -76,6 +97,6 @@ def search_vector(
             )
             if len(hits) == k:
                 return hits
-        if fetch >= index.ntotal:
+        if below_min or fetch >= index.ntotal:
             return hits
         fetch = min(index.ntotal, fetch * 2)

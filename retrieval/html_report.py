@@ -1,0 +1,82 @@
+"""A self-contained HTML page of search results (thumbnails inlined as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .search import Hit
+
+THUMB_SIDE = 256
+
+
+def _thumbnail_data_uri(path: str) -> str | None:
+    from .loading import load_image
+
+    loaded = load_image(path, min_side=THUMB_SIDE)
+    if loaded.image is None:
+        return None
+    img = loaded.image
+    img.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_results_page(hits: Sequence[Hit], title: str) -> str:
+    """The page as a string: a grid of thumbnails (images) and cards (texts) with rank and score."""
+    cards = []
+    for hit in hits:
+        score = f"#{hit.rank} &middot; {hit.score:.3f}"
+        if hit.path is not None:
+            uri = _thumbnail_data_uri(hit.path)
+            href = html.escape(Path(hit.path).as_uri(), quote=True)
+            name = html.escape(os.path.basename(hit.path))
+            picture = (
+                f'<img src="{uri}" alt="{name}" loading="lazy">' if uri else '<div class="missing">no preview</div>'
+            )
+            cards.append(
+                f'<figure><a href="{href}">{picture}</a><figcaption>{score}<br>'
+                f'<span title="{html.escape(hit.path, quote=True)}">{name}</span></figcaption></figure>'
+            )
+        else:
+            cards.append(f'<figure class="text"><p>{html.escape(hit.text or "")}</p><figcaption>{score}</figcaption></figure>')
+    body = "\n".join(cards) or "<p>No results.</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa; color: #222; }}
+h1 {{ font-size: 1.2rem; font-weight: 600; }}
+main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 1rem; }}
+figure {{ margin: 0; background: #fff; border-radius: 8px; box-shadow: 0 1px 3px #0002; overflow: hidden; }}
+figure img {{ width: 100%; height: 200px; object-fit: cover; display: block; }}
+figure.text p {{ padding: .8rem; margin: 0; min-height: 4rem; }}
+figcaption {{ padding: .4rem .6rem; font-size: .8rem; color: #555; word-break: break-all; }}
+.missing {{ height: 200px; display: grid; place-items: center; color: #999; }}
+</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<main>
+{body}
+</main>
+</body>
+</html>
+"""
+
+
+def write_results_page(hits: Sequence[Hit], path: str | os.PathLike[str], title: str) -> Path:
+    """Write the page atomically and return its path."""
+    out = Path(path)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render_results_page(hits, title), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
