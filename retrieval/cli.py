@@ -450,7 +450,7 @@ def _register_command_groups() -> None:
     """Commands that live in their own modules (each has ``register(app)``)."""
     import importlib
 
-    for module in ("cli_train", "cli_maintenance"):
+    for module in ("cli_train", "cli_maintenance", "cli_serve"):
         try:
             mod = importlib.import_module(f".{module}", __package__)
         except ModuleNotFoundError as exc:

@@ -5,23 +5,32 @@ Layout (see indexes/README.md)::
     <root>/<name>/manifest.json   what made the index (model spec + fingerprint, dim, ...)
     <root>/<name>/items.sqlite    items and their vectors; the source of truth
     <root>/<name>/index.faiss     the ANN index, a cache rebuilt from items.sqlite when stale
-    <root>/<name>/write.lock      flock'd by the single writer
+    <root>/<name>/write.lock      flock'd (exclusive) by the single writer for a whole run
+    <root>/<name>/read.lock       flock'd shared by a reader loading index.faiss, exclusive by
+                                  the writer while it replaces index.faiss + manifest.json
 
 Consistency: every batch of changes is one sqlite transaction that also bumps
 ``generation``. The FAISS file records the generation it was built from (in
 the manifest); a reader that finds them different rebuilds the FAISS index
-from the stored vectors. So a crash at any moment leaves the last committed
-state, never a half-written one.
+from the stored vectors, reading the generation and the vectors in one read
+transaction (a consistent snapshot). So a crash at any moment leaves the last
+committed state, never a half-written one, and a query during an index run
+sees one committed state.
+
+A directory the process cannot write to is opened read-only: queries work,
+nothing (not even the FAISS cache) is written, and writing raises a clear error.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import sqlite3
 import tempfile
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +55,14 @@ MANIFEST = "manifest.json"
 ITEMS_DB = "items.sqlite"
 FAISS_FILE = "index.faiss"
 LOCK_FILE = "write.lock"
+READ_LOCK_FILE = "read.lock"
+TEMP_SUFFIX = ".tmp"  # atomic writes go through <name>.<random>.tmp, then os.replace
+
+# Schema migrations: MIGRATIONS[v] upgrades items.sqlite from schema v to v + 1
+# inside one transaction (it must be idempotent: a crash before the manifest is
+# rewritten runs it again). An index older than the oldest key here is refused.
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: dict[int, Migration] = {}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -132,16 +149,52 @@ class NewItem:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable across power loss (best effort: some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _disk_message(exc: BaseException) -> str:
+    """A one-line reason for a failed write, with what to do when the disk is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full: free some space and run again"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{exc.strerror or exc}: the index directory is read-only"
+    text = str(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
+    if "disk is full" in text or "database or disk is full" in text:
+        return "the disk is full: free some space and run again"
+    if "readonly" in text:
+        return f"{text}: the index directory is read-only"
+    return text
+
+
+def _schema_refusal(name: str, version: object) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"index {name!r} was written by an older mmsearch (schema {version}) that this one cannot upgrade: "
+        f"re-create it with 'mmsearch drop {name}' then 'mmsearch index FOLDER --index {name}'"
+    )
 
 
 class IndexStore:
