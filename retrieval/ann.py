@@ -1,40 +1,122 @@
-"""The FAISS index over item vectors (the only module that imports faiss).
+"""The ANN index over item vectors (the only module that imports faiss).
 
 Vectors are L2-normalised float32, so inner product = cosine similarity.
-Every index is keyed by item id (``IndexIDMap2``), so ids survive removals
-and line up with the rows of ``items.sqlite``.
+Every index is keyed by item id, so ids line up with the rows of
+``items.sqlite``. One wrapper covers the four kinds we build (see
+:mod:`retrieval.ann_policy` for when each is chosen):
+
+- ``flat``   exact search (``IDMap2,Flat``)
+- ``hnsw``   graph search (``IDMap2,HNSW{M},Flat``); FAISS cannot delete from
+             it, so removed ids stay in the graph until the next rebuild and
+             are filtered out by the caller (their rows are gone)
+- ``ivf``    inverted lists of full vectors (``IVF{nlist},Flat``)
+- ``ivfpq``  inverted lists of product-quantised codes, optionally rotated
+             by OPQ (``OPQ{m},IVF{nlist},PQ{m}x8``); scores are approximate,
+             so the caller re-ranks candidates exactly from stored vectors
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from .errors import IndexCorruptError
 
+ANN_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 
-class VectorIndex:
-    """Exact inner-product search keyed by int64 ids."""
 
-    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
-        self.dim = dim
-        self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        if self._index.d != dim:
-            raise IndexCorruptError(f"FAISS index has dimension {self._index.d}, expected {dim}")
+@dataclass(frozen=True)
+class AnnConfig:
+    """How to build an index, and how to search it (saved in the manifest)."""
+
+    type: str = "flat"
+    factory: str = "IDMap2,Flat"
+    nlist: int | None = None
+    pq_m: int | None = None
+    hnsw_m: int | None = None
+    rule: str = ""
+    search: dict[str, int] = field(default_factory=dict)  # nprobe / efSearch / rerank
+    trained_on: int = 0  # vectors the coarse quantizer was trained on (IVF kinds)
+    built_for: int = 0  # items when the index was (re)built: growth past it triggers a rebuild
+    target_recall: float | None = None
+    measured_recall: float | None = None  # recall@10 vs exact search, after tuning
+
+    @property
+    def exact_scores(self) -> bool:
+        """Whether the index's own scores are exact inner products."""
+        return self.type != "ivfpq"
+
+    @property
+    def needs_training(self) -> bool:
+        return self.type in ("ivf", "ivfpq")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray) -> "VectorIndex":
-        index = cls(dim)
+    def from_dict(cls, data: dict[str, Any] | None) -> "AnnConfig":
+        if not data:
+            return cls()
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class VectorIndex:
+    """A FAISS index keyed by int64 ids, with its :class:`AnnConfig`."""
+
+    def __init__(self, dim: int, index: faiss.Index | None = None, config: AnnConfig | None = None) -> None:
+        self.dim = dim
+        self.config = config or AnnConfig()
+        self._index = index if index is not None else _new_index(dim, self.config)
+        if self._index.d != dim:
+            raise IndexCorruptError(f"FAISS index has dimension {self._index.d}, expected {dim}")
+        self.apply_search_params(self.config.search)
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, config: AnnConfig | None = None) -> "VectorIndex":
+        """A new index over ``vectors``, trained on them first when the kind needs it."""
+        index = cls(dim, config=config)
+        if index.config.needs_training:
+            index.train(vectors)
         index.add(ids, vectors)
         return index
+
+    # -- properties -------------------------------------------------------------
 
     @property
     def ntotal(self) -> int:
         return int(self._index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    @property
+    def supports_remove(self) -> bool:
+        return self.config.type != "hnsw"
+
+    # -- building ---------------------------------------------------------------
+
+    def train(self, vectors: np.ndarray, *, max_points: int = 256 * 1024, seed: int = 1234) -> None:
+        """Train the coarse quantizer (and PQ/OPQ) on a seeded sample of ``vectors``."""
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if len(vecs) == 0:
+            raise IndexCorruptError("cannot train an ANN index on zero vectors")
+        nlist = self.config.nlist or 1
+        if len(vecs) < nlist:
+            raise IndexCorruptError(f"{self.config.type} index needs at least {nlist} vectors to train, got {len(vecs)}")
+        if len(vecs) > max_points:
+            pick = np.random.default_rng(seed).choice(len(vecs), size=max_points, replace=False)
+            vecs = vecs[np.sort(pick)]
+        _quiet_clustering(self._index)
+        self._index.train(vecs)
+        self.config = AnnConfig(**{**self.config.as_dict(), "trained_on": int(len(vecs))})
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
@@ -43,19 +125,30 @@ class VectorIndex:
         self._index.add_with_ids(vecs, np.ascontiguousarray(ids, dtype=np.int64))
 
     def remove(self, ids: np.ndarray) -> int:
-        if len(ids) == 0:
+        """Remove ids; on HNSW (no deletion in FAISS) this is a no-op and the caller filters."""
+        if len(ids) == 0 or not self.supports_remove:
             return 0
         return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    # -- searching --------------------------------------------------------------
+
+    def apply_search_params(self, params: dict[str, int]) -> None:
+        """Set nprobe / efSearch (ignores keys that don't apply, such as rerank)."""
+        ivf = _ivf_of(self._index)
+        if ivf is not None and "nprobe" in params:
+            ivf.nprobe = int(params["nprobe"])
+        hnsw = _hnsw_of(self._index)
+        if hnsw is not None and "efSearch" in params:
+            hnsw.hnsw.efSearch = int(params["efSearch"])
+        self.config = AnnConfig(**{**self.config.as_dict(), "search": dict(params)})
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query row; missing slots have id -1."""
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = max(1, min(k, max(self.ntotal, 1)))
-        scores, ids = self._index.search(q, k)
-        return scores, ids
+        return self._index.search(q, k)
 
-    def reconstruct(self, item_id: int) -> np.ndarray:
-        return self._index.reconstruct(int(item_id))
+    # -- persistence ------------------------------------------------------------
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash leaves either the old file or the new one."""
@@ -71,9 +164,48 @@ class VectorIndex:
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> "VectorIndex":
+    def load(cls, path: Path, dim: int, config: AnnConfig | None = None, *, mmap: bool = False) -> "VectorIndex":
+        """Read an index; ``mmap`` maps the vectors/codes from the file instead of copying them.
+
+        A memory-mapped index is read-only in effect: the writer loads without it.
+        """
         try:
-            index = faiss.read_index(str(path))
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+            index = faiss.read_index(str(path), flags)
         except RuntimeError as exc:
             raise IndexCorruptError(f"cannot read FAISS index {path}: {str(exc).splitlines()[0]}") from exc
-        return cls(dim, index)
+        return cls(dim, index, config)
+
+
+def _new_index(dim: int, config: AnnConfig) -> faiss.Index:
+    try:
+        return faiss.index_factory(dim, config.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexCorruptError(f"bad FAISS index description {config.factory!r}: {exc}") from exc
+
+
+def _ivf_of(index: faiss.Index) -> Any:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _hnsw_of(index: faiss.Index) -> Any:
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def _quiet_clustering(index: faiss.Index) -> None:
+    """FAISS prints a warning per k-means when the sample is small; the sizes are our choice."""
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        ivf.cp.min_points_per_centroid = 1
+        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        if pq is not None:
+            pq.cp.min_points_per_centroid = 1
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if hasattr(vt, "pq") and vt.pq is not None:
+                vt.pq.cp.min_points_per_centroid = 1
