@@ -114,7 +114,7 @@ class VectorIndex:
         if len(vecs) > max_points:
             pick = np.random.default_rng(seed).choice(len(vecs), size=max_points, replace=False)
             vecs = vecs[np.sort(pick)]
-        _quiet_clustering(self._index)
+        _prepare_training(self._index)
         self._index.train(vecs)
         self.config = AnnConfig(**{**self.config.as_dict(), "trained_on": int(len(vecs))})
 
@@ -196,12 +196,17 @@ def _hnsw_of(index: faiss.Index) -> Any:
     return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
-def _quiet_clustering(index: faiss.Index) -> None:
-    """FAISS prints a warning per k-means when the sample is small; the sizes are our choice."""
+def _prepare_training(index: faiss.Index) -> None:
+    """Training settings: no polysemous training; no warning per k-means on small samples."""
     ivf = _ivf_of(index)
     if ivf is not None:
         ivf.cp.min_points_per_centroid = 1
-        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        ivfpq = faiss.downcast_index(ivf)
+        if hasattr(ivfpq, "do_polysemous_training"):
+            # On by default from index_factory, and it is most of the training time
+            # (a minute for 6k vectors); we never use polysemous (Hamming) filtering.
+            ivfpq.do_polysemous_training = False
+        pq = getattr(ivfpq, "pq", None)
         if pq is not None:
             pq.cp.min_points_per_centroid = 1
     if isinstance(index, faiss.IndexPreTransform):
