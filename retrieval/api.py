@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .ann import VectorIndex
     from .encoder import Encoder
+    from .integrity import RepairReport, VerifyReport
 
 PathLike = str | os.PathLike[str]
 
@@ -166,9 +167,18 @@ class Index:
         return self._vectors
 
     def embed_text(self, text: str) -> np.ndarray:
+        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector)."""
         if not text or not text.strip():
             raise InvalidQueryError("empty query: give some words to search for")
-        return self.encoder.encode_texts([text.strip()])[0]
+        key = text.strip()
+        cache = self.__dict__.get("_text_cache")
+        if cache is None:
+            cache = self.__dict__.setdefault("_text_cache", _TextCache(TEXT_CACHE_SIZE))
+        vector = cache.get(key)
+        if vector is None:
+            vector = self.encoder.encode_texts([key])[0]
+            cache.put(key, vector)
+        return vector.copy()  # callers may scale or negate it in place
 
     def embed_image(self, image: "PathLike | Image.Image") -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
@@ -176,7 +186,8 @@ class Index:
 
             if not os.path.isfile(image):
                 raise ImageDecodeError(f"query image not found: {os.fspath(image)}")
-            loaded = load_image(image)
+            # A big JPEG is decoded at reduced size, as the indexer does (same vectors, ~3x less work).
+            loaded = load_image(image, min_side=int(getattr(self.encoder, "image_size", 0)) or None)
             if loaded.image is None:
                 raise ImageDecodeError(f"cannot decode query image {os.fspath(image)}: {loaded.error}")
             image = loaded.image
@@ -338,6 +349,78 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- maintenance: explicit removal, consistency check, repair ----------------
+
+    def remove(
+        self, paths: PathLike | Sequence[PathLike], *, wait: bool = True, on_wait: Callable[[], None] | None = None
+    ) -> dict[str, int]:
+        """Drop the items at ``paths`` (files, or everything inside folders) -> items removed per path.
+
+        The files themselves are never touched; paths need not exist any more.
+        """
+        from .indexer import remove_paths
+
+        items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        with self.store.writer_lock(wait=wait, on_wait=on_wait):
+            removed = remove_paths(self.store, items)
+        self._vectors = None
+        return removed
+
+    def prune(self, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> list[str]:
+        """Drop every image item whose file no longer exists (in any folder) -> the paths dropped."""
+        from .indexer import prune_missing
+
+        with self.store.writer_lock(wait=wait, on_wait=on_wait):
+            gone = prune_missing(self.store)
+        self._vectors = None
+        return gone
+
+    def verify(self, *, check_files: bool = True) -> "VerifyReport":
+        """Check that manifest, items, vectors and the FAISS index agree (reads only)."""
+        from .integrity import verify_index
+
+        return verify_index(self.store, check_files=check_files)
+
+    def rebuild(self, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> "RepairReport":
+        """Repair the index and rebuild its FAISS file from the stored vectors (no re-encoding)."""
+        from .integrity import repair_index
+
+        with self.store.writer_lock(wait=wait, on_wait=on_wait):
+            report = repair_index(self.store)
+        self._vectors = None
+        return report
+
+
+# Text queries are encoded once per index object: a server or notebook repeating
+# a search (paging, re-ranking, "more like this") skips the text tower entirely.
+TEXT_CACHE_SIZE = 512
+
+
+class _TextCache:
+    """A small thread-safe LRU map from query text to its vector."""
+
+    def __init__(self, size: int) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._size = size
+        self._items: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            vector = self._items.get(key)
+            if vector is not None:
+                self._items.move_to_end(key)
+            return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        with self._lock:
+            self._items[key] = vector
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
 
 
 def _index_dir(name: str, root: PathLike | None) -> Path:

@@ -106,6 +106,7 @@ def index(
     workers: Annotated[int, typer.Option(min=0, help="Decoding threads (0 = one per core).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Also drop items whose files no longer exist, in any folder.")] = False,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-file messages.")] = False,
 ) -> None:
@@ -155,6 +156,8 @@ def index(
                     on_wait=lambda: _err(f"index {index_name!r} is being written by another process; waiting..."),
                 )
             progress.stop()
+            if prune and report is not None:
+                report.removed += len(idx.prune(wait=not no_wait))
             for text_file in texts or []:
                 text_report = idx.add_texts(
                     text_file, field=text_field, id_field=id_field, wait=not no_wait, on_skip=on_skip

@@ -50,5 +50,5 @@ class EmbedCfg:
 
     batch_size: int = 32
     decode_workers: int = 0  # 0 = choose from the CPU count
-    commit_every: int = 256  # items per sqlite transaction (crash-safety granularity)
+    commit_every: int | None = None  # None: one sqlite transaction per encoder batch (crash-safety granularity)
     max_pixels: int = 178_956_970  # Pillow's own decompression-bomb error threshold

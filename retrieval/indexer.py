@@ -3,8 +3,17 @@
 Only what changed is embedded: new files, and files whose size or mtime
 changed. Files that disappeared from the scanned folders are removed. A file
 whose content is already indexed (renamed, moved or copied) gets the stored
-vector instead of a fresh encode. Work is committed in chunks, so an
-interrupted run keeps what it finished and the next run resumes.
+vector instead of a fresh encode.
+
+Crash safety: every encoder batch is committed as one sqlite transaction as
+soon as it is encoded, so a run killed at any moment keeps every finished
+batch and the next run re-encodes at most the batch that was in flight. The
+FAISS file is rewritten once, at the end; until then readers rebuild it from
+the committed vectors (see store.py).
+
+Safety against a vanished drive: a folder that now holds no image at all while
+the index has items from it (an unmounted disk, a NAS that is offline) is an
+error, not a reason to drop those items; ``remove_paths`` drops them on purpose.
 """
 
 from __future__ import annotations
@@ -68,14 +77,21 @@ def update_index(
     exclude: Sequence[str] = (),
     batch_size: int = 32,
     workers: int = 0,
-    commit_every: int = 256,
+    commit_every: int | None = None,
     max_pixels: int = 178_956_970,
     on_progress: ProgressFn | None = None,
     on_skip: SkipFn | None = None,
 ) -> IndexReport:
-    """Embed what changed under ``roots`` into ``store``; the caller holds the writer lock."""
+    """Embed what changed under ``roots`` into ``store``; the caller holds the writer lock.
+
+    ``commit_every`` (items per transaction) defaults to one commit per encoder
+    batch: a crash then costs at most one batch of encoding.
+    """
     started = time.perf_counter()
     report = IndexReport()
+    if commit_every is None:
+        commit_every = batch_size
+    store.remove_temp_files()  # the lock is ours: any temp file is left from an interrupted run
 
     def skip(path: str, reason: str) -> None:
         report.failed += 1
@@ -102,10 +118,23 @@ def update_index(
                 report.unchanged += 1
             continue
         todo.append(entry)
-    gone = [v[0] for k, v in known.items() if k not in seen and _under(k, abs_roots)]
+    # A folder that could not be listed this time (permissions, a flaky share)
+    # keeps its items: absence of evidence is not evidence of deletion.
+    unlisted = [p for p, reason in report.skipped if "cannot list folder" in reason]
+    gone = [
+        v[0] for k, v in known.items()
+        if k not in seen and _under(k, abs_roots) and not (unlisted and _under(k, unlisted))
+    ]
     if not entries and not gone and report.failed == 0:
         shown = ", ".join(abs_roots)
         raise SourceError(f"no image files found in {shown} (looked for: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    _refuse_vanished_roots(abs_roots, entries, report.skipped, known)
+    if not todo and not gone:
+        # Nothing changed: no transaction, no encoder call; only heal a stale FAISS file.
+        if not store.vector_index_is_current():
+            store.load_vector_index(persist=True)
+        report.seconds = time.perf_counter() - started
+        return report
 
     index = store.load_vector_index(persist=False)
     known_hashes = {h for (_, _, _, h, status) in known.values() if h and status == "ok"}
@@ -164,6 +193,55 @@ def update_index(
     store.save_vector_index(index)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _refuse_vanished_roots(
+    roots: Sequence[str], entries: list[FileEntry], skipped: list[tuple[str, str]], known: dict[str, tuple]
+) -> None:
+    """A root folder with no files left but items in the index is far likelier unmounted than emptied."""
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        if any(_under(str(e.path), [root]) for e in entries) or any(_under(p, [root]) for p, _ in skipped):
+            continue
+        held = sum(1 for k in known if _under(k, [root]))
+        if held:
+            raise SourceError(
+                f"{root} holds no image files now, but the index has {held} items from it; "
+                "if it is a drive that is not mounted, mount it and run again; "
+                f"to drop those items, run 'mmsearch remove {root}'"
+            )
+
+
+def remove_paths(store: IndexStore, paths: Sequence[str | os.PathLike[str]], *, chunk: int = 1000) -> dict[str, int]:
+    """Drop the image items at ``paths`` (files, or everything inside folders); the caller holds the writer lock.
+
+    Paths are made absolute but not resolved (items are keyed that way) and
+    need not exist any more. Returns path -> number of items removed.
+    """
+    wanted = [os.path.abspath(os.fspath(p)) for p in paths]
+    found = store.ids_under(wanted)
+    ids = sorted({i for group in found.values() for i in group})
+    _delete_ids(store, ids, chunk)
+    return {p: len(found[p]) for p in wanted}
+
+
+def prune_missing(store: IndexStore, *, chunk: int = 1000) -> list[str]:
+    """Drop every image item whose file no longer exists, wherever it was; the caller holds the writer lock."""
+    gone = [(key, v[0]) for key, v in sorted(store.file_states().items()) if not os.path.exists(key)]
+    _delete_ids(store, [i for _, i in gone], chunk)
+    return [k for k, _ in gone]
+
+
+def _delete_ids(store: IndexStore, ids: list[int], chunk: int) -> None:
+    if not ids:
+        return
+    index = store.load_vector_index(persist=False)
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        _, dropped = store.commit([], part)
+        index.remove(_ids(dropped))
+    store.save_vector_index(index)
 
 
 def pipeline_encode_one(pipeline: ImagePipeline, entry: FileEntry) -> Embedded:

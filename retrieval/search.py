@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,31 @@ class Hit:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         return {k: v for k, v in data.items() if v is not None}
+
+
+def fetch_vectors(db: "sqlite3.Connection", ids: np.ndarray, dim: int) -> np.ndarray:
+    """Stored vectors for ``ids`` (rows in the same order; zeros for ids that are gone)."""
+    wanted = [int(i) for i in ids]
+    out = np.zeros((len(wanted), dim), dtype=np.float32)
+    if not wanted:
+        return out
+    where = {item_id: pos for pos, item_id in enumerate(wanted)}
+    marks = ",".join("?" * len(wanted))
+    for item_id, blob in db.execute(f"SELECT id, vec FROM vectors WHERE id IN ({marks})", wanted):
+        out[where[item_id]] = np.frombuffer(blob, dtype=np.float32)
+    return out
+
+
+def rerank_exact(
+    db: "sqlite3.Connection", query: np.ndarray, ids: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine scores of candidate ids from their stored vectors, best first (duplicates dropped)."""
+    cand = np.unique(ids[ids >= 0])
+    if len(cand) == 0:
+        return np.zeros(0, dtype=np.float32), cand
+    scores = fetch_vectors(db, cand, dim) @ query
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], cand[order]
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
@@ -68,7 +94,13 @@ def search_vector(
     fetch = k + len(exclude_ids)
     hits: list[Hit] = []
     while True:
-        scores, ids = index.search(query[None, :], fetch)
+        depth = int(index.config.search.get("rerank", 1))
+        scores, ids = index.search(query[None, :], fetch * depth)
+        if not index.config.exact_scores or not index.supports_remove:
+            # Compressed codes give approximate scores, and HNSW may hold stale
+            # copies of updated ids: re-score the candidates from stored vectors.
+            exact, cand = rerank_exact(store.connect(), query, ids[0], store.manifest.dim)
+            scores, ids = exact[None, :], cand[None, :]
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
         rows = store.items_by_id([i for _, i in found])
         hits = []

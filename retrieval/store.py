@@ -23,18 +23,15 @@ nothing (not even the FAISS cache) is written, and writing raises a clear error.
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import os
 import sqlite3
-import tempfile
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -47,16 +44,23 @@ from .errors import (
     MMSearchError,
     SchemaVersionError,
 )
+from .manifest import (  # Manifest and MANIFEST are part of this module's public names too
+    MANIFEST,
+    TEMP_SUFFIX,
+    Manifest,
+    describe_write_error,
+    older_schema_error,
+    read_manifest,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     from .ann import VectorIndex  # faiss loads only when vectors are needed: 'info' stays light
 
-MANIFEST = "manifest.json"
 ITEMS_DB = "items.sqlite"
 FAISS_FILE = "index.faiss"
 LOCK_FILE = "write.lock"
 READ_LOCK_FILE = "read.lock"
-TEMP_SUFFIX = ".tmp"  # atomic writes go through <name>.<random>.tmp, then os.replace
 
 # Schema migrations: MIGRATIONS[v] upgrades items.sqlite from schema v to v + 1
 # inside one transaction (it must be idempotent: a crash before the manifest is
@@ -88,27 +92,6 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-@dataclass
-class Manifest:
-    """What an index is: written as manifest.json, atomically."""
-
-    name: str
-    model: str
-    fingerprint: str
-    dim: int
-    schema_version: int = SCHEMA_VERSION
-    metric: str = "inner_product"
-    ann: dict[str, Any] = field(default_factory=lambda: {"type": "flat", "generation": 0})
-    counts: dict[str, int] = field(default_factory=dict)
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -148,61 +131,17 @@ class NewItem:
     vector: np.ndarray | None = None
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable across power loss (best effort: some filesystems refuse)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _disk_message(exc: BaseException) -> str:
-    """A one-line reason for a failed write, with what to do when the disk is full."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "the disk is full: free some space and run again"
-    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"{exc.strerror or exc}: the index directory is read-only"
-    text = str(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
-    if "disk is full" in text or "database or disk is full" in text:
-        return "the disk is full: free some space and run again"
-    if "readonly" in text:
-        return f"{text}: the index directory is read-only"
-    return text
-
-
-def _schema_refusal(name: str, version: object) -> SchemaVersionError:
-    return SchemaVersionError(
-        f"index {name!r} was written by an older mmsearch (schema {version}) that this one cannot upgrade: "
-        f"re-create it with 'mmsearch drop {name}' then 'mmsearch index FOLDER --index {name}'"
-    )
-
-
 class IndexStore:
-    """One index directory. Open with :meth:`create` or :meth:`open`."""
+    """One index directory. Open with :meth:`create` or :meth:`open`.
 
-    def __init__(self, directory: Path, manifest: Manifest) -> None:
+    ``readonly`` stores (a directory this process cannot write to) answer
+    queries from the last committed state and never write anything.
+    """
+
+    def __init__(self, directory: Path, manifest: Manifest, *, readonly: bool = False) -> None:
         self.directory = directory
         self.manifest = manifest
+        self.readonly = readonly
         self._db: sqlite3.Connection | None = None
 
     # -- opening ----------------------------------------------------------------
@@ -216,26 +155,30 @@ class IndexStore:
         except OSError as exc:
             raise MMSearchError(f"cannot create index directory {directory}: {exc.strerror or exc}") from exc
         store = cls(directory, Manifest(name=name, model=model, fingerprint=fingerprint, dim=dim))
-        store.connect()  # creates the tables
         try:
-            store.write_manifest()
+            store.connect()  # creates the tables
+            store.write_manifest()  # last: a directory without a manifest is not an index yet
         except OSError as exc:
-            raise MMSearchError(f"cannot write to index directory {directory}: {exc.strerror or exc}") from exc
+            raise MMSearchError(f"cannot write to index directory {directory}: {describe_write_error(exc)}") from exc
         return store
 
     @classmethod
-    def open(cls, directory: Path, *, name: str) -> "IndexStore":
+    def open(cls, directory: Path, *, name: str, readonly: bool | None = None) -> "IndexStore":
+        """Open an existing index; ``readonly=None`` picks read-only when the directory is not writable.
+
+        An index written by an older schema is migrated forward (under the
+        writer lock) or refused with what to do; a newer one is refused.
+        """
         path = directory / MANIFEST
         if not path.is_file():
             raise IndexNotFoundError(
                 f"no index named {name!r} in {directory.parent} (create it with 'mmsearch index FOLDER --index {name}')"
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexCorruptError(f"cannot read {path}: {exc}") from exc
+        data = read_manifest(path)
         version = data.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise older_schema_error(name, "unknown" if version is None else version)
+        if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"index {name!r} was written by a newer mmsearch (schema {version}, this one reads {SCHEMA_VERSION}): "
                 "upgrade mmsearch to use it"
@@ -244,57 +187,167 @@ class IndexStore:
             manifest = Manifest.from_dict(data)
         except TypeError as exc:
             raise IndexCorruptError(f"{path} is missing fields: {exc}") from exc
+        if not isinstance(manifest.dim, int) or manifest.dim <= 0:
+            raise IndexCorruptError(f"{path} has an invalid dimension {manifest.dim!r}; rebuild the index")
         if not (directory / ITEMS_DB).is_file():
             raise IndexCorruptError(f"index {name!r} has no {ITEMS_DB}; rebuild it with 'mmsearch index'")
-        return cls(directory, manifest)
+        if readonly is None:
+            readonly = not os.access(directory, os.W_OK)
+        store = cls(directory, manifest, readonly=readonly)
+        if version < SCHEMA_VERSION:
+            store._migrate(version)
+        return store
+
+    def _migrate(self, version: int) -> None:
+        name = self.manifest.name
+        if any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+            raise older_schema_error(name, version)
+        if self.readonly:
+            raise SchemaVersionError(
+                f"index {name!r} uses schema {version} and needs upgrading to {SCHEMA_VERSION}, but its directory "
+                f"{self.directory} is read-only: open it once with write access (e.g. 'mmsearch verify --index {name}')"
+            )
+        with self.writer_lock():
+            current = read_manifest(self.directory / MANIFEST).get("schema_version", version)
+            db = self.connect()
+            for v in range(int(current), SCHEMA_VERSION):
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    MIGRATIONS[v](db)
+                    db.execute("COMMIT")
+                except BaseException as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.Error):
+                        raise MMSearchError(
+                            f"could not upgrade index {name!r} from schema {v}: {describe_write_error(exc)}; "
+                            "it is unchanged"
+                        ) from exc
+                    raise
+            self.manifest.schema_version = SCHEMA_VERSION
+            self.write_manifest()
 
     def connect(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(self.directory / ITEMS_DB, timeout=60, isolation_level=None)
-            try:
-                # WAL: readers see the last committed state while a writer works.
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA foreign_keys=ON")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
-            except sqlite3.DatabaseError as exc:
-                db.close()
-                raise IndexCorruptError(f"cannot open {self.directory / ITEMS_DB}: {exc}") from exc
-            self._db = db
+            self._db = self._connect_readonly() if self.readonly else self._connect_writable()
         return self._db
+
+    def _connect_writable(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.directory / ITEMS_DB, timeout=60, isolation_level=None)
+        try:
+            # WAL: readers see the last committed state while a writer works.
+            # synchronous=NORMAL: a commit is not fsync'd until checkpoint, so a
+            # power cut may lose the last commits but never corrupts; kill -9 loses nothing.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                # The file or its directory refused writes: answer queries anyway.
+                self.readonly = True
+                return self._connect_readonly()
+            raise IndexCorruptError(f"cannot open {self.directory / ITEMS_DB}: {exc}") from exc
+        return db
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Open items.sqlite without writing a byte.
+
+        With no -wal file (the last writer closed cleanly) the file is opened
+        ``immutable``: nothing, not even a -shm file, is created. With one (a
+        writer was killed, or is running), sqlite must read it through -shm; if
+        the directory forbids creating that, fall back to ``immutable`` and the
+        last checkpointed state.
+        """
+        db_path = (self.directory / ITEMS_DB).absolute()
+        uri = "file:" + urllib.parse.quote(str(db_path)) + "?mode=ro"
+        wal = Path(str(db_path) + "-wal")
+        suffixes = ("", "&immutable=1") if wal.exists() else ("&immutable=1",)
+        last: sqlite3.Error | None = None
+        for suffix in suffixes:
+            try:
+                db = sqlite3.connect(uri + suffix, uri=True, timeout=60, isolation_level=None)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                db.execute("PRAGMA query_only=ON")
+                db.execute("SELECT value FROM meta WHERE key='generation'").fetchall()
+                return db
+            except sqlite3.Error as exc:
+                db.close()
+                last = exc
+        raise IndexCorruptError(f"cannot open {self.directory / ITEMS_DB} read-only: {last}")
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same committed state."""
+        db = self.connect()
+        if db.in_transaction:
+            yield db
+            return
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            if db.in_transaction:
+                db.execute("COMMIT")
+
+    def _require_writable(self) -> None:
+        if self.readonly:
+            raise MMSearchError(
+                f"index {self.manifest.name!r} is read-only here ({self.directory} is not writable): "
+                "queries work, but changing it needs write access"
+            )
+
     # -- manifest ---------------------------------------------------------------
 
     def write_manifest(self) -> None:
+        self._require_writable()
         self.manifest.updated_at = time.time()
-        _write_json_atomic(self.directory / MANIFEST, asdict(self.manifest))
+        write_json_atomic(self.directory / MANIFEST, asdict(self.manifest))
+
+    def reload_manifest(self) -> Manifest:
+        """Re-read manifest.json (another process may have rewritten it) and return it."""
+        data = read_manifest(self.directory / MANIFEST)
+        try:
+            fresh = Manifest.from_dict(data)
+        except TypeError as exc:
+            raise IndexCorruptError(f"{self.directory / MANIFEST} is missing fields: {exc}") from exc
+        self.manifest.ann, self.manifest.counts, self.manifest.updated_at = fresh.ann, fresh.counts, fresh.updated_at
+        return self.manifest
 
     @property
     def generation(self) -> int:
         row = self.connect().execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         return int(row[0]) if row else 0
 
-    # -- writer lock ------------------------------------------------------------
+    # -- locks ------------------------------------------------------------------
 
     @contextmanager
     def writer_lock(self, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold the single-writer lock; ``wait=False`` fails at once if it is taken."""
+        self._require_writable()
         try:
             fh = open(self.directory / LOCK_FILE, "a+")
         except OSError as exc:
-            raise MMSearchError(f"cannot write to index directory {self.directory}: {exc.strerror or exc}") from exc
+            raise MMSearchError(
+                f"cannot write to index directory {self.directory}: {describe_write_error(exc)}"
+            ) from exc
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not wait:
                     raise IndexLockedError(
-                        f"index {self.manifest.name!r} is being written by another process; try again later"
+                        f"index {self.manifest.name!r} is being written by another process; "
+                        "try again later (or leave out --no-wait to wait for it)"
                     ) from None
                 if on_wait:
                     on_wait()
@@ -302,6 +355,34 @@ class IndexStore:
             yield
         finally:
             fh.close()  # releases the lock
+
+    @contextmanager
+    def _read_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """Guards index.faiss + the manifest that vouches for it against a half-seen replace."""
+        path = self.directory / READ_LOCK_FILE
+        try:
+            fh = open(path, "r") if (self.readonly or path.exists()) else open(path, "a+")
+        except OSError:
+            if exclusive:
+                raise
+            yield  # read-only directory without a lock file: no writer can replace files here
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            fh.close()
+
+    def remove_temp_files(self) -> list[str]:
+        """Delete what interrupted atomic writes left behind; only the writer may call this."""
+        removed = []
+        for p in self.directory.glob("*" + TEMP_SUFFIX):
+            try:
+                p.unlink()
+                removed.append(p.name)
+            except FileNotFoundError:
+                pass
+        return removed
 
     # -- reading items ----------------------------------------------------------
 
@@ -336,6 +417,19 @@ class IndexStore:
         ).fetchone()
         return ItemRow(*row) if row else None
 
+    def ids_under(self, paths: list[str]) -> dict[str, list[int]]:
+        """path -> ids of the image items at that path or inside that folder."""
+        db = self.connect()
+        out: dict[str, list[int]] = {}
+        for path in paths:
+            prefix = path.rstrip(os.sep) + os.sep
+            rows = db.execute(
+                "SELECT id FROM items WHERE kind='image' AND (key=? OR substr(key, 1, ?)=?)",
+                (path, len(prefix), prefix),
+            )
+            out[path] = [r[0] for r in rows]
+        return out
+
     def vector_for_hash(self, content_hash: str) -> np.ndarray | None:
         row = self.connect().execute(
             "SELECT v.vec FROM items i JOIN vectors v ON v.id = i.id WHERE i.hash=? AND i.status='ok' LIMIT 1",
@@ -348,18 +442,22 @@ class IndexStore:
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64, vectors float32 (n, dim)) of every embedded item."""
-        db = self.connect()
-        n = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        ids = np.empty(n, dtype=np.int64)
-        vecs = np.empty((n, self.manifest.dim), dtype=np.float32)
-        filled = 0
-        for item_id, blob in db.execute("SELECT id, vec FROM vectors ORDER BY id"):
-            if filled == n:
-                break  # rows committed after the count; the next reader sees them
-            ids[filled] = item_id
-            vecs[filled] = np.frombuffer(blob, dtype=np.float32)
-            filled += 1
+        """(ids int64, vectors float32 (n, dim)) of every embedded item, from one snapshot."""
+        dim = self.manifest.dim
+        with self.snapshot() as db:
+            n = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+            ids = np.empty(n, dtype=np.int64)
+            vecs = np.empty((n, dim), dtype=np.float32)
+            filled = 0
+            for item_id, blob in db.execute("SELECT id, vec FROM vectors ORDER BY id"):
+                if len(blob) != 4 * dim:
+                    raise IndexCorruptError(
+                        f"index {self.manifest.name!r}: the stored vector of item {item_id} has "
+                        f"{len(blob) // 4} dimensions, not {dim}; run 'mmsearch repair'"
+                    )
+                ids[filled] = item_id
+                vecs[filled] = np.frombuffer(blob, dtype=np.float32)
+                filled += 1
         return ids[:filled], vecs[:filled]
 
     def counts(self) -> dict[str, int]:
@@ -383,11 +481,16 @@ class IndexStore:
     # -- writing ----------------------------------------------------------------
 
     def commit(self, upserts: list[NewItem], deletes: list[int]) -> tuple[list[int], list[int]]:
-        """Write one batch of changes as a single transaction.
+        """Write one batch of changes as a single transaction (nothing at all if there are none).
 
         Returns (ids written with a vector, ids whose old vector must leave the
-        ANN index), so the caller can update the FAISS index in step.
+        ANN index), so the caller can update the FAISS index in step. On any
+        failure (a full disk included) the transaction is rolled back: the
+        index stays exactly as it was after the previous commit.
         """
+        if not upserts and not deletes:
+            return [], []
+        self._require_writable()
         db = self.connect()
         now = time.time()
         added: list[int] = []
@@ -421,23 +524,44 @@ class IndexStore:
                     )
                     item_id = int(cur.lastrowid)
                 if it.vector is not None:
-                    vec = np.ascontiguousarray(it.vector, dtype=np.float32)
+                    vec = np.ascontiguousarray(it.vector, dtype=np.float32).reshape(-1)
+                    if vec.shape[0] != self.manifest.dim:
+                        raise IndexCorruptError(
+                            f"refusing to store a {vec.shape[0]}-d vector in {self.manifest.dim}-d index "
+                            f"{self.manifest.name!r}"
+                        )
                     db.execute("INSERT INTO vectors (id, vec) VALUES (?, ?)", (item_id, vec.tobytes()))
                     added.append(item_id)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('generation', '1') "
-                "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-            )
+            self.bump_generation(db)
             db.execute("COMMIT")
         except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
-                raise MMSearchError(f"could not write to index {self.manifest.name!r}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise MMSearchError(
+                    f"could not write to index {self.manifest.name!r}: {describe_write_error(exc)} "
+                    "(the index keeps everything committed before this)"
+                ) from exc
             raise
         return added, dropped
 
+    @staticmethod
+    def bump_generation(db: sqlite3.Connection) -> None:
+        """Inside a write transaction: mark the stored state as changed (readers then rebuild FAISS)."""
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
     # -- the ANN index ----------------------------------------------------------
+
+    def vector_index_is_current(self) -> bool:
+        """Whether index.faiss (per the manifest on disk) was built from the committed generation."""
+        try:
+            ann = read_manifest(self.directory / MANIFEST).get("ann", {})
+        except IndexCorruptError:
+            return False
+        return (self.directory / FAISS_FILE).is_file() and ann.get("generation") == self.generation
 
     def load_vector_index(self, *, persist: bool = False) -> "VectorIndex":
         """The FAISS index for the last committed state.
@@ -445,29 +569,54 @@ class IndexStore:
         Loaded from index.faiss when that file matches the committed generation;
         otherwise (a crash or a concurrent writer) rebuilt from the stored
         vectors, and written back when ``persist`` (the writer holds the lock).
+        The generation, the file check and the vectors come from one snapshot.
         """
         from .ann import VectorIndex
 
-        generation = self.generation
         path = self.directory / FAISS_FILE
-        if path.is_file() and self.manifest.ann.get("generation") == generation:
-            return VectorIndex.load(path, self.manifest.dim)
-        ids, vectors = self.all_vectors()
+        with self._read_lock(exclusive=False), self.snapshot() as db:
+            generation = self.generation
+            ann = self.reload_manifest().ann
+            if path.is_file() and ann.get("generation") == generation:
+                index = VectorIndex.load(path, self.manifest.dim)
+                count = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+                if ann_count_agrees(index, count):
+                    return index
+            ids, vectors = self.all_vectors()
         index = VectorIndex.build(self.manifest.dim, ids, vectors)
-        if persist:
+        if persist and not self.readonly:
             self.save_vector_index(index, generation)
         return index
 
     def save_vector_index(self, index: "VectorIndex", generation: int | None = None) -> None:
-        """Write index.faiss, then the manifest that vouches for it (in that order)."""
+        """Write index.faiss, then the manifest that vouches for it (in that order, both atomic)."""
+        self._require_writable()
         generation = self.generation if generation is None else generation
         try:
-            index.save(self.directory / FAISS_FILE)
-            self.manifest.ann = {**self.manifest.ann, "type": "flat", "generation": generation}
-            self.manifest.counts = self.counts()
-            self.write_manifest()
-        except OSError as exc:
+            counts = self.counts()
+            with self._read_lock(exclusive=True):
+                index.save(self.directory / FAISS_FILE)
+                config = getattr(index, "config", None)
+                self.manifest.ann = {
+                    **self.manifest.ann, "type": getattr(config, "type", "flat"),
+                    "generation": generation, "ntotal": index.ntotal,
+                }
+                self.manifest.counts = counts
+                self.write_manifest()
+        except (OSError, RuntimeError) as exc:  # faiss reports write errors as RuntimeError
+            reason = describe_write_error(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
             raise MMSearchError(
-                f"could not write index {self.manifest.name!r} ({exc.strerror or exc}); "
+                f"could not write index {self.manifest.name!r} ({reason}); "
                 "the items committed so far are safe and the next run finishes the job"
             ) from exc
+
+
+def ann_count_agrees(index: "VectorIndex", stored: int) -> bool:
+    """Whether an ANN index can hold exactly the ``stored`` vectors.
+
+    An index kind that cannot delete (HNSW) keeps removed ids, filtered out at
+    query time by their missing rows, so it may hold more.
+    """
+    if getattr(index, "supports_remove", True):
+        return index.ntotal == stored
+    return index.ntotal >= stored
