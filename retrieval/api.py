@@ -123,6 +123,25 @@ class Index:
             ann=dict(m.ann), schema_version=m.schema_version, created_at=m.created_at, updated_at=m.updated_at,
         )
 
+    def configure_ann(
+        self, *, ann: str | None = None, max_memory: str | int | None = None, target_recall: float | None = None,
+        wait: bool = True,
+    ) -> dict[str, Any]:
+        """Change the ANN policy (``auto``/``flat``/``hnsw``/``ivf``/``ivfpq``, memory budget, recall target).
+
+        The index is rebuilt (and tuned) from the stored vectors at once; returns the new ``ann`` manifest entry.
+        """
+        from .ann_lifecycle import make_policy, policy_of
+
+        with self.store.writer_lock(wait=wait):
+            current = policy_of(self.store.manifest.ann)
+            policy = make_policy(ann, max_memory, target_recall, base=current)
+            if policy != current:
+                self.store.set_ann_policy(policy)
+                self.store.save_vector_index(self.store.rebuild_vector_index())
+        self._vectors = None
+        return dict(self.store.manifest.ann)
+
     def failed(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""
         return self.store.failed_items()
@@ -162,7 +181,7 @@ class Index:
     def _vector_index(self) -> "VectorIndex":
         generation = self.store.generation
         if self._vectors is None or generation != self._vectors_generation:
-            self._vectors = self.store.load_vector_index()
+            self._vectors = self.store.load_vector_index(mmap=True)
             self._vectors_generation = generation
         return self._vectors
 
@@ -437,9 +456,16 @@ def open_index(
 
 def create_index(
     name: str = DEFAULT_INDEX_NAME, *, model: str = DEFAULT_MODEL, root: PathLike | None = None,
-    encoder: "Encoder | None" = None, device: str = "cpu",
+    encoder: "Encoder | None" = None, device: str = "cpu", ann: str | None = None,
+    max_memory: str | int | None = None, target_recall: float | None = None,
 ) -> Index:
-    """Create a new, empty index for ``model`` (or for the given ``encoder``)."""
+    """Create a new, empty index for ``model`` (or for the given ``encoder``).
+
+    ``ann`` (default ``auto``), ``max_memory`` and ``target_recall`` set the ANN policy.
+    """
+    from .ann_lifecycle import make_policy
+
+    policy = make_policy(ann, max_memory, target_recall)
     directory = _index_dir(name, root)
     if encoder is None:
         from .encoder import load_encoder
@@ -448,6 +474,7 @@ def create_index(
     store = IndexStore.create(
         directory, name=name, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim
     )
+    store.set_ann_policy(policy)
     return Index(store, encoder=encoder, device=device)
 
 

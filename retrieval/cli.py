@@ -107,6 +107,16 @@ def index(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Also drop items whose files no longer exist, in any folder.")] = False,
+    ann: Annotated[
+        Optional[str],
+        typer.Option("--ann", help="ANN index: auto (by size and --max-memory), flat, hnsw, ivf or ivfpq [default: auto]."),
+    ] = None,
+    max_memory: Annotated[
+        Optional[str], typer.Option("--max-memory", help="RAM budget of the ANN index, e.g. 512MiB, 4GiB [default: 4GiB].")
+    ] = None,
+    target_recall: Annotated[
+        Optional[float], typer.Option("--target-recall", help="recall@10 the search parameters are tuned to [default: 0.95].")
+    ] = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-file messages.")] = False,
 ) -> None:
@@ -149,6 +159,8 @@ def index(
 
         try:
             report = None
+            if ann is not None or max_memory is not None or target_recall is not None:
+                idx.configure_ann(ann=ann, max_memory=max_memory, target_recall=target_recall, wait=not no_wait)
             if paths:
                 report = idx.add_folder(
                     paths, exclude=exclude or (), batch_size=batch_size, workers=workers, wait=not no_wait,
@@ -397,7 +409,17 @@ def info(
     typer.echo(f"model:    {data.model}  (fingerprint {data.fingerprint}, {data.dim}-d)")
     typer.echo(f"items:    {data.images} images, {data.texts} texts, {data.failed} failed")
     typer.echo(f"size:     {_human_size(data.size_bytes)}")
-    typer.echo(f"ann:      {data.ann.get('type', 'flat')}")
+    ann = data.ann
+    typer.echo(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
+    if ann.get("search"):
+        params = ", ".join(f"{k}={v}" for k, v in ann["search"].items())
+        typer.echo(f"          search {params}; recall@10 {ann.get('measured_recall')} (target {ann.get('target_recall')})")
+    policy = ann.get("policy") or {}
+    if policy:
+        typer.echo(
+            f"          policy --ann {policy.get('ann')} --max-memory {_human_size(policy.get('max_memory', 0))} "
+            f"--target-recall {policy.get('target_recall')}"
+        )
     for path, reason in failures:
         typer.echo(f"failed:   {path}: {reason}")
 

@@ -149,7 +149,7 @@ def update_index(
     def flush(deletes: list[int]) -> None:
         added, dropped = store.commit(pending, deletes)
         index.remove(_ids(dropped))
-        if added:
+        if added and index.is_trained:  # an untrained IVF index is built at the end of the run
             ids = _ids(added)
             vecs = [it.vector for it in pending if it.vector is not None]
             index.add(ids, _stack(vecs, store.manifest.dim))
@@ -190,7 +190,7 @@ def update_index(
     # Removals last: a file that moved was matched by content above before its old row goes.
     report.removed = len(gone)
     flush(gone)
-    store.save_vector_index(index)
+    store.save_vector_index(store.refresh_vector_index(index))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -241,7 +241,7 @@ def _delete_ids(store: IndexStore, ids: list[int], chunk: int) -> None:
         part = ids[start : start + chunk]
         _, dropped = store.commit([], part)
         index.remove(_ids(dropped))
-    store.save_vector_index(index)
+    store.save_vector_index(store.refresh_vector_index(index))
 
 
 def pipeline_encode_one(pipeline: ImagePipeline, entry: FileEntry) -> Embedded:

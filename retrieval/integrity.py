@@ -126,7 +126,7 @@ def verify_index(store: IndexStore, *, check_files: bool = True) -> VerifyReport
 
 
 def _verify_ann(store: IndexStore, db: sqlite3.Connection, report: VerifyReport) -> None:
-    from .ann import VectorIndex
+    from .ann import AnnConfig, VectorIndex
 
     path = store.directory / FAISS_FILE
     ann = store.reload_manifest().ann
@@ -141,7 +141,7 @@ def _verify_ann(store: IndexStore, db: sqlite3.Connection, report: VerifyReport)
         return
     report.ann_current = True
     try:
-        index = VectorIndex.load(path, store.manifest.dim)
+        index = VectorIndex.load(path, store.manifest.dim, AnnConfig.from_dict(ann))
     except IndexCorruptError as exc:
         report.problems.append(str(exc))
         return
@@ -170,8 +170,6 @@ def repair_index(store: IndexStore) -> RepairReport:
     Rows that cannot be trusted are dropped in one transaction (never patched
     up), so their files are simply re-encoded by the next index run.
     """
-    from .ann import VectorIndex
-
     report = RepairReport(name=store.manifest.name)
     report.removed_temp_files = store.remove_temp_files()
     db = store.connect()
@@ -207,8 +205,7 @@ def repair_index(store: IndexStore) -> RepairReport:
         if isinstance(exc, sqlite3.Error):
             raise MMSearchError(f"could not repair index {store.manifest.name!r}: {exc}; it is unchanged") from exc
         raise
-    ids, vectors = store.all_vectors()
-    index = VectorIndex.build(store.manifest.dim, ids, vectors)
+    index = store.rebuild_vector_index()
     store.save_vector_index(index)
     report.vectors = index.ntotal
     return report

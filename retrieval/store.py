@@ -563,7 +563,7 @@ class IndexStore:
             return False
         return (self.directory / FAISS_FILE).is_file() and ann.get("generation") == self.generation
 
-    def load_vector_index(self, *, persist: bool = False) -> "VectorIndex":
+    def load_vector_index(self, *, persist: bool = False, mmap: bool = False) -> "VectorIndex":
         """The FAISS index for the last committed state.
 
         Loaded from index.faiss when that file matches the committed generation;
@@ -571,22 +571,48 @@ class IndexStore:
         vectors, and written back when ``persist`` (the writer holds the lock).
         The generation, the file check and the vectors come from one snapshot.
         """
-        from .ann import VectorIndex
+        from .ann import AnnConfig, VectorIndex
 
         path = self.directory / FAISS_FILE
         with self._read_lock(exclusive=False), self.snapshot() as db:
             generation = self.generation
             ann = self.reload_manifest().ann
             if path.is_file() and ann.get("generation") == generation:
-                index = VectorIndex.load(path, self.manifest.dim)
+                # mmap (readers): the codes stay in the page cache, shared between processes.
+                index = VectorIndex.load(path, self.manifest.dim, AnnConfig.from_dict(ann), mmap=mmap)
                 count = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
                 if ann_count_agrees(index, count):
                     return index
             ids, vectors = self.all_vectors()
-        index = VectorIndex.build(self.manifest.dim, ids, vectors)
+        index = self._build_vector_index(ids, vectors)
         if persist and not self.readonly:
             self.save_vector_index(index, generation)
         return index
+
+    def _build_vector_index(self, ids: np.ndarray, vectors: np.ndarray) -> "VectorIndex":
+        from .ann_lifecycle import build, policy_of
+
+        return build(policy_of(self.manifest.ann), self.manifest.dim, ids, vectors)
+
+    def rebuild_vector_index(self) -> "VectorIndex":
+        """A new ANN index from every stored vector, per the policy (built, then tuned)."""
+        ids, vectors = self.all_vectors()
+        return self._build_vector_index(ids, vectors)
+
+    def refresh_vector_index(self, index: "VectorIndex") -> "VectorIndex":
+        """``index``, or a rebuilt one if the policy now wants another kind or size (growth, untrained)."""
+        from .ann_lifecycle import needs_refresh, policy_of
+
+        count = self.connect().execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        if needs_refresh(policy_of(self.manifest.ann), index, count, self.manifest.dim):
+            return self.rebuild_vector_index()
+        return index
+
+    def set_ann_policy(self, policy: dict[str, Any]) -> None:
+        """Record a new ANN policy; the caller holds the writer lock and saves a rebuilt index."""
+        self._require_writable()
+        self.manifest.ann = {**self.manifest.ann, "policy": dict(policy)}
+        self.write_manifest()
 
     def save_vector_index(self, index: "VectorIndex", generation: int | None = None) -> None:
         """Write index.faiss, then the manifest that vouches for it (in that order, both atomic)."""
@@ -596,9 +622,10 @@ class IndexStore:
             counts = self.counts()
             with self._read_lock(exclusive=True):
                 index.save(self.directory / FAISS_FILE)
-                config = getattr(index, "config", None)
+                from .ann_lifecycle import policy_of, with_policy
+
                 self.manifest.ann = {
-                    **self.manifest.ann, "type": getattr(config, "type", "flat"),
+                    **with_policy(index.config, policy_of(self.manifest.ann)),
                     "generation": generation, "ntotal": index.ntotal,
                 }
                 self.manifest.counts = counts
