@@ -75,11 +75,24 @@ def make_vector_table(path: Path, ids: np.ndarray, vectors: np.ndarray) -> sqlit
     return db
 
 
+_BUILT: dict[str, tuple] = {}
+
+
 def measure(kind_label: str, policy: dict, ids, base, queries, truth, db, workdir: Path) -> dict:
     dim = base.shape[1]
-    t = time.perf_counter()
-    index = build(policy, dim, ids, base)
-    total_s = time.perf_counter() - t
+    key = json.dumps(policy, sort_keys=True)
+    plan_key = None
+    from retrieval.ann_lifecycle import plan
+
+    planned = plan(policy, len(ids), dim)
+    plan_key = (planned.factory, policy["target_recall"])
+    if plan_key in _BUILT:  # e.g. auto = ivf at this size: measured once, reported under both names
+        index, total_s = _BUILT[plan_key]
+    else:
+        t = time.perf_counter()
+        index = build(policy, dim, ids, base)
+        total_s = time.perf_counter() - t
+        _BUILT[plan_key] = (index, total_s)
     cfg = index.config
     path = workdir / f"{kind_label}.faiss"
     index.save(path)

@@ -75,6 +75,7 @@ class Index:
         self._vectors: "VectorIndex | None" = None
         self._vectors_generation = -1
         self.newly_created = False  # set by open_or_create_index when it made the index
+        self._text_cache = _TextCache(TEXT_CACHE_SIZE)
         if encoder is not None:
             self._check_encoder(encoder)
 
@@ -190,13 +191,10 @@ class Index:
         if not text or not text.strip():
             raise InvalidQueryError("empty query: give some words to search for")
         key = text.strip()
-        cache = self.__dict__.get("_text_cache")
-        if cache is None:
-            cache = self.__dict__.setdefault("_text_cache", _TextCache(TEXT_CACHE_SIZE))
-        vector = cache.get(key)
+        vector = self._text_cache.get(key)
         if vector is None:
             vector = self.encoder.encode_texts([key])[0]
-            cache.put(key, vector)
+            self._text_cache.put(key, vector)
         return vector.copy()  # callers may scale or negate it in place
 
     def embed_image(self, image: "PathLike | Image.Image") -> np.ndarray:

@@ -1,9 +1,11 @@
 """Turning files into vectors: read, hash, decode and preprocess in worker
 threads while the model encodes the previous batch.
 
-Pillow and torch release the GIL while decoding, resizing and multiplying,
-so threads overlap I/O, decoding and model compute without the cost of
-pickling pixels between processes. Memory stays bounded: at most a few
+Pillow releases the GIL while decoding, resizing and cropping, and torch
+while multiplying, so threads overlap I/O, decoding and model compute without
+the cost of pickling pixels between processes (benchmarks/bench_index.py
+measures both). Workers stop at cropped uint8 pixels; the float conversion
+and normalisation run once per batch. Memory stays bounded: at most a few
 batches are in flight, whatever the size of the folder.
 """
 
@@ -34,7 +36,7 @@ class Prepared:
 
     entry: FileEntry
     hash: str | None
-    pixels: "torch.Tensor | None"
+    pixels: "np.ndarray | torch.Tensor | None"  # what encoder.prepare_image gave
     width: int
     height: int
     error: str | None
@@ -75,6 +77,17 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
 
 
+def default_min_side(encoder: "Encoder") -> int:
+    """Shortest side a reduced-size JPEG decode must keep: the model's input side.
+
+    libjpeg scales in the DCT domain (an averaging filter), so a 3000x2000 photo
+    decoded at 1/4 (750x500) and then resized to 256 gives embeddings with cosine
+    >= 0.9999 to a full decode, for about a third of the decode and resize time
+    (measured by benchmarks/bench_index.py).
+    """
+    return int(getattr(encoder, "image_size", 224))
+
+
 class ImagePipeline:
     """Prepares files in a thread pool and encodes them in batches."""
 
@@ -86,16 +99,20 @@ class ImagePipeline:
         workers: int = 0,
         max_pixels: int = 178_956_970,
         known_hashes: Collection[str] = (),
+        min_side: int | None = None,
     ):
+        """``min_side``: reduced-size JPEG decoding keeps the shorter side >= this
+        (default: the model's input side, see :func:`default_min_side`); 0 decodes
+        every image at full size."""
         self.encoder = encoder
         self.known_hashes = known_hashes
         self.batch_size = max(1, batch_size)
         self.workers = workers or default_workers()
         self.max_pixels = max_pixels
-        # Decode JPEGs at a reduced size when they are much larger than the model's
-        # input: the shorter side stays >= 2x the input side, so the final
-        # resize still averages many source pixels (quality kept, work cut 4-16x).
-        self.min_side = 2 * encoder.image_size
+        self.min_side = default_min_side(encoder) if min_side is None else max(0, min_side)
+        # Encoders without the split preprocessing (fakes in tests) run theirs whole.
+        self._prepare_image = getattr(encoder, "prepare_image", None) or encoder.preprocess
+        self._stack = getattr(encoder, "pixels_from_prepared", None) or _stack_tensors
 
     def prepare(self, entry: FileEntry, data: bytes | None = None) -> Prepared:
         if data is None:
@@ -107,11 +124,11 @@ class ImagePipeline:
             return Prepared(entry, digest, None, 0, 0, "empty file (0 bytes)")
         if digest in self.known_hashes:
             return Prepared(entry, digest, None, 0, 0, None, reused=True)
-        loaded = load_image(io.BytesIO(data), min_side=self.min_side, max_pixels=self.max_pixels)
+        loaded = load_image(io.BytesIO(data), min_side=self.min_side or None, max_pixels=self.max_pixels)
         if not loaded.ok or loaded.image is None:
             return Prepared(entry, digest, None, 0, 0, loaded.error)
         try:
-            pixels = self.encoder.preprocess(loaded.image)
+            pixels = self._prepare_image(loaded.image)
         except Exception as exc:  # a transform failing on an odd image must not end the run
             return Prepared(entry, digest, None, loaded.width, loaded.height, f"preprocessing failed: {exc}")
         return Prepared(entry, digest, pixels, loaded.width, loaded.height, None)
@@ -138,14 +155,18 @@ class ImagePipeline:
                 yield self._encode(batch)
 
     def _encode(self, batch: Sequence[Prepared]) -> list[Embedded]:
-        import torch
-
         good = [p for p in batch if p.pixels is not None]
         vectors: dict[int, np.ndarray] = {}
         if good:
-            feats = self.encoder.encode_pixels(torch.stack([p.pixels for p in good]))  # type: ignore[misc]
+            feats = self.encoder.encode_pixels(self._stack([p.pixels for p in good]))
             vectors = {id(p): feats[i] for i, p in enumerate(good)}
         return [
             Embedded(p.entry, p.hash, vectors.get(id(p)), p.width, p.height, p.error, p.reused)
             for p in batch
         ]
+
+
+def _stack_tensors(items: Sequence["torch.Tensor"]) -> "torch.Tensor":
+    import torch
+
+    return torch.stack(list(items))
