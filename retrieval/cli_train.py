@@ -1,0 +1,184 @@
+"""``mmsearch train``, ``mmsearch eval`` and ``mmsearch synth``.
+
+torch, open_clip and :mod:`retrieval.train` are imported inside the commands, so
+that registering them costs ``mmsearch --help`` nothing. Library errors
+(``MMSearchError``) propagate; the application turns them into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+
+class LossName(str, Enum):
+    clip = "clip"
+    siglip = "siglip"
+
+
+class BudgetClock(str, Enum):
+    wall = "wall"
+    cpu = "cpu"
+
+
+DataArg = Annotated[
+    Path,
+    typer.Argument(
+        exists=True, resolve_path=True,
+        help="Image-caption pairs: a CSV (image,caption[,label][,split]), a JSONL file, "
+             "or a folder of images with sidecar .txt captions.",
+    ),
+]
+ImagesOpt = Annotated[
+    Optional[Path], typer.Option("--images", help="Folder that image paths in the CSV/JSONL are relative to "
+                                                  "[default: the file's folder].")
+]
+ImageColOpt = Annotated[Optional[str], typer.Option("--image-column", help="CSV column holding image paths.")]
+CaptionColOpt = Annotated[Optional[str], typer.Option("--caption-column", help="CSV column holding captions.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+
+
+def _read(data: Path, images: Path | None, image_column: str | None, caption_column: str | None) -> Any:
+    from .train import read_pairs
+
+    pairs = read_pairs(data, images_dir=images, image_column=image_column, caption_column=caption_column)
+    typer.echo(pairs.summary(), err=True)
+    return pairs
+
+
+def _metrics_line(m: dict[str, Any]) -> str:
+    i2t, t2i = m["image_to_text"], m["text_to_image"]
+    text = ("image->text R@1/5/10 " + "/".join(f"{v:.3f}" for v in i2t.values())
+            + "   text->image R@1/5/10 " + "/".join(f"{v:.3f}" for v in t2i.values()))
+    if m.get("zero_shot_accuracy") is not None:
+        text += f"   zero-shot {m['zero_shot_accuracy']:.3f}"
+    return text
+
+
+def train(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the model into.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Train from scratch with this open_clip architecture [default: mmsearch-small].")] = None,
+    from_spec: Annotated[Optional[str], typer.Option(
+        "--from", help="Fine-tune this model spec (ARCH:PRETRAINED, hf-hub:ORG/REPO or a model directory).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        "--epochs", min=1, help="Epochs to train [default: 10, or unlimited with --max-minutes].")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        "--max-minutes", min=0.01, help="Time budget; the learning-rate schedule is fitted to it.")] = None,
+    budget_clock: Annotated[BudgetClock, typer.Option(
+        "--budget-clock", help="wall time, or CPU time / threads (the same work on a busy machine).")
+    ] = BudgetClock.wall,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=2)] = 64,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", help="Peak learning rate [default: 1e-3 from scratch, 1e-5 fine-tuning].")] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.2,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", help="Warmup steps [default: 10%, at most 100].")] = None,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm; 0 disables.")] = 1.0,
+    accum_steps: Annotated[int, typer.Option("--accum-steps", min=1, help="Batches per optimizer step.")] = 1,
+    loss: Annotated[LossName, typer.Option("--loss", help="Contrastive loss (open_clip's).")] = LossName.clip,
+    lock_image: Annotated[bool, typer.Option("--lock-image", help="Freeze the image tower (LiT).")] = False,
+    lock_text: Annotated[bool, typer.Option("--lock-text", help="Freeze the text tower.")] = False,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops of the images.")] = True,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", min=0.0, max=0.9, help="Held out for validation when the data has no split column.")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again even if OUT holds a model.")] = False,
+    images: ImagesOpt = None,
+    image_column: ImageColOpt = None,
+    caption_column: CaptionColOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a dual encoder on image-caption pairs (from scratch, or fine-tune with --from)."""
+    import sys
+
+    from .errors import MMSearchError
+    from .train import TrainCfg, fit
+
+    if model and from_spec:
+        raise MMSearchError("give --model ARCH (train from scratch) or --from SPEC (fine-tune), not both")
+    pairs = _read(data, images, image_column, caption_column)
+    cfg = TrainCfg(
+        arch=model, from_spec=from_spec, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup_steps=warmup, grad_clip=grad_clip or None, accum_steps=accum_steps,
+        loss=loss.value, lock_image=lock_image, lock_text=lock_text, augment=augment, val_fraction=val_fraction,
+        seed=seed, resume=resume, overwrite=overwrite, budget_clock=budget_clock.value,
+    )
+    result = fit(pairs, out, cfg, progress=sys.stderr)
+    summary = {
+        "out": str(result.out_dir), "epochs_run": result.epochs_run, "steps": result.steps,
+        "best_epoch": result.best_epoch, "best_val": result.best, "samples_per_s": round(result.samples_per_s, 1),
+        "train_seconds": round(result.train_seconds, 1), "stopped_by": result.stopped_by,
+        "n_train": result.n_train, "n_val": result.n_val,
+        "skipped_rows": pairs.skipped_rows, "skipped_images": pairs.skipped_images,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"trained {result.epochs_run} epoch(s), {result.steps} steps, "
+               f"{result.samples_per_s:.0f} samples/s, {result.train_seconds:.0f} s (stopped by {result.stopped_by})")
+    if result.best:
+        typer.echo(f"best epoch {result.best_epoch}: {_metrics_line(result.best)}")
+    typer.echo(f"model saved to {result.out_dir} (use it with --model {result.out_dir})")
+
+
+def evaluate(
+    data: DataArg,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model spec, e.g. a directory written by train.")],
+    split: Annotated[str, typer.Option(
+        "--split", help="heldout (what training did not use), all, or a name from the data's split column.")
+    ] = "heldout",
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="As given to train, when the data has no split column.")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="As given to train.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "cpu",
+    images: ImagesOpt = None,
+    image_column: ImageColOpt = None,
+    caption_column: CaptionColOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recall@1/5/10 both ways, mean rank and zero-shot accuracy of a model on held-out pairs."""
+    from .train import evaluate_model, format_metrics
+
+    pairs = _read(data, images, image_column, caption_column)
+    metrics = evaluate_model(model, pairs, split=split, batch_size=batch_size, val_fraction=val_fraction,
+                             seed=seed, device=device)
+    typer.echo(json.dumps(metrics.to_dict()) if as_json else format_metrics(metrics))
+
+
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the catalogue into.")],
+    n_images: Annotated[int, typer.Option("--n-images", "-n", min=1)] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    image_size: Annotated[int, typer.Option("--image-size", min=16)] = 96,
+    captions_per_image: Annotated[int, typer.Option("--captions-per-image", min=1, max=10)] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the synthetic product world (pictures + captions.csv) used by the demo and benchmarks."""
+    from collections import Counter
+
+    from .synthetic import generate_catalogue
+
+    catalogue = generate_catalogue(out_dir, n_images=n_images, seed=seed, image_size=image_size,
+                                   captions_per_image=captions_per_image)
+    counts = dict(Counter(item.split for item in catalogue.items))
+    if as_json:
+        typer.echo(json.dumps({"root": str(out_dir), "n_images": n_images, "splits": counts,
+                               "captions_csv": str(catalogue.captions_csv)}))
+        return
+    splits = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test", "unseen"))
+    typer.echo(f"wrote {n_images} pictures to {out_dir} ({splits})")
+    typer.echo(f"train with: mmsearch train {catalogue.captions_csv} --out models/mine")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``eval`` and ``synth`` to ``app``."""
+    app.command("train")(train)
+    app.command("eval")(evaluate)
+    app.command("synth")(synth)

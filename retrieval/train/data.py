@@ -1,0 +1,369 @@
+"""Image-caption pairs for training and evaluation.
+
+Three layouts are read:
+  - a CSV file with a header (``image,caption[,label][,split]``; other common column
+    names are recognised), image paths relative to an images folder;
+  - a JSONL file, one object per line with ``image`` and ``caption`` (or ``captions``:
+    a list), optionally ``label`` and ``split``;
+  - a folder of images, each with a sidecar ``.txt`` file of captions (one per line).
+
+Several captions of one image are the same item's positives, never separate items.
+Bad rows and undecodable images are skipped and counted; only data with no usable
+item at all is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from ..config import IMAGE_EXTENSIONS
+from ..errors import DataError
+
+IMAGE_COLUMNS = ("image", "filepath", "file", "path", "image_path", "img", "filename")
+CAPTION_COLUMNS = ("caption", "text", "title", "captions")
+LABEL_COLUMNS = ("label", "class", "category")
+SPLIT_COLUMNS = ("split",)
+TRAIN_SPLIT = "train"
+
+
+@dataclass
+class PairItem:
+    """One image and every caption that describes it."""
+
+    image_path: Path
+    captions: list[str]
+    label: str | None = None
+    split: str | None = None
+
+
+@dataclass
+class PairData:
+    """Items read from one source plus what was skipped and why."""
+
+    source: Path
+    items: list[PairItem]
+    skipped_rows: int = 0
+    skipped_images: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def has_labels(self) -> bool:
+        return any(item.label for item in self.items)
+
+    @property
+    def n_captions(self) -> int:
+        return sum(len(item.captions) for item in self.items)
+
+    def summary(self) -> str:
+        text = f"{len(self.items)} images, {self.n_captions} captions from {self.source}"
+        skipped = self.skipped_rows + self.skipped_images
+        if skipped:
+            reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skip_reasons.items()))
+            text += f"; skipped {skipped} ({reasons})"
+        return text
+
+    def _skip(self, reason: str, image: bool = False) -> None:
+        if image:
+            self.skipped_images += 1
+        else:
+            self.skipped_rows += 1
+        self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[PairItem]
+    val: list[PairItem]
+
+
+def read_pairs(
+    source: str | Path,
+    images_dir: str | Path | None = None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    check_images: bool = True,
+) -> PairData:
+    """Read image-caption pairs from a CSV, a JSONL file or a folder with sidecar captions.
+
+    ``images_dir``: where relative image paths start (default: the file's folder).
+    ``check_images``: decode every image once, skipping (and counting) the bad ones.
+    Raises ``DataError`` when the source is missing or yields no usable item.
+    """
+    src = Path(source).expanduser()
+    if not src.exists():
+        raise DataError(f"training data {str(src)!r} does not exist")
+    if src.is_dir() and (src / "captions.csv").is_file():  # e.g. a catalogue written by `mmsearch synth`
+        src = src / "captions.csv"
+    if src.is_dir():
+        data = _read_sidecar_folder(src)
+    else:
+        base = Path(images_dir).expanduser() if images_dir else src.parent
+        suffix = src.suffix.lower()
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            rows = _jsonl_rows(src)
+        elif suffix in (".csv", ".tsv"):
+            rows = _csv_rows(src, image_column, caption_column)
+        else:
+            raise DataError(f"{str(src)!r}: expected a .csv, a .jsonl or a folder of images with .txt captions")
+        data = _group_rows(src, rows, base)
+    if check_images:
+        _drop_undecodable(data)
+    if not data.items:
+        raise DataError(f"no usable image-caption pairs in {str(src)!r} ({data.summary()})")
+    return data
+
+
+_RowT = tuple[str | None, list[str], str | None, str | None]  # image, captions, label, split
+
+
+def _pick(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, src: Path) -> str | None:
+    lowered = {c.strip().lower(): c for c in columns}
+    if wanted:
+        if wanted in columns:
+            return wanted
+        if wanted.lower() in lowered:
+            return lowered[wanted.lower()]
+        raise DataError(f"{str(src)!r} has no {what} column {wanted!r}; its columns are {', '.join(columns)}")
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def _csv_rows(src: Path, image_column: str | None, caption_column: str | None) -> Iterable[_RowT | None]:
+    try:
+        text = src.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {str(src)!r}: {exc}") from exc
+    delimiter = "\t" if src.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    columns = list(reader.fieldnames or [])
+    img_col = _pick(columns, image_column, IMAGE_COLUMNS, "image", src)
+    cap_col = _pick(columns, caption_column, CAPTION_COLUMNS, "caption", src)
+    if img_col is None or cap_col is None:
+        raise DataError(
+            f"{str(src)!r} needs a header with an image column ({'/'.join(IMAGE_COLUMNS[:3])}) and a caption "
+            f"column ({'/'.join(CAPTION_COLUMNS[:3])}); found {', '.join(columns) or 'no header'} "
+            "(or name them with --image-column/--caption-column)"
+        )
+    label_col = _pick(columns, None, LABEL_COLUMNS, "label", src)
+    split_col = _pick(columns, None, SPLIT_COLUMNS, "split", src)
+    for row in reader:
+        if None in row:  # more fields than the header: a malformed row
+            yield None
+            continue
+        caption = (row.get(cap_col) or "").strip()
+        yield (
+            (row.get(img_col) or "").strip() or None,
+            [caption] if caption else [],
+            ((row.get(label_col) or "").strip() or None) if label_col else None,
+            ((row.get(split_col) or "").strip().lower() or None) if split_col else None,
+        )
+
+
+def _jsonl_rows(src: Path) -> Iterable[_RowT | None]:
+    try:
+        lines = src.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {str(src)!r}: {exc}") from exc
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            yield None
+            continue
+        if not isinstance(obj, dict):
+            yield None
+            continue
+        image = next((obj[k] for k in IMAGE_COLUMNS if isinstance(obj.get(k), str)), None)
+        caps = obj.get("captions", obj.get("caption", obj.get("text")))
+        captions = [caps] if isinstance(caps, str) else [c for c in caps if isinstance(c, str)] if isinstance(
+            caps, list) else []
+        label = obj.get("label")
+        split = obj.get("split")
+        yield (
+            image,
+            [c.strip() for c in captions if c.strip()],
+            str(label) if label not in (None, "") else None,
+            str(split).lower() if split else None,
+        )
+
+
+def _group_rows(src: Path, rows: Iterable[_RowT | None], base: Path) -> PairData:
+    data = PairData(source=src, items=[])
+    by_image: dict[Path, PairItem] = {}
+    for row in rows:
+        if row is None:
+            data._skip("malformed rows")
+            continue
+        image, captions, label, split = row
+        if not image or not captions:
+            data._skip("rows without image or caption")
+            continue
+        path = Path(image).expanduser()
+        path = path if path.is_absolute() else base / path
+        item = by_image.get(path)
+        if item is None:
+            item = by_image[path] = PairItem(image_path=path, captions=[], label=label, split=split)
+            data.items.append(item)
+        for caption in captions:
+            if caption not in item.captions:
+                item.captions.append(caption)
+        item.label = item.label or label
+        item.split = item.split or split
+    return data
+
+
+def _read_sidecar_folder(root: Path) -> PairData:
+    data = PairData(source=root, items=[])
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+        sidecar = path.with_suffix(".txt")
+        if not sidecar.is_file():
+            data._skip("images without a .txt caption")
+            continue
+        try:
+            lines = sidecar.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            data._skip("unreadable caption files")
+            continue
+        captions = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+        if not captions:
+            data._skip("empty caption files")
+            continue
+        label = path.parent.name if path.parent != root else None
+        data.items.append(PairItem(image_path=path, captions=captions, label=label))
+    return data
+
+
+def decode_image(path: Path, min_side: int | None = None) -> Image.Image | None:
+    """RGB image (EXIF orientation applied), or None when the file cannot be decoded."""
+    from ..loading import load_image
+
+    return load_image(path, min_side=min_side).image
+
+
+def _drop_undecodable(data: PairData) -> None:
+    kept = []
+    for item in data.items:
+        if not item.image_path.is_file():
+            data._skip("missing image files", image=True)
+        elif decode_image(item.image_path, min_side=64) is None:
+            data._skip("undecodable images", image=True)
+        else:
+            kept.append(item)
+    data.items = kept
+
+
+def split_items(
+    items: Sequence[PairItem], val_fraction: float = 0.1, seed: int = 0, max_val: int | None = None
+) -> Split:
+    """Train/validation items.
+
+    A ``split`` column wins (``train`` trains, ``val``/``valid``/``validation`` validates,
+    anything else, e.g. ``test``, is left out of both). Without one, a deterministic
+    split by a hash of each image path: the same item always lands on the same side,
+    whatever the order or number of rows.
+    """
+    if any(item.split for item in items):
+        train = [i for i in items if i.split == TRAIN_SPLIT]
+        val = [i for i in items if i.split in ("val", "valid", "validation")]
+    else:
+        train, val = [], []
+        for item in items:
+            (val if _hash_unit(_split_key(item), seed) < val_fraction else train).append(item)
+    if max_val is not None and len(val) > max_val:
+        val = sorted(val, key=lambda i: _hash_unit(_split_key(i), seed + 1))[:max_val]
+    return Split(train=train, val=val)
+
+
+def heldout_items(items: Sequence[PairItem], val_fraction: float = 0.1, seed: int = 0) -> list[PairItem]:
+    """What ``mmsearch eval`` measures by default: everything training did not see."""
+    if any(item.split for item in items):
+        return [i for i in items if i.split != TRAIN_SPLIT]
+    return split_items(items, val_fraction, seed).val
+
+
+def _split_key(item: PairItem) -> str:
+    # The last two path parts: stable when the data moves, distinct across class folders.
+    return "/".join(item.image_path.parts[-2:])
+
+
+def _hash_unit(key: str, seed: int) -> float:
+    digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(pixels, tokens) samples: each image once per epoch with one of its captions drawn at random.
+
+    Small datasets are decoded once and kept in memory (at most ``cache_side`` pixels
+    a side), which matters on a CPU-only machine; with ``deterministic_transform`` (no
+    augmentation) the transformed pixels themselves are kept. Tokens are cached per caption.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[PairItem],
+        transform: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        seed: int = 0,
+        cache_images: bool = True,
+        cache_side: int = 256,
+        deterministic_transform: bool = False,
+    ) -> None:
+        self.items = list(items)
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.rng = random.Random(seed)
+        self.cache_side = cache_side
+        self._cache: dict[int, Image.Image] | None = {} if cache_images else None
+        self._pixels: dict[int, torch.Tensor] | None = {} if cache_images and deterministic_transform else None
+        self._tokens: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, index: int) -> Image.Image:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        img = decode_image(self.items[index].image_path)
+        if img is None:  # vanished or changed since it was checked: a blank stand-in keeps the batch shape
+            img = Image.new("RGB", (self.cache_side, self.cache_side))
+        if self._cache is not None:
+            img.thumbnail((self.cache_side, self.cache_side))
+            self._cache[index] = img
+        return img
+
+    def pixels(self, index: int) -> torch.Tensor:
+        if self._pixels is None:
+            return self.transform(self.image(index))
+        cached = self._pixels.get(index)
+        if cached is None:
+            cached = self._pixels[index] = self.transform(self.image(index))
+        return cached
+
+    def tokens(self, captions: Sequence[str]) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(captions) if c not in self._tokens]
+        if missing:
+            self._tokens.update(zip(missing, self.tokenizer(missing)))
+        return torch.stack([self._tokens[c] for c in captions])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        caption = self.rng.choice(self.items[index].captions)
+        return self.pixels(index), self.tokens([caption])[0]
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Collate a batch without a DataLoader (no worker processes to compete for two cores)."""
+        captions = [self.rng.choice(self.items[i].captions) for i in indices]
+        return torch.stack([self.pixels(i) for i in indices]), self.tokens(captions)

@@ -1,0 +1,329 @@
+"""``fit()``: contrastive training with open_clip's losses, AdamW, warmup + cosine, checkpoints.
+
+The pieces come from open_clip: the models, ``ClipLoss`` / ``SigLipLoss``, the
+weight-decay exclusions and the temperature clamp of ``open_clip_train``. What
+is ours: a loop small enough to run in seconds on a laptop CPU, a time budget
+that the cosine schedule fits itself to, resumable checkpoints in hub layout and
+the best model kept by validation recall.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from open_clip.loss import ClipLoss, SigLipLoss
+
+from ..encoder import Encoder
+from ..errors import DataError, MMSearchError
+from . import checkpoint as ckpt
+from .data import PairData, PairDataset, split_items
+from .evaluate import RetrievalMetrics, evaluate
+from .models import (
+    DEFAULT_ARCH, TrainableModel, create_from_checkpoint, create_from_scratch, create_from_spec, lock_towers,
+    param_groups,
+)
+
+DEFAULT_EPOCHS = 10
+SCRATCH_LR = 1e-3
+FINETUNE_LR = 1e-5
+MAX_LOGIT_SCALE = math.log(100)  # open_clip_train clamps the learned temperature at 100
+
+
+@dataclass
+class TrainCfg:
+    """How to train. ``arch`` trains from scratch, ``from_spec`` fine-tunes; neither means ``mmsearch-small``."""
+
+    arch: str | None = None
+    from_spec: str | None = None
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or unlimited when max_minutes is given
+    max_minutes: float | None = None
+    # "wall": the budget is wall-clock time. "cpu": process CPU time divided by torch's thread
+    # count, i.e. the wall time the run would take with its cores to itself (busy machines).
+    budget_clock: str = "wall"
+    batch_size: int = 64
+    lr: float | None = None  # None: SCRATCH_LR from scratch, FINETUNE_LR when fine-tuning
+    weight_decay: float = 0.2
+    warmup_steps: int | None = None  # None: 10% of the planned steps, at most 100
+    grad_clip: float | None = 1.0
+    accum_steps: int = 1
+    loss: str = "clip"  # clip | siglip
+    lock_image: bool = False
+    lock_text: bool = False
+    augment: bool = True
+    val_fraction: float = 0.1
+    max_val_items: int = 1000
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs_run: int
+    steps: int
+    best_epoch: int | None
+    best: dict[str, Any] | None
+    last: dict[str, Any] | None
+    samples_per_s: float
+    train_seconds: float
+    stopped_by: str  # epochs | time
+    n_train: int
+    n_val: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warmup then cosine decay to zero (open_clip_train's ``cosine_lr``)."""
+    if step < warmup:
+        return base_lr * (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
+
+
+class _Progress:
+    """One status line on stderr: epoch, step, loss, samples/s, ETA."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.last = 0.0
+
+    def update(self, text: str, force: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.tty else 15.0):
+            return
+        self.last = now
+        self.stream.write(("\r\x1b[K" + text) if self.tty else text + "\n")
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        if self.stream is not None:
+            self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+            self.stream.flush()
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _build(cfg: TrainCfg, out_dir: Path) -> tuple[TrainableModel, dict[str, Any] | None, Path | None]:
+    if cfg.resume:
+        last = ckpt.find_last(out_dir)
+        if last is None:
+            raise MMSearchError(f"nothing to resume in {str(out_dir)!r}: it has no {ckpt.LAST_DIR}/ checkpoint")
+        return create_from_checkpoint(last, cfg.augment), ckpt.load_state(last), last
+    if ckpt.find_last(out_dir) is not None or ckpt.is_complete(out_dir):
+        if not cfg.overwrite:
+            raise MMSearchError(
+                f"{str(out_dir)!r} already holds a trained model: pass --resume to continue it, "
+                "--overwrite to start again, or choose another --out"
+            )
+        for name in (ckpt.METRICS_NAME, ckpt.INFO_NAME):
+            (out_dir / name).unlink(missing_ok=True)
+    if cfg.from_spec and cfg.arch:
+        raise MMSearchError("give --model ARCH (train from scratch) or --from SPEC (fine-tune), not both")
+    if cfg.from_spec:
+        return create_from_spec(cfg.from_spec, cfg.loss, cfg.augment), None, None
+    return create_from_scratch(cfg.arch or DEFAULT_ARCH, cfg.loss, cfg.seed, cfg.augment), None, None
+
+
+def _validate(tm: TrainableModel, dataset: PairDataset | None, batch_size: int) -> RetrievalMetrics | None:
+    if dataset is None or len(dataset) == 0:
+        return None
+    was_training = tm.model.training
+    encoder = Encoder(tm.model, tm.preprocess_val, tm.tokenizer, spec="(training)", model_config=tm.model_cfg)
+    try:
+        return evaluate(encoder, dataset.items, batch_size=max(batch_size, 64), images=dataset.image)
+    finally:
+        tm.model.train(was_training)
+
+
+def fit(data: PairData, out_dir: str | Path, cfg: TrainCfg | None = None,
+        progress: TextIO | None = sys.stderr) -> TrainResult:
+    """Train on ``data`` and write checkpoints into ``out_dir`` (see :mod:`retrieval.train.checkpoint`).
+
+    Stops after ``cfg.epochs`` epochs or ``cfg.max_minutes`` minutes, whichever comes
+    first; with a time budget the cosine schedule is stretched to end with it.
+    Returns what happened; the best model (by mean validation recall) is in ``out_dir``.
+    """
+    cfg = cfg or TrainCfg()
+    out = Path(out_dir)
+    if cfg.loss not in ("clip", "siglip"):
+        raise MMSearchError(f"unknown loss {cfg.loss!r}: use clip or siglip")
+    if cfg.batch_size < 2:
+        raise MMSearchError("--batch-size must be at least 2: a contrastive loss needs negatives")
+    split = split_items(data.items, cfg.val_fraction, cfg.seed, cfg.max_val_items)
+    if len(split.train) < 2:
+        raise DataError(f"only {len(split.train)} training image(s) in {data.source}: need at least 2")
+    out.mkdir(parents=True, exist_ok=True)
+    tm, state, _ = _build(cfg, out)
+    if state is not None:  # the settings that define the run come from the checkpoint
+        saved = TrainCfg(**state["cfg"])
+        keep = {"epochs": cfg.epochs, "max_minutes": cfg.max_minutes}
+        cfg = TrainCfg(**{**asdict(saved), **{k: v for k, v in keep.items() if v is not None}, "resume": True})
+    model = tm.model.train()
+    lock_towers(model, cfg.lock_image, cfg.lock_text)
+    base_lr = cfg.lr if cfg.lr is not None else (FINETUNE_LR if cfg.from_spec else SCRATCH_LR)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn: torch.nn.Module = SigLipLoss() if cfg.loss == "siglip" else ClipLoss()
+
+    train_set = PairDataset(split.train, tm.preprocess_train, tm.tokenizer, seed=cfg.seed,
+                            deterministic_transform=not cfg.augment)
+    val_set = PairDataset(split.val, tm.preprocess_val, tm.tokenizer, seed=cfg.seed) if split.val else None
+    batch = min(cfg.batch_size, len(train_set))
+    accum = max(1, cfg.accum_steps)
+    batches_per_epoch = len(train_set) // batch
+    steps_per_epoch = max(1, batches_per_epoch // accum)
+    epochs = cfg.epochs or (10**6 if cfg.max_minutes else DEFAULT_EPOCHS)
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+
+    step, epoch, best_score, best_epoch = 0, 0, -math.inf, None
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch = int(state["step"]), int(state["epoch"])
+        best_score = float(state["best_score"])
+        best_epoch = state.get("best_epoch")
+    total_steps = epochs * steps_per_epoch
+    # Transformers trained from scratch with Adam collapse without a warmup; 10% (at most 100 steps).
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(100, int(0.1 * total_steps)))
+    if total_steps <= step:
+        raise MMSearchError(f"already trained for {epoch} epoch(s): ask for more --epochs to continue")
+
+    ckpt.atomic_write_text(out / ckpt.INFO_NAME, _info_json(cfg, tm, data, split, base_lr))
+    bar = _Progress(progress)
+    bar.line(f"training {tm.source} on {len(split.train)} images ({len(split.val)} for validation), "
+             f"{steps_per_epoch} steps/epoch of {batch * accum} samples" + (f", resuming at epoch {epoch + 1}"
+                                                                              if state else ""))
+    start = time.monotonic()
+    clock = _budget_clock(cfg.budget_clock)
+    clock_start = clock()
+    train_time, samples_seen, val_time = 0.0, 0, 0.0
+    train_clock, val_clock = 0.0, 0.0  # the same, measured by the budget's clock
+    stopped_by = "epochs"
+    last_metrics: RetrievalMetrics | None = None
+    while epoch < epochs:
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_set))
+        train_set.rng = random.Random(cfg.seed * 1_000_003 + epoch)
+        losses: list[float] = []
+        for s in range(steps_per_epoch):
+            t0, t0_clock = time.monotonic(), clock()
+            if budget_s < math.inf and samples_seen >= 3 * batch * accum:
+                # Fit the cosine to the budget: steps left = time left / time per step so far.
+                # Validation runs once an epoch: spread its cost over the epoch's steps.
+                per_step = train_clock / (samples_seen / (batch * accum))
+                per_step += val_clock / max(1, len(history)) / steps_per_epoch
+                left = budget_s - (clock() - clock_start)
+                total_steps = min(epochs * steps_per_epoch, step + max(1, int(left / max(per_step, 1e-6))))
+            lr = lr_at(step, base_lr, warmup, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for a in range(accum):
+                first = (s * accum + a) * batch
+                pixels, tokens = train_set.batch(order[first:first + batch].tolist())
+                image_f, text_f, scale, bias = _forward(model, pixels, tokens)
+                loss = loss_fn(image_f, text_f, scale, bias) if cfg.loss == "siglip" else loss_fn(image_f, text_f, scale)
+                (loss / accum).backward()
+                step_loss += float(loss.detach()) / accum
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # type: ignore[operator]
+            step += 1
+            losses.append(step_loss)
+            samples_seen += batch * accum
+            train_time += time.monotonic() - t0
+            train_clock += clock() - t0_clock
+            rate = samples_seen / max(train_time, 1e-9)
+            eta = (total_steps - step) * batch * accum / max(rate, 1e-9)
+            bar.update(f"epoch {epoch + 1} step {step}/{total_steps} loss {np.mean(losses[-20:]):.4f} "
+                       f"lr {lr:.2e} {rate:.0f} samples/s ETA {_fmt_eta(eta)}")
+            if clock() - clock_start >= budget_s or step >= total_steps:
+                break
+        epoch += 1
+        v0, v0_clock = time.monotonic(), clock()
+        last_metrics = _validate(tm, val_set, batch)
+        val_time += time.monotonic() - v0
+        val_clock += clock() - v0_clock
+        score = last_metrics.mean_recall if last_metrics else -float(np.mean(losses))
+        is_best = score > best_score
+        record = {
+            "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None, "lr": lr,
+            "samples_per_s": samples_seen / max(train_time, 1e-9), "elapsed_s": time.monotonic() - start,
+            "logit_scale": float(model.logit_scale.detach().exp()),  # type: ignore[operator]
+            "val": last_metrics.to_dict() if last_metrics else None, "is_best": is_best,
+        }
+        if is_best:
+            best_score, best_epoch = score, epoch
+            ckpt.save_model(model, tm.model_cfg, out, tm.tokenizer if _is_hf(tm) else None)
+        state_out = {
+            "cfg": asdict(cfg), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+            "best_score": best_score, "best_epoch": best_epoch,
+        }
+        ckpt.save_last(model, tm.model_cfg, state_out, out, tm.tokenizer if _is_hf(tm) else None)
+        ckpt.append_metrics(out, record)
+        history.append(record)
+        val_text = (f" val R@1 i->t {last_metrics.image_to_text['R@1']:.3f} t->i "
+                    f"{last_metrics.text_to_image['R@1']:.3f}") if last_metrics else ""
+        bar.line(f"epoch {epoch} step {step} loss {record['train_loss']:.4f}{val_text}"
+                 f"{' (best)' if is_best else ''}  {record['samples_per_s']:.0f} samples/s")
+        if clock() - clock_start >= budget_s:
+            stopped_by = "time"
+            break
+        if step >= total_steps:
+            break
+    if budget_s < math.inf and step < epochs * steps_per_epoch:
+        stopped_by = "time"  # the schedule fitted to the budget ended before the epochs did
+    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    return TrainResult(
+        out_dir=out, epochs_run=len(history), steps=step, best_epoch=best_epoch,
+        best=best["val"] if best else None, last=last_metrics.to_dict() if last_metrics else None,
+        samples_per_s=samples_seen / max(train_time, 1e-9), train_seconds=time.monotonic() - start,
+        stopped_by=stopped_by, n_train=len(split.train), n_val=len(split.val), history=history,
+    )
+
+
+def _budget_clock(kind: str) -> Any:
+    if kind == "wall":
+        return time.monotonic
+    if kind == "cpu":
+        threads = max(1, torch.get_num_threads())
+        return lambda: time.process_time() / threads
+    raise MMSearchError(f"unknown budget clock {kind!r}: use wall or cpu")
+
+
+def _forward(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[Any, Any, Any, Any]:
+    """(image features, text features, logit scale, logit bias or None), whatever open_clip returns."""
+    out = model(pixels, tokens)
+    if isinstance(out, dict):
+        return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
+    return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)
+
+
+def _is_hf(tm: TrainableModel) -> bool:
+    return bool(tm.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"))
+
+
+def _info_json(cfg: TrainCfg, tm: TrainableModel, data: PairData, split: Any, lr: float) -> str:
+    import json
+
+    return json.dumps({
+        "source": tm.source, "cfg": asdict(cfg), "lr": lr, "data": str(data.source),
+        "n_images": len(data.items), "n_train": len(split.train), "n_val": len(split.val),
+        "skipped_rows": data.skipped_rows, "skipped_images": data.skipped_images,
+    }, indent=2) + "\n"
