@@ -80,8 +80,6 @@ _BUILT: dict[str, tuple] = {}
 
 def measure(kind_label: str, policy: dict, ids, base, queries, truth, db, workdir: Path) -> dict:
     dim = base.shape[1]
-    key = json.dumps(policy, sort_keys=True)
-    plan_key = None
     from retrieval.ann_lifecycle import plan
 
     planned = plan(policy, len(ids), dim)
@@ -94,6 +92,7 @@ def measure(kind_label: str, policy: dict, ids, base, queries, truth, db, workdi
         total_s = time.perf_counter() - t
         _BUILT[plan_key] = (index, total_s)
     cfg = index.config
+    rule = planned.rule  # a shared build keeps the rule that this policy itself would give
     path = workdir / f"{kind_label}.faiss"
     index.save(path)
     size = path.stat().st_size
@@ -115,7 +114,7 @@ def measure(kind_label: str, policy: dict, ids, base, queries, truth, db, workdi
     recall = recall_at_k(np.stack(found), truth)
     p = percentiles(lat)
     row = {
-        "kind": kind_label, "type": cfg.type, "factory": cfg.factory, "rule": cfg.rule, "search": cfg.search,
+        "kind": kind_label, "type": cfg.type, "factory": cfg.factory, "rule": rule, "search": cfg.search,
         "build_and_tune_s": round(total_s, 1), "bytes": size,
         "estimate_bytes": estimate_memory(cfg, len(ids), dim), "tuned_recall": cfg.measured_recall,
         "recall@10": round(recall, 4), "p50_ms": round(p["p50_ms"], 3), "p95_ms": round(p["p95_ms"], 3),
