@@ -68,10 +68,15 @@ class Index:
     otherwise the model recorded in the manifest is loaded on first use.
     """
 
-    def __init__(self, store: IndexStore, encoder: "Encoder | None" = None, device: str = "cpu") -> None:
+    def __init__(
+        self, store: IndexStore, encoder: "Encoder | None" = None, device: str = "cpu",
+        precision: str = "fp32", threads: int | None = None,
+    ) -> None:
         self.store = store
         self._encoder = encoder
         self._device = device
+        self._precision = precision
+        self._threads = threads
         self._vectors: "VectorIndex | None" = None
         self._vectors_generation = -1
         self.newly_created = False  # set by open_or_create_index when it made the index
@@ -98,7 +103,9 @@ class Index:
         if self._encoder is None:
             from .encoder import load_encoder
 
-            self._encoder = self._check_encoder(load_encoder(self.model, device=self._device))
+            self._encoder = self._check_encoder(
+                load_encoder(self.model, device=self._device, precision=self._precision, threads=self._threads)
+            )
         return self._encoder
 
     def _check_encoder(self, encoder: "Encoder") -> "Encoder":
@@ -446,16 +453,22 @@ def _index_dir(name: str, root: PathLike | None) -> Path:
 
 def open_index(
     name: str = DEFAULT_INDEX_NAME, *, root: PathLike | None = None, encoder: "Encoder | None" = None,
-    device: str = "cpu",
+    device: str = "cpu", precision: str = "fp32", threads: int | None = None,
 ) -> Index:
-    """Open an existing index (raises ``IndexNotFoundError`` if there is none)."""
-    return Index(IndexStore.open(_index_dir(name, root), name=name), encoder=encoder, device=device)
+    """Open an existing index (raises ``IndexNotFoundError`` if there is none).
+
+    ``precision`` (fp32, bf16, int8, auto) and ``threads`` apply to the model
+    loaded on first use; the fingerprint check ignores precision.
+    """
+    store = IndexStore.open(_index_dir(name, root), name=name)
+    return Index(store, encoder=encoder, device=device, precision=precision, threads=threads)
 
 
 def create_index(
     name: str = DEFAULT_INDEX_NAME, *, model: str = DEFAULT_MODEL, root: PathLike | None = None,
     encoder: "Encoder | None" = None, device: str = "cpu", ann: str | None = None,
     max_memory: str | int | None = None, target_recall: float | None = None,
+    precision: str = "fp32", threads: int | None = None,
 ) -> Index:
     """Create a new, empty index for ``model`` (or for the given ``encoder``).
 
@@ -468,22 +481,22 @@ def create_index(
     if encoder is None:
         from .encoder import load_encoder
 
-        encoder = load_encoder(model, device=device)
+        encoder = load_encoder(model, device=device, precision=precision, threads=threads)
     store = IndexStore.create(
         directory, name=name, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim
     )
     store.set_ann_policy(policy)
-    return Index(store, encoder=encoder, device=device)
+    return Index(store, encoder=encoder, device=device, precision=precision, threads=threads)
 
 
 def open_or_create_index(
     name: str = DEFAULT_INDEX_NAME, *, model: str | None = None, root: PathLike | None = None,
-    encoder: "Encoder | None" = None, device: str = "cpu",
+    encoder: "Encoder | None" = None, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
 ) -> Index:
     """Open ``name`` if it exists (checking ``model`` against it), else create it."""
     directory = _index_dir(name, root)
     if (directory / MANIFEST).exists():
-        index = open_index(name, root=root, encoder=encoder, device=device)
+        index = open_index(name, root=root, encoder=encoder, device=device, precision=precision, threads=threads)
         if model is not None and encoder is None:
             from .model_spec import parse_model_spec
 
@@ -494,7 +507,10 @@ def open_or_create_index(
                     "leave out --model to update it, or choose another --index"
                 )
         return index
-    index = create_index(name, model=model or DEFAULT_MODEL, root=root, encoder=encoder, device=device)
+    index = create_index(
+        name, model=model or DEFAULT_MODEL, root=root, encoder=encoder, device=device, precision=precision,
+        threads=threads,
+    )
     index.newly_created = True
     return index
 

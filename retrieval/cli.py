@@ -51,6 +51,17 @@ IndexDirOpt = Annotated[
     typer.Option("--index-dir", help="Folder holding the indexes [default: $MMSEARCH_INDEX_DIR or ./indexes]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Image-tower numerics: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16 or int8. "
+        "All keep cosine >= 0.99 to fp32; text always runs in fp32.",
+    ),
+]
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads [default: one per available core].")
+]
 
 
 @app.callback()
@@ -105,6 +116,8 @@ def index(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
     workers: Annotated[int, typer.Option(min=0, help="Decoding threads (0 = one per core).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Also drop items whose files no longer exist, in any folder.")] = False,
     ann: Annotated[
@@ -134,7 +147,9 @@ def index(
         if not p.exists():
             raise SourceError(f"no such file or directory: {p}")
     console = Console(stderr=True, highlight=False)
-    with open_or_create_index(index_name, model=model, root=index_dir, device=device) as idx:
+    with open_or_create_index(
+        index_name, model=model, root=index_dir, device=device, precision=precision, threads=threads
+    ) as idx:
         progress = Progress(
             TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(), console=console, disable=quiet, transient=False,
@@ -283,6 +298,8 @@ def query(
     paths_only: Annotated[bool, typer.Option("--paths", help="Only the paths (or texts), one per line.")] = False,
     html: HtmlOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Search by text, by example image, or by a weighted combination of both.
 
@@ -308,7 +325,7 @@ def query(
     if not terms or all(t.kind == "text" and not str(t.value).strip() for t in terms):
         raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
     filters = _filters(target, min_score, under, glob, types, after, before)
-    with open_index(index_name, root=index_dir, device=device) as idx:
+    with open_index(index_name, root=index_dir, device=device, precision=precision, threads=threads) as idx:
         hits = idx.search(terms, k, filters=filters, dedup=dedup)
     title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
     _emit(hits, json_out, paths_only, html, f"mmsearch: {title}")

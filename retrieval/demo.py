@@ -23,9 +23,9 @@ DEMO_IMAGES = 8000
 DEMO_IMAGE_SIZE = 96
 DEMO_SEED = 0
 DEMO_ARCH = "mmsearch-small"
-DEMO_MINUTES = 5.0
+DEMO_MINUTES = 2.0
 DEMO_BATCH = 128
-DEMO_LR = 1e-3
+DEMO_LR = 2e-3
 DEMO_WARMUP = 50
 STAMP = "demo.json"  # written next to the model once training finished
 

@@ -26,6 +26,7 @@ from .sources import FileEntry
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
     from .encoder import Encoder
 
@@ -99,6 +100,29 @@ def default_min_side(encoder: "Encoder") -> int:
     return int(getattr(encoder, "image_size", 224))
 
 
+MAX_ASPECT = 20  # longer side / shorter side
+
+
+def _clip_aspect(img: "Image.Image") -> "Image.Image":
+    """Crop a very elongated image to its central MAX_ASPECT:1 part.
+
+    The model's resize scales the SHORT side up to its input size, so a
+    1x150000 strip would become a 224x33-million-pixel image (gigabytes)
+    before the centre crop throws almost all of it away. The crop keeps the
+    part of the picture the centre crop would keep anyway.
+    """
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    if long <= MAX_ASPECT * short:
+        return img
+    keep = MAX_ASPECT * short
+    if w > h:
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
+
+
 class ImagePipeline:
     """Prepares files in a thread pool and encodes them in batches."""
 
@@ -139,7 +163,7 @@ class ImagePipeline:
         if not loaded.ok or loaded.image is None:
             return Prepared(entry, digest, None, 0, 0, loaded.error)
         try:
-            pixels = self._prepare_image(loaded.image)
+            pixels = self._prepare_image(_clip_aspect(loaded.image))
         except Exception as exc:  # a transform failing on an odd image must not end the run
             return Prepared(entry, digest, None, loaded.width, loaded.height, f"preprocessing failed: {exc}")
         return Prepared(entry, digest, pixels, loaded.width, loaded.height, None)

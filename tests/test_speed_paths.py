@@ -174,3 +174,26 @@ def test_text_query_cache_returns_the_same_vector_once_encoded(tiny_encoder: Enc
         again = idx.embed_text("  a red car ")
         assert calls == [["a red car"]]
         np.testing.assert_allclose(again, tiny_encoder.encode_texts(["a red car"])[0], atol=1e-6)
+
+
+def test_extreme_aspect_ratio_is_cropped_before_preprocessing(tmp_path, tiny_encoder) -> None:
+    """A 1x60000 strip must not be blown up to gigabytes by the short-side resize."""
+    import resource
+
+    from PIL import Image
+
+    from retrieval.embed import MAX_ASPECT, ImagePipeline, _clip_aspect
+    from retrieval.sources import FileEntry
+
+    strip = Image.new("RGB", (60000, 3), (200, 10, 10))
+    cropped = _clip_aspect(strip)
+    assert cropped.size == (3 * MAX_ASPECT, 3)
+    normal = Image.new("RGB", (300, 200))
+    assert _clip_aspect(normal) is normal
+    path = tmp_path / "strip.png"
+    strip.save(path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (out,) = next(iter(ImagePipeline(tiny_encoder, batch_size=1).run([FileEntry(path, path.stat().st_size, 0)])))
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert out.vector is not None and out.error is None
+    assert grown_mib < 200, f"peak memory grew by {grown_mib:.0f} MiB"
