@@ -42,7 +42,7 @@ from retrieval import synthetic as syn  # noqa: E402
 
 ARCH = "mmsearch-small"
 BATCH = 128
-LR = 1e-3
+LR = 2e-3
 WD = 0.2
 WARMUP = 50
 

@@ -168,10 +168,15 @@ def tune(
     *,
     target: float = DEFAULT_TARGET_RECALL,
     k: int = 10,
-    n_queries: int = 200,
+    n_queries: int = 300,
     seed: int = 0,
 ) -> VectorIndex:
-    """Set the cheapest search parameters reaching ``target`` recall@k; record what was measured."""
+    """Set the cheapest search parameters reaching ``target`` recall@k; record what was measured.
+
+    The sample's recall is itself an estimate, so the parameters must beat the
+    target by two standard errors: on 1M vectors a tuner that stopped at the
+    target itself (0.9095 on its sample) gave 0.893 on held-out queries.
+    """
     cfg = index.config
     if cfg.type == "flat" or len(ids) <= k:
         index.config = replace(cfg, target_recall=target, measured_recall=1.0, search={})
@@ -184,6 +189,8 @@ def tune(
 
     queries = sample_queries(vectors, n_queries, seed)
     truth = exact_topk(queries, ids, vectors, k)
+    margin = 2 * math.sqrt(max(target * (1 - target), 1e-4) / (len(queries) * k))
+    goal = min(1.0, target + margin)
     if cfg.type == "hnsw":
         grid = [{"efSearch": ef} for ef in (16, 32, 64, 128, 256, 512, 1024)]
     else:
@@ -205,7 +212,7 @@ def tune(
         recall = recall_at_k(found, truth)
         if best is None or recall > best[1]:
             best = (params, recall)
-        if recall >= target:
+        if recall >= goal:
             best = (params, recall)
             break
     assert best is not None
