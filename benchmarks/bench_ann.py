@@ -44,7 +44,7 @@ from autofaiss import build_index
 base = np.load(sys.argv[1]); queries = np.load(sys.argv[2]); truth = np.load(sys.argv[3]); budget = sys.argv[4]
 t = time.perf_counter()
 index, infos = build_index(embeddings=base, save_on_disk=False, max_index_memory_usage=budget,
-                           current_memory_available="16G", metric_type="ip", min_nearest_neighbors_to_retrieve=10,
+                           current_memory_available="8G", metric_type="ip", min_nearest_neighbors_to_retrieve=10,
                            verbose=40)
 build_s = time.perf_counter() - t
 lat, found = [], []
@@ -90,6 +90,7 @@ def measure(kind_label: str, policy: dict, ids, base, queries, truth, db, workdi
         t = time.perf_counter()
         index = build(policy, dim, ids, base)
         total_s = time.perf_counter() - t
+        _BUILT.clear()  # keep one built index in memory at a time (1M x 512 flat = 2 GB)
         _BUILT[plan_key] = (index, total_s)
     cfg = index.config
     rule = planned.rule  # a shared build keeps the rule that this policy itself would give
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--kinds", default="flat,ivf,ivfpq,hnsw,auto,auto-eighth")
     ap.add_argument("--autofaiss-python", default=None, help="python of a venv with autofaiss (see the docstring)")
+    ap.add_argument("--autofaiss-budgets", default="default,eighth", help="which budgets autofaiss runs with")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -161,7 +163,8 @@ def main() -> None:
             np.save(workdir / "base.npy", base)
             np.save(workdir / "queries.npy", queries)
             np.save(workdir / "truth.npy", truth)
-            for label, budget in (("autofaiss", DEFAULT_MAX_MEMORY), ("autofaiss-eighth", flat_bytes // 8)):
+            runs = {"default": ("autofaiss", DEFAULT_MAX_MEMORY), "eighth": ("autofaiss-eighth", flat_bytes // 8)}
+            for label, budget in (runs[b] for b in args.autofaiss_budgets.split(",")):
                 t = time.perf_counter()
                 out = subprocess.run(
                     [args.autofaiss_python, "-c", AUTOFAISS_SCRIPT, str(workdir / "base.npy"), str(workdir / "queries.npy"),
@@ -169,7 +172,7 @@ def main() -> None:
                     capture_output=True, text=True,
                 )
                 if out.returncode != 0:
-                    print(f"{label} failed: {out.stderr[-2000:]}", file=sys.stderr)
+                    print(f"{label} failed (exit {out.returncode}): {out.stderr[-2000:]}", file=sys.stderr)
                     continue
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row.update(kind=label, budget=budget, build_and_tune_s=round(row.pop("build_s"), 1))
