@@ -604,8 +604,15 @@ class IndexStore:
         from .ann_lifecycle import needs_refresh, policy_of
 
         count = self.connect().execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        if needs_refresh(policy_of(self.manifest.ann), index, count, self.manifest.dim):
+        policy = policy_of(self.manifest.ann)
+        if needs_refresh(policy, index, count, self.manifest.dim):
             return self.rebuild_vector_index()
+        if index.config.type == "flat":  # nothing to rebuild, but say why for today's size
+            from dataclasses import replace
+
+            from .ann_lifecycle import plan
+
+            index.config = replace(index.config, rule=plan(policy, count, self.manifest.dim).rule)
         return index
 
     def set_ann_policy(self, policy: dict[str, Any]) -> None:
