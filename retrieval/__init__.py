@@ -22,6 +22,9 @@ _LAZY = {
     "delete_index": ".api",
     "IndexReport": ".indexer",
     "Hit": ".search",
+    "QueryTerm": ".query",
+    "Filters": ".query",
+    "classify": ".zeroshot",
     "Encoder": ".encoder",
     "load_encoder": ".encoder",
 }
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
     from .api import Index, IndexInfo, create_index, delete_index, list_indexes, open_index, open_or_create_index
     from .encoder import Encoder, load_encoder
     from .indexer import IndexReport
+    from .query import Filters, QueryTerm
     from .search import Hit
+    from .zeroshot import classify
 
 
 def __getattr__(name: str) -> Any:
