@@ -152,7 +152,7 @@ def main() -> None:
         workdir = Path(tmp)
         db = make_vector_table(workdir / "vectors.sqlite", ids, base)
         budgets = {"auto": DEFAULT_MAX_MEMORY, "auto-eighth": flat_bytes // 8}
-        for kind in args.kinds.split(","):
+        for kind in [k for k in args.kinds.split(",") if k]:
             if kind in budgets:
                 target = 0.95 if kind == "auto" else 0.90
                 policy = make_policy("auto", budgets[kind], target)
