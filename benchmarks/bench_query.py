@@ -7,8 +7,9 @@
   / ``Index.search_image`` (tokenise, encode, FAISS, sqlite rows), with the
   parts timed separately; the LRU cache hit;
 * the text encoder with and without skipping the padding (same vectors);
-* cold `mmsearch query` wall time, process start to results, and its phases
-  timed in a fresh process; whether `--help`, `list` and `info` import torch.
+* cold `mmsearch query` wall time, process start to results, on the torch path and
+  on the torch-free path (the text tower exported to numpy, retrieval.text_light),
+  and each path's phases timed in a fresh process; whether `--help`, `list` and `info` import torch.
 
 The index holds random unit vectors (plus a few real files for image queries)
 under the random-weight model: the work per query is that of a real index.
@@ -138,6 +139,28 @@ def _warm(root: Path, name: str, photos: list[Path], n_queries: int, enc: Any) -
     return out
 
 
+def warm_light(root: Path, name: str, n_queries: int) -> dict[str, Any]:
+    """Warm text->image latency when text is embedded by the torch-free export (what the CLI uses)."""
+    import retrieval
+    from retrieval.encoder import load_encoder
+    from retrieval.text_export import ensure_export
+    from retrieval.text_light import LightTextEncoder
+
+    with retrieval.open_index(name, root=root) as idx:
+        if not ensure_export(load_encoder(idx.model), root):
+            return {}
+    with retrieval.open_index(name, root=root) as idx:
+        assert isinstance(idx._text_encoder(), LightTextEncoder)
+        idx.search_text("warm up")
+        queries = [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}") for i in range(n_queries)]
+        times = []
+        for q in queries:
+            t0 = time.perf_counter()
+            idx.search_text(q, 10)
+            times.append(time.perf_counter() - t0)
+    return {"text_to_image": percentiles(times)}
+
+
 def text_padding_speedup(model: str, threads: int, reps: int = 3) -> dict[str, Any]:
     import torch
 
@@ -195,10 +218,40 @@ for n, a, b in zip(names, t, t[1:]): print(f"{n}\t{(b - a) * 1000:.0f}")
 """
 
 
-def cold(root: Path, name: str, runs: int) -> dict[str, Any]:
-    exe = Path(sys.executable).with_name("mmsearch")
-    cmd = [str(exe), "query", "a dog on a beach", "--index", name, "--index-dir", str(root), "--paths"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+LIGHT_PHASES = r"""
+import sys, time
+t = [time.perf_counter()]
+def mark(): t.append(time.perf_counter())
+import retrieval.cli; mark()
+import numpy, faiss; mark()
+import retrieval
+idx = retrieval.open_index(sys.argv[1], root=sys.argv[2]); idx._vector_index(); mark()
+enc = idx._text_encoder(); mark()
+vec = enc.encode_texts(["a dog on a beach"])[0]; mark()
+hits = idx.search_vector(vec, 10); mark()
+names = ["import retrieval.cli (typer)", "import numpy + faiss", "open index + load FAISS/sqlite",
+         "open the text-tower export (tokenizer, mmap)", "tokenise + encode the text (numpy)", "search + rows"]
+for n, a, b in zip(names, t, t[1:]): print(f"{n}\t{(b - a) * 1000:.0f}")
+print(f"torch imported\t{'torch' in sys.modules}")
+print(f"encoder\t{type(enc).__name__}")
+"""
+
+
+def _phases(script: str, name: str, root: Path, env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", script, name, str(root)], capture_output=True, text=True,
+                          env=env, cwd=REPO)
+    parts: dict[str, Any] = {}
+    for line in done.stdout.splitlines():
+        if "\t" in line:
+            k, v = line.split("\t")
+            try:
+                parts[k] = float(v)
+            except ValueError:
+                parts[k] = v
+    return parts
+
+
+def _cold_walls(cmd: list[str], env: dict[str, str], runs: int) -> list[float]:
     walls = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -206,13 +259,25 @@ def cold(root: Path, name: str, runs: int) -> dict[str, Any]:
         walls.append(time.perf_counter() - t0)
         if done.returncode != 0:
             raise SystemExit(f"mmsearch query failed: {done.stderr.strip()}")
-    phases = subprocess.run([sys.executable, "-c", PHASES, name, str(root)], capture_output=True, text=True,
-                            env=env, cwd=REPO)
-    parts = {}
-    for line in phases.stdout.splitlines():
-        if "\t" in line:
-            k, v = line.split("\t")
-            parts[k] = float(v)
+    return walls
+
+
+def cold(root: Path, name: str, runs: int) -> dict[str, Any]:
+    """Cold `mmsearch query`: the torch path, then the torch-free one (retrieval.text_light), side by side."""
+    exe = Path(sys.executable).with_name("mmsearch")
+    cmd = [str(exe), "query", "a dog on a beach", "--index", name, "--index-dir", str(root), "--paths"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    torch_env = {**env, "MMSEARCH_LIGHT_TEXT": "0"}
+    import shutil
+
+    shutil.rmtree(root / ".cache" / "text", ignore_errors=True)  # measure the first-query export too
+    torch_walls = _cold_walls(cmd, torch_env, runs)
+    first = _cold_walls(cmd, env, 1)  # loads torch (no export yet) and writes the export
+    light_walls = _cold_walls(cmd, env, runs)
+    same = subprocess.run(cmd, capture_output=True, text=True, env=env).stdout == \
+        subprocess.run(cmd, capture_output=True, text=True, env=torch_env).stdout
+    parts = _phases(PHASES, name, root, torch_env)
+    light_parts = _phases(LIGHT_PHASES, name, root, env)
     light = {}
     for args in (["--help"], ["list", "--index-dir", str(root)], ["info", "--index", name, "--index-dir", str(root)]):
         code = ("import sys\nfrom typer.testing import CliRunner\nfrom retrieval.cli import app\n"
@@ -222,7 +287,10 @@ def cold(root: Path, name: str, runs: int) -> dict[str, Any]:
         subprocess.run([str(exe), *args], capture_output=True, env=env)
         light[" ".join(args[:1])] = {"imports_torch": res.stdout.split()[-1:] == ["True"],
                                      "wall_ms": (time.perf_counter() - t0) * 1000}
-    return {"wall_s": min(walls), "wall_runs_s": walls, "phases_ms": parts, "light_commands": light}
+    return {"wall_s": min(light_walls), "wall_runs_s": light_walls, "torch_wall_s": min(torch_walls),
+            "torch_wall_runs_s": torch_walls, "first_query_with_export_s": first[0],
+            "same_results_light_vs_torch": same, "phases_ms": parts, "light_phases_ms": light_parts,
+            "light_commands": light}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -258,6 +326,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          w["text_to_image_cached"]["p95_ms"]])
             rows.append([f"image -> image, 3000x2000 JPEG ({tag})", w["image_to_image"]["p50_ms"],
                          w["image_to_image"]["p95_ms"]])
+    wl = warm_light(args.root, name, args.queries)
+    if wl:
+        result["warm_light_text"] = wl
+        rows.append(["text -> image (torch-free text path, numpy)", wl["text_to_image"]["p50_ms"],
+                     wl["text_to_image"]["p95_ms"]])
     result["machine"] = machine()
     print_table(f"Warm query latency, {args.vectors} vectors, k=10 (ms)", ["query", "p50", "p95"], rows)
     first = result[f"warm_{args.precisions.split(',')[0]}_1t"]
@@ -278,8 +351,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     c = cold(args.root, name, args.cold_runs)
     result["cold"] = c
-    print_table("Cold `mmsearch query` (process start to results)", ["phase", "ms"],
-                [["wall time, best of runs", c["wall_s"] * 1000], *[[k, v] for k, v in c["phases_ms"].items()]])
+    print_table("Cold `mmsearch query` (process start to results, best of runs)", ["path", "seconds", "x torch path"], [
+        ["torch path (MMSEARCH_LIGHT_TEXT=0)", c["torch_wall_s"], 1.0],
+        ["first query: torch path + writing the text-tower export", c["first_query_with_export_s"],
+         c["first_query_with_export_s"] / c["torch_wall_s"]],
+        ["torch-free path (text-tower export, numpy)", c["wall_s"], c["wall_s"] / c["torch_wall_s"]],
+    ])
+    print(f"same results on both paths: {c['same_results_light_vs_torch']}")
+    print_table("Where the torch path's cold query goes (ms)", ["phase", "ms"],
+                [[k, v] for k, v in c["phases_ms"].items()])
+    print_table("Where the torch-free cold query goes (ms)", ["phase", "ms"],
+                [[k, v] for k, v in c["light_phases_ms"].items()])
     print_table("Light commands", ["command", "imports torch", "wall ms"],
                 [[k, v["imports_torch"], v["wall_ms"]] for k, v in c["light_commands"].items()])
     emit_json(result, args.json)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL, resolve_index_root, validate_index_name
+from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL, light_text_enabled, resolve_index_root, validate_index_name
 from .errors import (
     ImageDecodeError,
     IndexNotFoundError,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .ann import VectorIndex
     from .encoder import Encoder
     from .integrity import RepairReport, VerifyReport
+    from .text_light import LightTextEncoder
 
 PathLike = str | os.PathLike[str]
 
@@ -81,6 +82,7 @@ class Index:
         self._vectors_generation = -1
         self.newly_created = False  # set by open_or_create_index when it made the index
         self._text_cache = _TextCache(TEXT_CACHE_SIZE)
+        self._light_text: "LightTextEncoder | None | bool" = None  # False: looked, none usable
         if encoder is not None:
             self._check_encoder(encoder)
 
@@ -106,7 +108,20 @@ class Index:
             self._encoder = self._check_encoder(
                 load_encoder(self.model, device=self._device, precision=self._precision, threads=self._threads)
             )
+            _export_text_tower(self._encoder, self.path.parent)
         return self._encoder
+
+    def _text_encoder(self) -> "Encoder | LightTextEncoder":
+        """What embeds text queries: the loaded model, else its torch-free export when there is one."""
+        if self._encoder is not None:
+            return self._encoder
+        if self._light_text is None:
+            self._light_text = False
+            if light_text_enabled() and self._device in ("cpu", "auto"):
+                from .text_light import load_light_encoder
+
+                self._light_text = load_light_encoder(self.path.parent, self.store.manifest.fingerprint) or False
+        return self._light_text or self.encoder
 
     def _check_encoder(self, encoder: "Encoder") -> "Encoder":
         m = self.store.manifest
@@ -200,7 +215,7 @@ class Index:
         key = text.strip()
         vector = self._text_cache.get(key)
         if vector is None:
-            vector = self.encoder.encode_texts([key])[0]
+            vector = self._text_encoder().encode_texts([key])[0]
             self._text_cache.put(key, vector)
         return vector.copy()  # callers may scale or negate it in place
 
@@ -447,6 +462,14 @@ class _TextCache:
                 self._items.popitem(last=False)
 
 
+def _export_text_tower(encoder: "Encoder", index_root: Path) -> None:
+    # Once per model, when we loaded it anyway: later processes then embed text queries without torch.
+    if light_text_enabled() and encoder.device.type == "cpu":
+        from .text_export import ensure_export
+
+        ensure_export(encoder, index_root)
+
+
 def _index_dir(name: str, root: PathLike | None) -> Path:
     return resolve_index_root(root) / validate_index_name(name)
 
@@ -482,6 +505,7 @@ def create_index(
         from .encoder import load_encoder
 
         encoder = load_encoder(model, device=device, precision=precision, threads=threads)
+        _export_text_tower(encoder, resolve_index_root(root))
     store = IndexStore.create(
         directory, name=name, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim
     )

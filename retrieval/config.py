@@ -10,6 +10,8 @@ from pathlib import Path
 from .errors import MMSearchError
 
 INDEX_DIR_ENV = "MMSEARCH_INDEX_DIR"
+# "0" turns off the torch-free text path for queries (retrieval.text_light) and its export.
+LIGHT_TEXT_ENV = "MMSEARCH_LIGHT_TEXT"
 DEFAULT_INDEX_NAME = "default"
 DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
 SCHEMA_VERSION = 1
@@ -33,6 +35,11 @@ def resolve_index_root(index_dir: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path("indexes")
+
+
+def light_text_enabled() -> bool:
+    """Whether text queries may use a model's torch-free export (on unless $MMSEARCH_LIGHT_TEXT is 0)."""
+    return os.environ.get(LIGHT_TEXT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def validate_index_name(name: str) -> str:
