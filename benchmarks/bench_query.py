@@ -139,6 +139,15 @@ def _warm(root: Path, name: str, photos: list[Path], n_queries: int, enc: Any) -
     return out
 
 
+def text_cosines(model: str, precisions: list[str]) -> dict[str, float]:
+    """Mean cosine of each precision's text vectors to fp32's (bf16 lowers the text tower too)."""
+    from retrieval.encoder import load_encoder
+
+    reference = load_encoder(model).encode_texts(QUERIES)
+    return {p: float(np.mean(np.sum(load_encoder(model, precision=p).encode_texts(QUERIES) * reference, axis=1)))
+            for p in precisions}
+
+
 def warm_light(root: Path, name: str, n_queries: int) -> dict[str, Any]:
     """Warm text->image latency when text is embedded by the torch-free export (what the CLI uses)."""
     import retrieval
@@ -326,12 +335,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          w["text_to_image_cached"]["p95_ms"]])
             rows.append([f"image -> image, 3000x2000 JPEG ({tag})", w["image_to_image"]["p50_ms"],
                          w["image_to_image"]["p95_ms"]])
+    result["text_cosine_to_fp32"] = text_cosines(args.model, [x for x in args.precisions.split(",") if x])
     wl = warm_light(args.root, name, args.queries)
     if wl:
         result["warm_light_text"] = wl
         rows.append(["text -> image (torch-free text path, numpy)", wl["text_to_image"]["p50_ms"],
                      wl["text_to_image"]["p95_ms"]])
     result["machine"] = machine()
+    print("text vectors, mean cosine to fp32: " + ", ".join(f"{k} {v:.5f}" for k, v in result["text_cosine_to_fp32"].items()))
     print_table(f"Warm query latency, {args.vectors} vectors, k=10 (ms)", ["query", "p50", "p95"], rows)
     first = result[f"warm_{args.precisions.split(',')[0]}_1t"]
     print_table("Where a warm query's time goes (p50, ms, 1 thread)", ["part", "ms"],

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .ann import VectorIndex
     from .encoder import Encoder
+    from .engine_ray import RayCfg
     from .integrity import RepairReport, VerifyReport
     from .text_light import LightTextEncoder
 
@@ -105,10 +106,11 @@ class Index:
         if self._encoder is None:
             from .encoder import load_encoder
 
-            self._encoder = self._check_encoder(
-                load_encoder(self.model, device=self._device, precision=self._precision, threads=self._threads)
-            )
-            _export_text_tower(self._encoder, self.path.parent)
+            root = self.path.parent
+            self._encoder = self._check_encoder(load_encoder(
+                self.model, device=self._device, precision=self._precision, threads=self._threads,
+                on_fp32_text=lambda enc: _export_text_tower(enc, root),
+            ))
         return self._encoder
 
     def _text_encoder(self) -> "Encoder | LightTextEncoder":
@@ -182,14 +184,37 @@ class Index:
         on_progress: ProgressFn | None = None,
         on_skip: SkipFn | None = None,
         on_wait: Callable[[], None] | None = None,
+        engine: str = "local",
+        ray: "RayCfg | None" = None,
     ) -> IndexReport:
-        """Index every image under ``paths`` (folders or files); only changes are embedded."""
+        """Index every image under ``paths`` (folders, files or fsspec URLs); only changes are embedded.
+
+        ``engine="ray"`` embeds on a Ray cluster (see :mod:`retrieval.engine_ray`,
+        configured by ``ray``) with the same result as the local engine.
+        """
+        from .urls import is_url
+
         roots = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not roots:
             raise SourceError("no folder given to index")
+        if engine not in ("local", "ray"):
+            raise MMSearchError(f"unknown engine {engine!r}: use local or ray")
         for root in roots:
-            if not os.path.exists(root):
+            if not is_url(os.fspath(root)) and not os.path.exists(root):
                 raise SourceError(f"no such file or directory: {os.fspath(root)}")
+        if engine == "ray":
+            from dataclasses import replace
+
+            from .engine_ray import RayCfg, require_ray, update_index_ray
+
+            require_ray()  # before waiting for the lock: a missing extra is said at once
+            cfg = replace(ray or RayCfg(), batch_size=batch_size, precision=self._precision, device=self._device)
+            with self.store.writer_lock(wait=wait, on_wait=on_wait):
+                report = update_index_ray(
+                    self.store, roots, cfg, exclude=exclude, on_progress=on_progress, on_skip=on_skip
+                )
+            self._vectors = None
+            return report
         encoder = self.encoder
         with self.store.writer_lock(wait=wait, on_wait=on_wait):
             report = update_index(
@@ -463,7 +488,8 @@ class _TextCache:
 
 
 def _export_text_tower(encoder: "Encoder", index_root: Path) -> None:
-    # Once per model, when we loaded it anyway: later processes then embed text queries without torch.
+    # Once per model, when we load it anyway (and before bf16 lowers its text tower): later
+    # processes then embed text queries without torch.
     if light_text_enabled() and encoder.device.type == "cpu":
         from .text_export import ensure_export
 
@@ -504,8 +530,8 @@ def create_index(
     if encoder is None:
         from .encoder import load_encoder
 
-        encoder = load_encoder(model, device=device, precision=precision, threads=threads)
-        _export_text_tower(encoder, resolve_index_root(root))
+        encoder = load_encoder(model, device=device, precision=precision, threads=threads,
+                               on_fp32_text=lambda enc: _export_text_tower(enc, resolve_index_root(root)))
     store = IndexStore.create(
         directory, name=name, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim
     )

@@ -57,6 +57,8 @@ def ensure_export(encoder: Encoder, index_root: Path) -> bool:
     disk or read-only folder is logged and the torch path stays in use.
     """
     target = export_dir(index_root, encoder.fingerprint)
+    if getattr(encoder, "text_dtype", torch.float32) != torch.float32:
+        return False  # a lowered (bf16) text tower: only an exact load can be exported
     if load_light_encoder(index_root, encoder.fingerprint) is not None:
         return True
     if (target / UNSUPPORTED_FILE).is_file():

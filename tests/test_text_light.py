@@ -115,13 +115,13 @@ COLD_QUERY = """
 import json, sys
 from typer.testing import CliRunner
 from retrieval.cli import app
-r = CliRunner().invoke(app, ["query", "a red square", "--index-dir", sys.argv[1], "--json", "-k", "5"])
+r = CliRunner().invoke(app, ["query", "a red square", "--index-dir", sys.argv[1], "--json", "-k", "5", *sys.argv[2:]])
 print(json.dumps({"code": r.exit_code, "out": r.stdout, "torch": "torch" in sys.modules}))
 """
 
 
-def _cold_query(root: Path, **env: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", COLD_QUERY, str(root)], capture_output=True, text=True,
+def _cold_query(root: Path, *args: str, **env: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", COLD_QUERY, str(root), *args], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, **env}, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -132,7 +132,7 @@ def test_cold_query_skips_torch_and_matches_torch_path(image_folder: Path, tmp_p
     _make_index(image_folder, root)  # indexing writes the export, once per model
     assert list((root / ".cache" / "text").glob("*/meta.json"))
     light = _cold_query(root)
-    heavy = _cold_query(root, MMSEARCH_LIGHT_TEXT="0")
+    heavy = _cold_query(root, "--precision", "fp32", MMSEARCH_LIGHT_TEXT="0")  # the exact torch path
     assert light["code"] == 0 and heavy["code"] == 0
     assert light["torch"] is False and heavy["torch"] is True
     a, b = json.loads(light["out"]), json.loads(heavy["out"])
