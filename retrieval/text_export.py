@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .encoder import Encoder, _CausalTextTower
+from .encoder import Encoder
+from .fast_paths import CausalTextTower
 from .manifest import write_json_atomic
 from .text_light import (
     CLEAN_KINDS,
@@ -116,7 +117,7 @@ def _describe(encoder: Encoder) -> tuple[dict[str, Any], dict[str, torch.Tensor]
 
     if encoder.device.type != "cpu":
         return "exported from a CPU model only"
-    tower = _CausalTextTower.of(encoder.model)
+    tower = CausalTextTower.of(encoder.model)
     if tower is None:
         return "not a causal CLIP text tower"
     tok = encoder.tokenizer

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from retrieval.embed import ImagePipeline
-from retrieval.encoder import Encoder, _CausalTextTower, load_encoder
+from retrieval.encoder import Encoder, load_encoder
+from retrieval.fast_paths import CausalTextTower
 from retrieval.sources import FileEntry
 
 from .conftest import TINY_MODEL, make_image
@@ -78,8 +79,8 @@ def test_bidirectional_text_tower_takes_the_full_path() -> None:
     torch.manual_seed(0)
     causal = open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
     bidir = open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg={**text, "no_causal_mask": True})
-    assert _CausalTextTower.of(causal) is not None
-    assert _CausalTextTower.of(bidir) is None  # padding changes a bidirectional tower's output
+    assert CausalTextTower.of(causal) is not None
+    assert CausalTextTower.of(bidir) is None  # padding changes a bidirectional tower's output
     tok = open_clip.get_tokenizer("ViT-B-32", context_length=16)
     pre = open_clip.image_transform(32, is_train=False)
     enc = Encoder(bidir, pre, tok, spec="bidir")
