@@ -42,11 +42,13 @@ CaptionColOpt = Annotated[Optional[str], typer.Option("--caption-column", help="
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 
 
-def _read(data: Path, images: Path | None, image_column: str | None, caption_column: str | None) -> Any:
+def _read(data: Path, images: Path | None, image_column: str | None, caption_column: str | None,
+          quiet: bool = False) -> Any:
     from .train import read_pairs
 
     pairs = read_pairs(data, images_dir=images, image_column=image_column, caption_column=caption_column)
-    typer.echo(pairs.summary(), err=True)
+    if not quiet:
+        typer.echo(pairs.summary(), err=True)
     return pairs
 
 
@@ -73,7 +75,10 @@ def train(
     budget_clock: Annotated[BudgetClock, typer.Option(
         "--budget-clock", help="wall time, or CPU time / threads (the same work on a busy machine).")
     ] = BudgetClock.wall,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=2)] = 64,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=2, help="Samples per process per batch. Under torchrun a global batch (whose "
+                                          "samples are each other's negatives) is this x processes; an optimizer "
+                                          "step sees that x --accum-steps.")] = 64,
     lr: Annotated[Optional[float], typer.Option(
         "--lr", help="Peak learning rate [default: 1e-3 from scratch, 1e-5 fine-tuning].")] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.2,
@@ -89,32 +94,44 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again even if OUT holds a model.")] = False,
+    device: Annotated[str, typer.Option(
+        "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps. Under torchrun with CUDA each "
+                         "process uses cuda:LOCAL_RANK.")] = "auto",
+    amp: Annotated[bool, typer.Option(
+        "--amp/--no-amp", help="bf16 autocast on CUDA GPUs that support it (CPU and MPS train in fp32).")] = True,
     images: ImagesOpt = None,
     image_column: ImageColOpt = None,
     caption_column: CaptionColOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a dual encoder on image-caption pairs (from scratch, or fine-tune with --from)."""
+    """Train a dual encoder on image-caption pairs (from scratch, or fine-tune with --from).
+
+    Multi-process: torchrun --nproc_per_node N -m retrieval.cli train ... (one process per GPU, or CPU processes).
+    """
     import sys
 
     from .errors import MMSearchError
     from .train import TrainCfg, fit
+    from .train.distributed import world_from_env
 
     if model and from_spec:
         raise MMSearchError("give --model ARCH (train from scratch) or --from SPEC (fine-tune), not both")
-    pairs = _read(data, images, image_column, caption_column)
+    main_rank = world_from_env()[0] == 0  # under torchrun only rank 0 reports
+    pairs = _read(data, images, image_column, caption_column, quiet=not main_rank)
     cfg = TrainCfg(
         arch=model, from_spec=from_spec, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup, grad_clip=grad_clip or None, accum_steps=accum_steps,
         loss=loss.value, lock_image=lock_image, lock_text=lock_text, augment=augment, val_fraction=val_fraction,
-        seed=seed, resume=resume, overwrite=overwrite, budget_clock=budget_clock.value,
+        seed=seed, resume=resume, overwrite=overwrite, budget_clock=budget_clock.value, device=device, amp=amp,
     )
     result = fit(pairs, out, cfg, progress=sys.stderr)
+    if result.rank != 0:
+        return
     summary = {
         "out": str(result.out_dir), "epochs_run": result.epochs_run, "steps": result.steps,
         "best_epoch": result.best_epoch, "best_val": result.best, "samples_per_s": round(result.samples_per_s, 1),
         "train_seconds": round(result.train_seconds, 1), "stopped_by": result.stopped_by,
-        "n_train": result.n_train, "n_val": result.n_val,
+        "n_train": result.n_train, "n_val": result.n_val, "processes": result.world_size,
         "skipped_rows": pairs.skipped_rows, "skipped_images": pairs.skipped_images,
     }
     if as_json:

@@ -15,21 +15,24 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterable, TextIO
 
 import numpy as np
 import torch
-from open_clip.loss import ClipLoss, SigLipLoss
+from torch.utils.data.distributed import DistributedSampler
 
 from ..encoder import Encoder
 from ..errors import DataError, MMSearchError
 from . import checkpoint as ckpt
-from .data import PairData, PairDataset, split_items
+from . import distributed as dist_env
+from .data import PairData, PairDataset, Split, split_items
+from .distributed import DistEnv
 from .evaluate import RetrievalMetrics, evaluate
 from .models import (
     DEFAULT_ARCH, TrainableModel, create_from_checkpoint, create_from_scratch, create_from_spec, lock_towers,
     param_groups,
 )
+from .progress import Progress, fmt_eta
 
 DEFAULT_EPOCHS = 10
 SCRATCH_LR = 1e-3
@@ -48,7 +51,7 @@ class TrainCfg:
     # "wall": the budget is wall-clock time. "cpu": process CPU time divided by torch's thread
     # count, i.e. the wall time the run would take with its cores to itself (busy machines).
     budget_clock: str = "wall"
-    batch_size: int = 64
+    batch_size: int = 64  # per process: under torchrun the global (contrastive) batch is batch_size x processes
     lr: float | None = None  # None: SCRATCH_LR from scratch, FINETUNE_LR when fine-tuning
     weight_decay: float = 0.2
     warmup_steps: int | None = None  # None: 10% of the planned steps, at most 100
@@ -63,6 +66,8 @@ class TrainCfg:
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
+    device: str = "auto"  # auto | cpu | cuda | mps; under torchrun with CUDA each process takes cuda:LOCAL_RANK
+    amp: bool = True  # bf16 autocast on CUDA GPUs that support it (CPU and MPS always train in fp32)
 
 
 @dataclass
@@ -79,6 +84,8 @@ class TrainResult:
     n_train: int
     n_val: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0  # under torchrun: this process's rank; only rank 0's metrics are complete
+    world_size: int = 1
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -89,36 +96,8 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
 
 
-class _Progress:
-    """One status line on stderr: epoch, step, loss, samples/s, ETA."""
-
-    def __init__(self, stream: TextIO | None) -> None:
-        self.stream = stream
-        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
-        self.last = 0.0
-
-    def update(self, text: str, force: bool = False) -> None:
-        if self.stream is None:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < (0.5 if self.tty else 15.0):
-            return
-        self.last = now
-        self.stream.write(("\r\x1b[K" + text) if self.tty else text + "\n")
-        self.stream.flush()
-
-    def line(self, text: str) -> None:
-        if self.stream is not None:
-            self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
-            self.stream.flush()
-
-
-def _fmt_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _build(cfg: TrainCfg, out_dir: Path) -> tuple[TrainableModel, dict[str, Any] | None, Path | None]:
+def _build(cfg: TrainCfg, out_dir: Path, is_main: bool = True
+           ) -> tuple[TrainableModel, dict[str, Any] | None, Path | None]:
     if cfg.resume:
         last = ckpt.find_last(out_dir)
         if last is None:
@@ -131,7 +110,8 @@ def _build(cfg: TrainCfg, out_dir: Path) -> tuple[TrainableModel, dict[str, Any]
                 "--overwrite to start again, or choose another --out"
             )
         for name in (ckpt.METRICS_NAME, ckpt.INFO_NAME):
-            (out_dir / name).unlink(missing_ok=True)
+            if is_main:
+                (out_dir / name).unlink(missing_ok=True)
     if cfg.from_spec and cfg.arch:
         raise MMSearchError("give --model ARCH (train from scratch) or --from SPEC (fine-tune), not both")
     if cfg.from_spec:
@@ -139,11 +119,13 @@ def _build(cfg: TrainCfg, out_dir: Path) -> tuple[TrainableModel, dict[str, Any]
     return create_from_scratch(cfg.arch or DEFAULT_ARCH, cfg.loss, cfg.seed, cfg.augment), None, None
 
 
-def _validate(tm: TrainableModel, dataset: PairDataset | None, batch_size: int) -> RetrievalMetrics | None:
+def _validate(tm: TrainableModel, dataset: PairDataset | None, batch_size: int,
+              device: torch.device) -> RetrievalMetrics | None:
     if dataset is None or len(dataset) == 0:
         return None
     was_training = tm.model.training
-    encoder = Encoder(tm.model, tm.preprocess_val, tm.tokenizer, spec="(training)", model_config=tm.model_cfg)
+    encoder = Encoder(tm.model, tm.preprocess_val, tm.tokenizer, spec="(training)", model_config=tm.model_cfg,
+                      device=device)
     try:
         return evaluate(encoder, dataset.items, batch_size=max(batch_size, 64), images=dataset.image)
     finally:
@@ -157,35 +139,58 @@ def fit(data: PairData, out_dir: str | Path, cfg: TrainCfg | None = None,
     Stops after ``cfg.epochs`` epochs or ``cfg.max_minutes`` minutes, whichever comes
     first; with a time budget the cosine schedule is stretched to end with it.
     Returns what happened; the best model (by mean validation recall) is in ``out_dir``.
+
+    Under ``torchrun`` every process calls this: it joins the process group (see
+    :mod:`retrieval.train.distributed`), contributes ``batch_size`` samples to each global
+    batch of ``batch_size`` x processes, and rank 0 alone validates and writes; the result's
+    ``best``/``last`` metrics and the history's validation are rank 0's to report.
     """
     cfg = cfg or TrainCfg()
-    out = Path(out_dir)
     if cfg.loss not in ("clip", "siglip"):
         raise MMSearchError(f"unknown loss {cfg.loss!r}: use clip or siglip")
     if cfg.batch_size < 2:
         raise MMSearchError("--batch-size must be at least 2: a contrastive loss needs negatives")
-    split = split_items(data.items, cfg.val_fraction, cfg.seed, cfg.max_val_items)
+    split = split_items(data.items, cfg.val_fraction, cfg.seed, cfg.max_val_items)  # the same on every rank
     if len(split.train) < 2:
         raise DataError(f"only {len(split.train)} training image(s) in {data.source}: need at least 2")
+    env = dist_env.setup(cfg.device)
+    try:
+        return _fit(data, Path(out_dir), cfg, split, env, progress)
+    finally:
+        dist_env.teardown(env)
+
+
+def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
+         progress: TextIO | None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
-    tm, state, _ = _build(cfg, out)
-    if state is not None:  # the settings that define the run come from the checkpoint
+    tm, state, _ = _build(cfg, out, env.is_main)
+    if state is not None:  # the settings that define the run come from the checkpoint; where it runs does not
         saved = TrainCfg(**state["cfg"])
-        keep = {"epochs": cfg.epochs, "max_minutes": cfg.max_minutes}
+        keep = {"epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "device": cfg.device, "amp": cfg.amp}
         cfg = TrainCfg(**{**asdict(saved), **{k: v for k, v in keep.items() if v is not None}, "resume": True})
-    model = tm.model.train()
+    model = tm.model.to(env.device).train()
     lock_towers(model, cfg.lock_image, cfg.lock_text)
+    bias = getattr(model, "logit_bias", None)
+    if cfg.loss == "clip" and isinstance(bias, torch.nn.Parameter):
+        bias.requires_grad_(False)  # softmax ignores a shared bias: no gradient, and DDP rejects unused parameters
+    net: torch.nn.Module = model
+    if env.distributed:  # rank 0's weights are broadcast here, so every rank starts alike
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device] if env.device.type == "cuda" else None)
     base_lr = cfg.lr if cfg.lr is not None else (FINETUNE_LR if cfg.from_spec else SCRATCH_LR)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr, betas=(0.9, 0.98), eps=1e-6)
-    loss_fn: torch.nn.Module = SigLipLoss() if cfg.loss == "siglip" else ClipLoss()
+    loss_fn = dist_env.create_loss(cfg.loss, env)
 
     train_set = PairDataset(split.train, tm.preprocess_train, tm.tokenizer, seed=cfg.seed,
                             deterministic_transform=not cfg.augment)
     val_set = PairDataset(split.val, tm.preprocess_val, tm.tokenizer, seed=cfg.seed) if split.val else None
-    batch = min(cfg.batch_size, len(train_set))
+    # Each rank draws its own share of one seeded permutation per epoch; one rank draws it all.
+    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    batch = min(cfg.batch_size, len(sampler))  # per process
     accum = max(1, cfg.accum_steps)
-    batches_per_epoch = len(train_set) // batch
-    steps_per_epoch = max(1, batches_per_epoch // accum)
+    step_samples = batch * accum * env.world_size  # samples per optimizer step, over all ranks
+    steps_per_epoch = max(1, len(sampler) // batch // accum)
     epochs = cfg.epochs or (10**6 if cfg.max_minutes else DEFAULT_EPOCHS)
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
 
@@ -196,105 +201,116 @@ def fit(data: PairData, out_dir: str | Path, cfg: TrainCfg | None = None,
         step, epoch = int(state["step"]), int(state["epoch"])
         best_score = float(state["best_score"])
         best_epoch = state.get("best_epoch")
-    total_steps = epochs * steps_per_epoch
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != env.world_size:  # keep the schedule's place in samples, not in steps
+            step = min(round(step * saved_world / env.world_size), epoch * steps_per_epoch)
+    max_steps = epochs * steps_per_epoch
+    total_steps = max_steps
     # Transformers trained from scratch with Adam collapse without a warmup; 10% (at most 100 steps).
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(100, int(0.1 * total_steps)))
     if total_steps <= step:
         raise MMSearchError(f"already trained for {epoch} epoch(s): ask for more --epochs to continue")
 
-    ckpt.atomic_write_text(out / ckpt.INFO_NAME, _info_json(cfg, tm, data, split, base_lr))
-    bar = _Progress(progress)
-    bar.line(f"training {tm.source} on {len(split.train)} images ({len(split.val)} for validation), "
-             f"{steps_per_epoch} steps/epoch of {batch * accum} samples" + (f", resuming at epoch {epoch + 1}"
-                                                                              if state else ""))
+    if env.is_main:
+        ckpt.atomic_write_text(out / ckpt.INFO_NAME, _info_json(cfg, tm, data, split, base_lr, env))
+    bar = Progress(progress if env.is_main else None)
+    where = f" on {env.device}" + (f" x {env.world_size} processes" if env.distributed else "")
+    bar.line(f"training {tm.source}{where} on {len(split.train)} images ({len(split.val)} for validation), "
+             f"{steps_per_epoch} steps/epoch of {step_samples} samples" + (f", resuming at epoch {epoch + 1}"
+                                                                           if state else ""))
     start = time.monotonic()
     clock = _budget_clock(cfg.budget_clock)
     clock_start = clock()
-    train_time, samples_seen, val_time = 0.0, 0, 0.0
+    train_time, steps_done, val_time = 0.0, 0, 0.0
     train_clock, val_clock = 0.0, 0.0  # the same, measured by the budget's clock
     stopped_by = "epochs"
     last_metrics: RetrievalMetrics | None = None
+    lr = base_lr
     while epoch < epochs:
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_set))
-        train_set.rng = random.Random(cfg.seed * 1_000_003 + epoch)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        train_set.rng = random.Random(cfg.seed * 1_000_003 + epoch + env.rank * 2**32)
         losses: list[float] = []
         for s in range(steps_per_epoch):
             t0, t0_clock = time.monotonic(), clock()
-            if budget_s < math.inf and samples_seen >= 3 * batch * accum:
-                # Fit the cosine to the budget: steps left = time left / time per step so far.
-                # Validation runs once an epoch: spread its cost over the epoch's steps.
-                per_step = train_clock / (samples_seen / (batch * accum))
-                per_step += val_clock / max(1, len(history)) / steps_per_epoch
-                left = budget_s - (clock() - clock_start)
-                total_steps = min(epochs * steps_per_epoch, step + max(1, int(left / max(per_step, 1e-6))))
             lr = lr_at(step, base_lr, warmup, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for a in range(accum):
-                first = (s * accum + a) * batch
-                pixels, tokens = train_set.batch(order[first:first + batch].tolist())
-                image_f, text_f, scale, bias = _forward(model, pixels, tokens)
-                loss = loss_fn(image_f, text_f, scale, bias) if cfg.loss == "siglip" else loss_fn(image_f, text_f, scale)
-                (loss / accum).backward()
-                step_loss += float(loss.detach()) / accum
+            micro = (train_set.batch(order[(s * accum + a) * batch:(s * accum + a + 1) * batch]) for a in range(accum))
+            step_loss = accumulate(net, loss_fn, cfg.loss, micro, accum, env.device, cfg.amp)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # type: ignore[operator]
             step += 1
+            steps_done += 1
             losses.append(step_loss)
-            samples_seen += batch * accum
             train_time += time.monotonic() - t0
             train_clock += clock() - t0_clock
-            rate = samples_seen / max(train_time, 1e-9)
-            eta = (total_steps - step) * batch * accum / max(rate, 1e-9)
+            rate = steps_done * step_samples / max(train_time, 1e-9)
+            out_of_time = False
+            if budget_s < math.inf:
+                elapsed = clock() - clock_start
+                if steps_done >= 3:
+                    # Fit the cosine to the budget: steps left = time left / time per step so far.
+                    # Validation runs once an epoch: spread its cost over the epoch's steps.
+                    per_step = train_clock / steps_done + val_clock / max(1, len(history)) / steps_per_epoch
+                    total_steps = min(max_steps, step + max(1, int((budget_s - elapsed) / max(per_step, 1e-6))))
+                # Rank 0's clock decides for all, so that every rank runs the same steps.
+                flag, agreed_total = env.from_main([elapsed >= budget_s, total_steps])
+                out_of_time, total_steps = flag > 0, int(agreed_total)
+            eta = (total_steps - step) * step_samples / max(rate, 1e-9)
             bar.update(f"epoch {epoch + 1} step {step}/{total_steps} loss {np.mean(losses[-20:]):.4f} "
-                       f"lr {lr:.2e} {rate:.0f} samples/s ETA {_fmt_eta(eta)}")
-            if clock() - clock_start >= budget_s or step >= total_steps:
+                       f"lr {lr:.2e} {rate:.0f} samples/s ETA {fmt_eta(eta)}")
+            if out_of_time or step >= total_steps:
                 break
         epoch += 1
+        train_loss = env.mean(float(np.mean(losses))) if losses else None  # over the global batch
         v0, v0_clock = time.monotonic(), clock()
-        last_metrics = _validate(tm, val_set, batch)
+        last_metrics = _validate(tm, val_set, batch, env.device) if env.is_main else None
         val_time += time.monotonic() - v0
         val_clock += clock() - v0_clock
-        score = last_metrics.mean_recall if last_metrics else -float(np.mean(losses))
-        is_best = score > best_score
+        score = last_metrics.mean_recall if last_metrics else -(train_loss or 0.0)
+        is_best = env.is_main and score > best_score
         record = {
-            "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None, "lr": lr,
-            "samples_per_s": samples_seen / max(train_time, 1e-9), "elapsed_s": time.monotonic() - start,
+            "epoch": epoch, "step": step, "train_loss": train_loss, "lr": lr,
+            "samples_per_s": steps_done * step_samples / max(train_time, 1e-9), "elapsed_s": time.monotonic() - start,
             "logit_scale": float(model.logit_scale.detach().exp()),  # type: ignore[operator]
             "val": last_metrics.to_dict() if last_metrics else None, "is_best": is_best,
         }
         if is_best:
             best_score, best_epoch = score, epoch
-            ckpt.save_model(model, tm.model_cfg, out, tm.tokenizer if _is_hf(tm) else None)
-        state_out = {
-            "cfg": asdict(cfg), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-            "best_score": best_score, "best_epoch": best_epoch,
-        }
-        ckpt.save_last(model, tm.model_cfg, state_out, out, tm.tokenizer if _is_hf(tm) else None)
-        ckpt.append_metrics(out, record)
+        if env.is_main:
+            if is_best:
+                ckpt.save_model(model, tm.model_cfg, out, tm.tokenizer if _is_hf(tm) else None)
+            state_out = {
+                "cfg": asdict(cfg), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+                "best_score": best_score, "best_epoch": best_epoch, "world_size": env.world_size,
+            }
+            ckpt.save_last(model, tm.model_cfg, state_out, out, tm.tokenizer if _is_hf(tm) else None)
+            ckpt.append_metrics(out, record)
         history.append(record)
         val_text = (f" val R@1 i->t {last_metrics.image_to_text['R@1']:.3f} t->i "
                     f"{last_metrics.text_to_image['R@1']:.3f}") if last_metrics else ""
-        bar.line(f"epoch {epoch} step {step} loss {record['train_loss']:.4f}{val_text}"
+        bar.line(f"epoch {epoch} step {step} loss {train_loss or 0.0:.4f}{val_text}"
                  f"{' (best)' if is_best else ''}  {record['samples_per_s']:.0f} samples/s")
-        if clock() - clock_start >= budget_s:
+        env.barrier()  # the other ranks wait here while rank 0 validates and writes
+        if budget_s < math.inf and env.from_main([clock() - clock_start >= budget_s])[0] > 0:
             stopped_by = "time"
             break
         if step >= total_steps:
             break
-    if budget_s < math.inf and step < epochs * steps_per_epoch:
+    if budget_s < math.inf and step < max_steps:
         stopped_by = "time"  # the schedule fitted to the budget ended before the epochs did
     best = next((h for h in history if h["epoch"] == best_epoch), None)
     return TrainResult(
         out_dir=out, epochs_run=len(history), steps=step, best_epoch=best_epoch,
         best=best["val"] if best else None, last=last_metrics.to_dict() if last_metrics else None,
-        samples_per_s=samples_seen / max(train_time, 1e-9), train_seconds=time.monotonic() - start,
+        samples_per_s=steps_done * step_samples / max(train_time, 1e-9), train_seconds=time.monotonic() - start,
         stopped_by=stopped_by, n_train=len(split.train), n_val=len(split.val), history=history,
+        rank=env.rank, world_size=env.world_size,
     )
 
 
@@ -315,15 +331,48 @@ def _forward(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor)
     return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)
 
 
+def accumulate(net: torch.nn.Module, loss_fn: torch.nn.Module, kind: str,
+               batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, device: torch.device,
+               amp: bool = True) -> float:
+    """Forward and backward over ``n`` micro-batches (pixels, tokens): one optimizer step's gradients.
+
+    Returns the mean loss. Each micro-batch's negatives are its own (global) batch. Under
+    DDP, gradients are averaged across ranks once, on the last micro-batch.
+    """
+    total = 0.0
+    for a, (pixels, tokens) in enumerate(batches):
+        with dist_env.maybe_no_sync(net, skip=a < n - 1):
+            with dist_env.autocast(device, amp):
+                image_f, text_f, scale, bias = _forward(net, pixels.to(device, non_blocking=True),
+                                                        tokens.to(device, non_blocking=True))
+            loss = _loss(loss_fn, kind, image_f, text_f, scale, bias)
+            (loss / n).backward()
+        total += float(loss.detach()) / n
+    return total
+
+
+def _loss(loss_fn: torch.nn.Module, kind: str, image_f: torch.Tensor, text_f: torch.Tensor, scale: torch.Tensor,
+          bias: torch.Tensor | None) -> torch.Tensor:
+    """The contrastive loss in at least fp32 whatever precision the forward pass ran in (logits x 100 need it)."""
+
+    def wide(t: torch.Tensor) -> torch.Tensor:
+        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+    if kind == "siglip":
+        return loss_fn(wide(image_f), wide(text_f), wide(scale), wide(bias) if bias is not None else None)
+    return loss_fn(wide(image_f), wide(text_f), wide(scale))
+
+
 def _is_hf(tm: TrainableModel) -> bool:
     return bool(tm.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"))
 
 
-def _info_json(cfg: TrainCfg, tm: TrainableModel, data: PairData, split: Any, lr: float) -> str:
+def _info_json(cfg: TrainCfg, tm: TrainableModel, data: PairData, split: Any, lr: float, env: DistEnv) -> str:
     import json
 
     return json.dumps({
         "source": tm.source, "cfg": asdict(cfg), "lr": lr, "data": str(data.source),
+        "device": str(env.device), "world_size": env.world_size,
         "n_images": len(data.items), "n_train": len(split.train), "n_val": len(split.val),
         "skipped_rows": data.skipped_rows, "skipped_images": data.skipped_images,
     }, indent=2) + "\n"
