@@ -18,6 +18,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from .cli_scale import Engine
 from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
 from .errors import MMSearchError
 
@@ -90,7 +91,10 @@ def _merge_reports(a: Any, b: Any) -> Any:
 
 @app.command()
 def index(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Folders (or files) of images to index.")] = None,
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Folders (or files) of images to index, or fsspec URLs (s3://BUCKET/PREFIX, needs s3fs)."),
+    ] = None,
     texts: Annotated[
         Optional[list[Path]], typer.Option("--texts", help="A TXT (one per line), CSV or JSONL file of texts to index.")
     ] = None,
@@ -132,6 +136,16 @@ def index(
     ] = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-file messages.")] = False,
+    engine: Annotated[
+        Engine, typer.Option("--engine", help="Where to embed: local (this process) or ray (a Ray cluster).")
+    ] = Engine.local,
+    address: Annotated[
+        Optional[str],
+        typer.Option("--address", help="Ray cluster to use (e.g. auto, ray://HOST:10001) [default: $RAY_ADDRESS, else a private one].")
+    ] = None,
+    num_workers: Annotated[
+        Optional[int], typer.Option("--num-workers", min=1, help="Ray embedding actors [default: one per 2 cluster CPUs].")
+    ] = None,
 ) -> None:
     """Embed every image under PATHS into an index (only what changed since the last run)."""
     from rich.console import Console
@@ -143,9 +157,17 @@ def index(
     paths = paths or []
     if not paths and not texts:
         raise SourceError("nothing to index: give a folder of images and/or --texts FILE")
+    from .urls import is_url
+
     for p in [*paths, *(texts or [])]:
-        if not p.exists():
+        if not is_url(str(p)) and not Path(p).exists():
             raise SourceError(f"no such file or directory: {p}")
+    ray_cfg = None
+    if engine is Engine.ray:
+        from .engine_ray import RayCfg, require_ray
+
+        require_ray()  # before a model is loaded or an index created
+        ray_cfg = RayCfg(address=address, num_workers=num_workers)
     console = Console(stderr=True, highlight=False)
     with open_or_create_index(
         index_name, model=model, root=index_dir, device=device, precision=precision, threads=threads
@@ -181,6 +203,7 @@ def index(
                     paths, exclude=exclude or (), batch_size=batch_size, workers=workers, wait=not no_wait,
                     on_progress=on_progress, on_skip=on_skip,
                     on_wait=lambda: _err(f"index {index_name!r} is being written by another process; waiting..."),
+                    engine=engine.value, ray=ray_cfg,
                 )
             progress.stop()
             if prune and report is not None:
@@ -492,7 +515,7 @@ def _register_command_groups() -> None:
     """Commands that live in their own modules (each has ``register(app)``)."""
     import importlib
 
-    for module in ("cli_train", "cli_maintenance", "cli_serve"):
+    for module in ("cli_train", "cli_maintenance", "cli_serve", "cli_scale"):
         try:
             mod = importlib.import_module(f".{module}", __package__)
         except ModuleNotFoundError as exc:

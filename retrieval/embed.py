@@ -17,7 +17,7 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Collection, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -135,15 +135,18 @@ class ImagePipeline:
         max_pixels: int = 178_956_970,
         known_hashes: Collection[str] = (),
         min_side: int | None = None,
+        read: Callable[[FileEntry], tuple[bytes | None, str | None]] | None = None,
     ):
         """``min_side``: reduced-size JPEG decoding keeps the shorter side >= this
         (default: the model's input side, see :func:`default_min_side`); 0 decodes
-        every image at full size."""
+        every image at full size. ``read`` fetches a file's bytes (default: the
+        local file; the Ray engine passes one that also opens URLs)."""
         self.encoder = encoder
         self.known_hashes = known_hashes
         self.batch_size = max(1, batch_size)
         self.workers = workers or default_workers()
         self.max_pixels = max_pixels
+        self.read = read or read_file
         self.min_side = default_min_side(encoder) if min_side is None else max(0, min_side)
         # Encoders without the split preprocessing (fakes in tests) run theirs whole.
         self._prepare_image = getattr(encoder, "prepare_image", None) or encoder.preprocess
@@ -151,7 +154,7 @@ class ImagePipeline:
 
     def prepare(self, entry: FileEntry, data: bytes | None = None) -> Prepared:
         if data is None:
-            data, error = read_file(entry)
+            data, error = self.read(entry)
             if data is None:
                 return Prepared(entry, None, None, 0, 0, error)
         digest = content_hash(data)

@@ -52,3 +52,15 @@ class SourceError(MMSearchError):
 
 class DataError(MMSearchError):
     """Training / evaluation data is missing or has no usable rows."""
+
+
+class MissingDependencyError(MMSearchError):
+    """An optional feature needs a package that is not installed (the message says which extra)."""
+
+
+class ShardError(MMSearchError):
+    """A Parquet embedding shard is missing, unreadable, or not one that mmsearch wrote."""
+
+
+class EngineError(MMSearchError):
+    """A distributed embedding run (the Ray engine) failed as a whole."""

@@ -22,15 +22,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from .config import IMAGE_EXTENSIONS
 from .embed import Embedded, ImagePipeline
 from .errors import SourceError
 from .sources import FileEntry, Skipped, iter_files
 from .store import IndexStore, NewItem
+from .urls import is_url, url_reader
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .encoder import Encoder
 
 ProgressFn = Callable[[int, int], None]  # (files done, files to embed)
@@ -69,6 +72,215 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
+@dataclass
+class UpdatePlan:
+    """What one index run has to do, decided from the listing before anything is embedded.
+
+    Every engine (this module's local pipeline, the Ray engine) plans the same
+    way and applies its outcomes with :func:`apply_outcomes`, so ids, skips and
+    incremental rules are those of a local run whichever engine embedded.
+    """
+
+    todo: list[FileEntry]  # new or changed files, in listing order
+    gone: list[int]  # ids of items whose files left the scanned folders; removed last
+    known: dict[str, tuple]  # key -> (id, size, mtime_ns, hash, status) before the run
+    report: IndexReport  # so far: unchanged, still-failed and the walk's skips
+    started: float  # perf_counter() when the run began
+    on_skip: SkipFn | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.todo and not self.gone
+
+    def known_hashes(self) -> set[str]:
+        """Content hashes of items with a vector: a file with one of these is not encoded again."""
+        return {h for (_, _, _, h, status) in self.known.values() if h and status == "ok"}
+
+    def skip(self, path: str, reason: str) -> None:
+        self.report.failed += 1
+        self.report.skipped.append((path, reason))
+        if self.on_skip:
+            self.on_skip(path, reason)
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """One file's result as the store takes it, whichever engine produced it.
+
+    ``reused``: the file's content is already indexed; its vector is looked up
+    by ``hash`` in the store instead of being encoded (``vector`` is None).
+    """
+
+    key: str
+    size: int | None
+    mtime_ns: int | None
+    hash: str | None
+    vector: "np.ndarray | None"
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+    reused: bool = False
+
+
+def root_key(root: str | os.PathLike[str]) -> str:
+    """How a root is matched against item keys: an absolute path, or a URL as given."""
+    text = os.fspath(root)
+    return text.rstrip("/") if is_url(text) else os.path.abspath(text)
+
+
+def list_files(
+    roots: Sequence[str | os.PathLike[str]], *, exclude: Sequence[str] = (), on_skip: Callable[[Skipped], None] | None = None
+) -> list[FileEntry]:
+    """The image files under ``roots``: local folders walked by :func:`sources.iter_files`, then URL roots via fsspec."""
+    keys = [root_key(r) for r in roots]
+    local = [r for r in keys if not is_url(r)]
+    remote = [r for r in keys if is_url(r)]
+    listed = list(iter_files(local, exclude=exclude, on_skip=on_skip)) if local else []
+    if remote:
+        from .urls import iter_url_files
+
+        listed += iter_url_files(remote, exclude=exclude)
+    return listed
+
+
+def plan_update(
+    store: IndexStore,
+    roots: Sequence[str | os.PathLike[str]],
+    *,
+    exclude: Sequence[str] = (),
+    on_skip: SkipFn | None = None,
+) -> UpdatePlan:
+    """List ``roots`` and compare with the index: what to embed, what to drop.
+
+    Local folders are walked with :func:`sources.iter_files`, URL roots
+    (``s3://...``) listed through fsspec (:mod:`retrieval.urls`); item keys are
+    absolute paths and URLs. Raises ``SourceError`` when there is nothing at all
+    to index, or when a root that used to hold items is now empty (an unmounted drive).
+    """
+    plan = UpdatePlan(todo=[], gone=[], known={}, report=IndexReport(), started=time.perf_counter(), on_skip=on_skip)
+
+    def walk_skip(s: Skipped) -> None:
+        plan.skip(s.path, s.reason)
+
+    abs_roots = [root_key(r) for r in roots]
+    listed = list_files(abs_roots, exclude=exclude, on_skip=walk_skip)
+    plan.known = known = store.file_states()
+    seen: set[str] = set()
+    for entry in listed:
+        key = str(entry.path)
+        seen.add(key)
+        old = known.get(key)
+        if old is not None and old[1] == entry.size and old[2] == entry.mtime_ns:
+            if old[4] == "failed":
+                plan.report.failed += 1  # still undecodable; not retried until the file changes
+            else:
+                plan.report.unchanged += 1
+            continue
+        plan.todo.append(entry)
+    report = plan.report
+    # A folder that could not be listed this time (permissions, a flaky share)
+    # keeps its items: absence of evidence is not evidence of deletion.
+    unlisted = [p for p, reason in report.skipped if "cannot list folder" in reason]
+    plan.gone = [
+        v[0] for k, v in known.items()
+        if k not in seen and _under(k, abs_roots) and not (unlisted and _under(k, unlisted))
+    ]
+    if not listed and not plan.gone and report.failed == 0:
+        shown = ", ".join(abs_roots)
+        raise SourceError(f"no image files found in {shown} (looked for: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    _refuse_vanished_roots(abs_roots, listed, report.skipped, known)
+    return plan
+
+
+def finish_unchanged(store: IndexStore, plan: UpdatePlan) -> IndexReport:
+    """Nothing changed: no transaction, no encoder call; only heal a stale FAISS file."""
+    if not store.vector_index_is_current():
+        store.load_vector_index(persist=True)
+    plan.report.seconds = time.perf_counter() - plan.started
+    return plan.report
+
+
+def apply_outcomes(
+    store: IndexStore,
+    plan: UpdatePlan,
+    batches: Iterable[list[FileOutcome]],
+    *,
+    total: int | None = None,
+    commit_every: int = 32,
+    reencode: Callable[[FileOutcome], FileOutcome] | None = None,
+    vector_for_hash: Callable[[str], "np.ndarray | None"] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> IndexReport:
+    """Write embedded files into ``store`` in the order given, then drop ``plan.gone``; the caller holds the lock.
+
+    One sqlite transaction per ``commit_every`` items (a crash keeps every
+    committed batch), the ANN index updated in step, and the FAISS file
+    rewritten once at the end. A ``reused`` outcome takes the stored vector of
+    its content twin; if that twin changed meanwhile, ``vector_for_hash`` (a
+    cache taken before the run) or ``reencode`` supplies it, else the file is
+    reported as failed with what to do.
+    """
+    report = plan.report
+    total = len(plan.todo) if total is None else total
+    index = store.load_vector_index(persist=False)
+    pending: list[NewItem] = []
+    done = 0
+    if on_progress:
+        on_progress(0, total)
+
+    def flush(deletes: list[int]) -> None:
+        added, dropped = store.commit(pending, deletes)
+        index.remove(_ids(dropped))
+        if added and index.is_trained:  # an untrained IVF index is built at the end of the run
+            ids = _ids(added)
+            vecs = [it.vector for it in pending if it.vector is not None]
+            index.add(ids, _stack(vecs, store.manifest.dim))
+        pending.clear()
+
+    for batch in batches:
+        for out in batch:
+            key = out.key
+            is_update = key in plan.known
+            vector, width, height, error = out.vector, out.width, out.height, out.error
+            if out.reused and out.hash:
+                vector = store.vector_for_hash(out.hash)
+                if vector is None and vector_for_hash is not None:
+                    vector = vector_for_hash(out.hash)
+                if vector is not None:
+                    report.reused += 1
+                elif reencode is not None:  # the twin vanished meanwhile: fall back to encoding it
+                    out = reencode(out)
+                    vector, width, height, error = out.vector, out.width, out.height, out.error
+                else:
+                    error = "no vector: the shard reused an indexed file with the same content, which is gone; index it again"
+            if vector is None:
+                plan.skip(key, error or "unknown error")
+            elif is_update:
+                report.updated += 1
+            else:
+                report.added += 1
+            if vector is not None and not out.reused:
+                report.encoded += 1
+            pending.append(
+                NewItem(
+                    kind="image", key=key, path=key, size=out.size, mtime_ns=out.mtime_ns,
+                    hash=out.hash, width=width or None, height=height or None,
+                    error=None if vector is not None else (error or "unknown error"), vector=vector,
+                )
+            )
+        done += len(batch)
+        if on_progress:
+            on_progress(done, total)
+        if len(pending) >= commit_every:
+            flush([])
+    # Removals last: a file that moved was matched by content above before its old row goes.
+    report.removed = len(plan.gone)
+    flush(plan.gone)
+    store.save_vector_index(store.refresh_vector_index(index))
+    report.seconds = time.perf_counter() - plan.started
+    return report
+
+
 def update_index(
     store: IndexStore,
     encoder: "Encoder",
@@ -87,112 +299,38 @@ def update_index(
     ``commit_every`` (items per transaction) defaults to one commit per encoder
     batch: a crash then costs at most one batch of encoding.
     """
-    started = time.perf_counter()
-    report = IndexReport()
     if commit_every is None:
         commit_every = batch_size
     store.remove_temp_files()  # the lock is ours: any temp file is left from an interrupted run
-
-    def skip(path: str, reason: str) -> None:
-        report.failed += 1
-        report.skipped.append((path, reason))
-        if on_skip:
-            on_skip(path, reason)
-
-    def walk_skip(s: Skipped) -> None:
-        skip(s.path, s.reason)
-
-    abs_roots = [os.path.abspath(os.fspath(r)) for r in roots]
-    entries = list(iter_files(abs_roots, exclude=exclude, on_skip=walk_skip))
-    known = store.file_states()
-    seen: set[str] = set()
-    todo: list[FileEntry] = []
-    for entry in entries:
-        key = str(entry.path)
-        seen.add(key)
-        old = known.get(key)
-        if old is not None and old[1] == entry.size and old[2] == entry.mtime_ns:
-            if old[4] == "failed":
-                report.failed += 1  # still undecodable; not retried until the file changes
-            else:
-                report.unchanged += 1
-            continue
-        todo.append(entry)
-    # A folder that could not be listed this time (permissions, a flaky share)
-    # keeps its items: absence of evidence is not evidence of deletion.
-    unlisted = [p for p, reason in report.skipped if "cannot list folder" in reason]
-    gone = [
-        v[0] for k, v in known.items()
-        if k not in seen and _under(k, abs_roots) and not (unlisted and _under(k, unlisted))
-    ]
-    if not entries and not gone and report.failed == 0:
-        shown = ", ".join(abs_roots)
-        raise SourceError(f"no image files found in {shown} (looked for: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    _refuse_vanished_roots(abs_roots, entries, report.skipped, known)
-    if not todo and not gone:
-        # Nothing changed: no transaction, no encoder call; only heal a stale FAISS file.
-        if not store.vector_index_is_current():
-            store.load_vector_index(persist=True)
-        report.seconds = time.perf_counter() - started
-        return report
-
-    index = store.load_vector_index(persist=False)
-    known_hashes = {h for (_, _, _, h, status) in known.values() if h and status == "ok"}
+    plan = plan_update(store, roots, exclude=exclude, on_skip=on_skip)
+    if plan.is_empty:
+        return finish_unchanged(store, plan)
     pipeline = ImagePipeline(
-        encoder, batch_size=batch_size, workers=workers, max_pixels=max_pixels, known_hashes=known_hashes
+        encoder, batch_size=batch_size, workers=workers, max_pixels=max_pixels, known_hashes=plan.known_hashes(),
+        read=url_reader() if any(is_url(str(e.path)) for e in plan.todo) else None,
     )
-    pending: list[NewItem] = []
-    done = 0
-    if on_progress:
-        on_progress(0, len(todo))
 
-    def flush(deletes: list[int]) -> None:
-        added, dropped = store.commit(pending, deletes)
-        index.remove(_ids(dropped))
-        if added and index.is_trained:  # an untrained IVF index is built at the end of the run
-            ids = _ids(added)
-            vecs = [it.vector for it in pending if it.vector is not None]
-            index.add(ids, _stack(vecs, store.manifest.dim))
-        pending.clear()
+    def reencode(out: FileOutcome) -> FileOutcome:
+        return outcome_of(pipeline_encode_one(pipeline, entry_of(out)))
 
-    for batch in pipeline.run(todo):
-        for out in batch:
-            key = str(out.entry.path)
-            is_update = key in known
-            vector, width, height = out.vector, out.width, out.height
-            if out.reused and out.hash:
-                vector = store.vector_for_hash(out.hash)
-                if vector is None:  # the twin vanished meanwhile: fall back to encoding it
-                    out = pipeline_encode_one(pipeline, out.entry)
-                    vector, width, height = out.vector, out.width, out.height
-                else:
-                    report.reused += 1
-            if vector is None:
-                skip(key, out.error or "unknown error")
-            elif is_update:
-                report.updated += 1
-            else:
-                report.added += 1
-            if vector is not None and not out.reused:
-                report.encoded += 1
-            pending.append(
-                NewItem(
-                    kind="image", key=key, path=key, size=out.entry.size, mtime_ns=out.entry.mtime_ns,
-                    hash=out.hash, width=width or None, height=height or None,
-                    error=None if vector is not None else (out.error or "unknown error"), vector=vector,
-                )
-            )
-        done += len(batch)
-        if on_progress:
-            on_progress(done, len(todo))
-        if len(pending) >= commit_every:
-            flush([])
-    # Removals last: a file that moved was matched by content above before its old row goes.
-    report.removed = len(gone)
-    flush(gone)
-    store.save_vector_index(store.refresh_vector_index(index))
-    report.seconds = time.perf_counter() - started
-    return report
+    batches = ([outcome_of(e) for e in batch] for batch in pipeline.run(plan.todo))
+    return apply_outcomes(
+        store, plan, batches, commit_every=commit_every, reencode=reencode, on_progress=on_progress
+    )
+
+
+def entry_of(out: FileOutcome) -> FileEntry:
+    """The file an outcome is about, as the pipeline reads it (a URL stays a string)."""
+    location: Path | str = out.key if is_url(out.key) else Path(out.key)
+    return FileEntry(location, out.size or 0, out.mtime_ns or 0)  # type: ignore[arg-type]
+
+
+def outcome_of(out: Embedded, key: str | None = None) -> FileOutcome:
+    """An :class:`Embedded` (the local pipeline's result) as the store takes it."""
+    return FileOutcome(
+        key=str(out.entry.path) if key is None else key, size=out.entry.size, mtime_ns=out.entry.mtime_ns,
+        hash=out.hash, vector=out.vector, width=out.width, height=out.height, error=out.error, reused=out.reused,
+    )
 
 
 def _refuse_vanished_roots(
@@ -228,7 +366,10 @@ def remove_paths(store: IndexStore, paths: Sequence[str | os.PathLike[str]], *, 
 
 def prune_missing(store: IndexStore, *, chunk: int = 1000) -> list[str]:
     """Drop every image item whose file no longer exists, wherever it was; the caller holds the writer lock."""
-    gone = [(key, v[0]) for key, v in sorted(store.file_states().items()) if not os.path.exists(key)]
+    # URL items are not checked here (that would need the network); only local files are.
+    gone = [
+        (key, v[0]) for key, v in sorted(store.file_states().items()) if not is_url(key) and not os.path.exists(key)
+    ]
     _delete_ids(store, [i for _, i in gone], chunk)
     return [k for k, _ in gone]
 

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from .config import SCHEMA_VERSION
-from .errors import IndexCorruptError, MMSearchError
-from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ann_count_agrees
+from .errors import IndexCorruptError
+from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ann_count_agrees, write_transaction
+from .urls import is_url
 
 _NORM_TOLERANCE = 1e-3  # vectors are stored L2-normalised
 
@@ -113,7 +114,8 @@ def verify_index(store: IndexStore, *, check_files: bool = True) -> VerifyReport
         image_paths = [r[0] for r in db.execute("SELECT key FROM items WHERE kind = 'image'")]
         _verify_ann(store, db, report)
     if check_files:
-        report.missing_files = sum(1 for p in image_paths if not os.path.exists(p))
+        # URL items (s3://...) are not checked: that would need the network.
+        report.missing_files = sum(1 for p in image_paths if not is_url(p) and not os.path.exists(p))
         if report.missing_files:
             report.notes.append(
                 f"{report.missing_files} indexed files no longer exist "
@@ -180,8 +182,7 @@ def repair_index(store: IndexStore) -> RepairReport:
             f"items.sqlite of index {name!r} is damaged ({check[0][0]}) and cannot be repaired in place: "
             f"re-create it with 'mmsearch drop {name}' then 'mmsearch index FOLDER --index {name}'"
         )
-    try:
-        db.execute("BEGIN IMMEDIATE")
+    with write_transaction(db, lambda why: f"could not repair index {store.manifest.name!r}: {why}; it is unchanged"):
         wrong_size, bad_values = _bad_vector_ids(db, store.manifest.dim)
         untrusted = wrong_size + bad_values
         for item_id in untrusted:
@@ -198,13 +199,6 @@ def repair_index(store: IndexStore) -> RepairReport:
         ).rowcount
         if report.dropped_items or report.dropped_vectors:
             store.bump_generation(db)
-        db.execute("COMMIT")
-    except BaseException as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise MMSearchError(f"could not repair index {store.manifest.name!r}: {exc}; it is unchanged") from exc
-        raise
     index = store.rebuild_vector_index()
     store.save_vector_index(index)
     report.vectors = index.ntotal

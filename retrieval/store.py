@@ -31,7 +31,7 @@ import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -131,6 +131,27 @@ class NewItem:
     vector: np.ndarray | None = None
 
 
+@contextmanager
+def write_transaction(db: sqlite3.Connection, failure: Callable[[str], str]) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
+
+    An sqlite error becomes one ``MMSearchError`` whose message is
+    ``failure(why)`` (``why`` says what went wrong in words, e.g. a full disk);
+    anything else (a bug, KeyboardInterrupt) propagates after the rollback.
+    Either way the database keeps exactly what was committed before.
+    """
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield db
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise MMSearchError(failure(describe_write_error(exc))) from exc
+        raise
+
+
 class IndexStore:
     """One index directory. Open with :meth:`create` or :meth:`open`.
 
@@ -211,19 +232,9 @@ class IndexStore:
             current = read_manifest(self.directory / MANIFEST).get("schema_version", version)
             db = self.connect()
             for v in range(int(current), SCHEMA_VERSION):
-                try:
-                    db.execute("BEGIN IMMEDIATE")
+                with write_transaction(db, lambda why: f"could not upgrade index {name!r} from schema {v}: "
+                                                       f"{why}; it is unchanged"):
                     MIGRATIONS[v](db)
-                    db.execute("COMMIT")
-                except BaseException as exc:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.Error):
-                        raise MMSearchError(
-                            f"could not upgrade index {name!r} from schema {v}: {describe_write_error(exc)}; "
-                            "it is unchanged"
-                        ) from exc
-                    raise
             self.manifest.schema_version = SCHEMA_VERSION
             self.write_manifest()
 
@@ -495,8 +506,9 @@ class IndexStore:
         now = time.time()
         added: list[int] = []
         dropped: list[int] = list(deletes)
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        failure = (lambda why: f"could not write to index {self.manifest.name!r}: {why} "
+                   "(the index keeps everything committed before this)")
+        with write_transaction(db, failure):
             for item_id in deletes:
                 db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
                 db.execute("DELETE FROM items WHERE id=?", (item_id,))
@@ -533,16 +545,6 @@ class IndexStore:
                     db.execute("INSERT INTO vectors (id, vec) VALUES (?, ?)", (item_id, vec.tobytes()))
                     added.append(item_id)
             self.bump_generation(db)
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise MMSearchError(
-                    f"could not write to index {self.manifest.name!r}: {describe_write_error(exc)} "
-                    "(the index keeps everything committed before this)"
-                ) from exc
-            raise
         return added, dropped
 
     @staticmethod
