@@ -18,6 +18,10 @@ How a hit is counted (many pictures can match one caption in this world):
   caption names (kind, colour, and pattern/size/position when named).
   image->text: a hit at K when one of the top K captions (among all queries) names
   only attributes the picture has.
+Held-out recall of a single run moves by a few points with the training seed (108
+unseen pictures), so compare trainers over several seeds: ``--seeds 0,1,2``; runs
+made in separate processes (one per core, ``--threads 1 --clock cpu``) are put
+together with ``--combine A/results.json B/results.json``.
 The open_clip_train run needs ``pip install -e '.[bench]'`` (pandas, webdataset, braceexpand).
 """
 
@@ -67,18 +71,20 @@ def _attribute_recall(encoder, catalogue) -> dict[str, dict]:
     return {k: v.to_dict() for k, v in attribute_recall(encoder, catalogue).items()}
 
 
-def run_ours(catalogue: syn.Catalogue, out: Path, minutes: float, clock: str) -> dict:
+def run_ours(catalogue: syn.Catalogue, out: Path, minutes: float, clock: str, seed: int = 0,
+             augment: bool = True) -> dict:
     from retrieval.encoder import load_encoder
     from retrieval.train import TrainCfg, fit, read_pairs
 
     data = read_pairs(catalogue.captions_csv)
     cfg = TrainCfg(arch=ARCH, max_minutes=minutes, batch_size=BATCH, lr=LR, weight_decay=WD, warmup_steps=WARMUP,
-                   augment=False, overwrite=True, budget_clock=clock)
+                   augment=augment, overwrite=True, budget_clock=clock, seed=seed,
+                   device="cpu")  # compared with open_clip_train on the CPU
     t0, c0 = time.monotonic(), time.process_time()
     result = fit(data, out, cfg)
     wall, cpu = time.monotonic() - t0, time.process_time() - c0
     return {
-        "trainer": "retrieval.train.fit", "wall_s": wall, "cpu_s": cpu, "samples_per_s": result.samples_per_s,
+        "trainer": "retrieval.train.fit", "seed": seed, "augment": augment, "wall_s": wall, "cpu_s": cpu, "samples_per_s": result.samples_per_s,
         "samples_per_cpu_s": result.steps * BATCH / max(cpu, 1e-9),
         "samples": result.steps * BATCH, "steps": result.steps,
         "recall": _attribute_recall(load_encoder(str(out)), catalogue),
@@ -99,10 +105,12 @@ def _session_cpu_seconds(sid: int) -> float:
     return total / tick
 
 
-def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, samples: int, clock: str) -> dict:
+def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, samples: int, clock: str,
+                        seed: int = 0, epochs: int | None = None) -> dict:
     """open_clip_train on the same training rows; stopped at the same budget (wall or CPU clock)."""
     import torch
 
+    work = work.resolve()  # the trainer runs with work as its cwd
     work.mkdir(parents=True, exist_ok=True)
     rows = work / "train.csv"
     n_rows = 0
@@ -116,7 +124,8 @@ def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, sa
     launcher = work / "launch_open_clip_train.py"
     launcher.write_text(_LAUNCHER)
     # It has no time budget: ask for as many epochs as our trainer's samples need, stop it at the budget.
-    epochs = max(1, -(-samples // n_rows))  # at least as many samples as ours; the budget stops it
+    if epochs is None:
+        epochs = max(1, -(-samples // n_rows))  # at least as many samples as ours; the budget stops it
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     cmd = [
@@ -125,7 +134,7 @@ def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, sa
         "--csv-img-key", "filepath", "--csv-caption-key", "title",
         "--model", ARCH, "--batch-size", str(BATCH), "--lr", str(LR), "--wd", str(WD),
         "--warmup", str(WARMUP), "--epochs", str(epochs), "--workers", "1", "--precision", "fp32",
-        "--device", "cpu", "--grad-clip-norm", "1.0", "--seed", "0",
+        "--device", "cpu", "--grad-clip-norm", "1.0", "--seed", str(seed),
         "--logs", str(logs), "--name", "ref", "--save-frequency", "1", "--save-most-recent",
         "--zeroshot-frequency", "0", "--val-frequency", "0", "--report-to", "", "--log-every-n-steps", "20",
     ]
@@ -160,7 +169,7 @@ def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, sa
     progress = [m for m in progress if m]
     samples_done = (int(progress[-1][1]) * n_rows + int(progress[-1][2])) if progress else 0
     ckpts = sorted((logs / "ref" / "checkpoints").glob("epoch_*.pt"), key=lambda p: p.stat().st_mtime)
-    result = {"trainer": "open_clip_train", "wall_s": wall, "cpu_s": cpu, "stopped_by": stopped_by,
+    result = {"trainer": "open_clip_train", "seed": seed, "wall_s": wall, "cpu_s": cpu, "stopped_by": stopped_by,
               "epochs_asked": epochs,
               "samples": samples_done, "samples_per_s": float(progress[-1][4]) if progress else None,
               "samples_per_cpu_s": samples_done / max(cpu, 1e-9),
@@ -190,7 +199,7 @@ def _recall_of_saved(result: dict, catalogue: syn.Catalogue, out: Path) -> dict 
     if result["trainer"] == "open_clip_train":
         return _attribute_recall(_open_clip_train_encoder(result["checkpoint"]), catalogue) \
             if result.get("checkpoint") else None
-    return _attribute_recall(load_encoder(str(out / "ours")), catalogue)
+    return _attribute_recall(load_encoder(str(out / f"ours-seed{result.get('seed', 0)}")), catalogue)
 
 
 def _table(results: list[dict]) -> str:
@@ -211,6 +220,28 @@ def _table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _summary_table(results: list[dict]) -> str:
+    """Mean and spread over seeds of each trainer's held-out recall@1 (one run is one sample: seeds vary a lot)."""
+    import statistics
+
+    head = ("| trainer | runs | samples/CPU-s | split | t->i R@1 mean (sd) | i->t R@1 mean (sd) |\n"
+            "|---|---|---|---|---|---|")
+    rows = [head]
+    for trainer in dict.fromkeys(r["trainer"] for r in results):
+        runs = [r for r in results if r["trainer"] == trainer and r.get("recall")]
+        if not runs:
+            continue
+        speed = statistics.mean(r["samples_per_cpu_s"] for r in runs)
+        for split, label in (("unseen", "unseen combos"), ("test", "seen combos")):
+            cells = []
+            for direction in ("text_to_image", "image_to_text"):
+                vals = [r["recall"][split][direction]["R@1"] for r in runs]
+                sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+                cells.append(f"{statistics.mean(vals):.3f} ({sd:.3f})")
+            rows.append(f"| {trainer} | {len(runs)} | {speed:.0f} | {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget for each trainer")
@@ -221,21 +252,42 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for both trainers [default: torch's choice]; with --clock cpu the "
                              "budget is CPU seconds / threads")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds; each trainer runs once per seed")
+    parser.add_argument("--trainers", default="ours,reference", help="ours, reference (open_clip_train) or both")
+    parser.add_argument("--reference-epochs", type=int, default=0,
+                        help="epochs for open_clip_train's schedule [default: enough for our run's samples]; "
+                             "its cosine spans them, so size them to what fits the budget")
+    parser.add_argument("--catalogue", type=Path, help="synthetic catalogue folder [default: OUT/catalogue]")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train ours without random crops (open_clip_train always crops, scale 0.9-1)")
     parser.add_argument("--eval-only", action="store_true",
                         help="re-measure recall of the models a previous run left in --out (no training)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run open_clip_train")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="print the table of several runs' results.json together (no training)")
     args = parser.parse_args()
+
+    if args.combine:
+        results = [r for path in args.combine for r in json.loads(path.read_text())["results"]]
+        print(_table(results))
+        print()
+        print(_summary_table(results))
+        return 0
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = args.out / "catalogue"
+    root = args.catalogue or args.out / "catalogue"
     if syn.catalogue_matches(root, args.images, 0, 96):
         catalogue = syn.load_catalogue(root)
     else:
         catalogue = syn.generate_catalogue(root, n_images=args.images, seed=0, image_size=96)
     _log(f"catalogue: {len(catalogue.items)} pictures, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    trainers = {t.strip() for t in args.trainers.split(",") if t.strip()}
+    if args.skip_reference:
+        trainers.discard("reference")
+    results: list[dict] = []
     if args.eval_only:
         previous = json.loads((args.out / "results.json").read_text())
         results = previous["results"]
@@ -243,16 +295,25 @@ def main() -> int:
             r["recall"] = _recall_of_saved(r, catalogue, args.out)
         args.minutes, args.clock = previous["minutes"], previous["clock"]
     else:
-        results = [run_ours(catalogue, args.out / "ours", args.minutes, args.clock)]
-    if not args.skip_reference and not args.eval_only:
-        try:
-            results.append(run_open_clip_train(catalogue, args.out / "open_clip_train", args.minutes,
-                                               results[0]["samples"], args.clock))
-        except ImportError as exc:
-            _log(f"open_clip_train comparison skipped: {exc} (pip install -e '.[bench]')")
+        for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
+            samples = 0
+            if "ours" in trainers:
+                results.append(run_ours(catalogue, args.out / f"ours-seed{seed}", args.minutes, args.clock, seed,
+                                        augment=not args.no_augment))
+                samples = results[-1]["samples"]
+            if "reference" in trainers:
+                try:
+                    # Without our run to size it, ask for enough epochs that the budget is what stops it.
+                    results.append(run_open_clip_train(catalogue, args.out / f"open_clip_train-seed{seed}",
+                                                       args.minutes, samples or 2_000_000, args.clock, seed,
+                                                       epochs=args.reference_epochs or None))
+                except ImportError as exc:
+                    _log(f"open_clip_train comparison skipped: {exc} (pip install -e '.[bench]')")
     print(_table(results))
-    summary = {"minutes": args.minutes, "clock": args.clock, "load_avg": os.getloadavg(), "images": args.images, "arch": ARCH, "batch": BATCH, "lr": LR,
-               "results": results}
+    print()
+    print(_summary_table(results))
+    summary = {"minutes": args.minutes, "clock": args.clock, "load_avg": os.getloadavg(), "images": args.images,
+               "arch": ARCH, "batch": BATCH, "lr": LR, "results": results}
     (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
     return 0
