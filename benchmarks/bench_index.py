@@ -23,7 +23,6 @@ speed, are those of the real model; cosines are measured on random weights.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import sys

@@ -203,8 +203,8 @@ def _recall_of_saved(result: dict, catalogue: syn.Catalogue, out: Path) -> dict 
 
 
 def _table(results: list[dict]) -> str:
-    head = (f"| trainer | samples/s | wall s | split | t->i R@1 | R@5 | R@10 | i->t R@1 | R@5 | R@10 |\n"
-            f"|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| trainer | samples/s | wall s | split | t->i R@1 | R@5 | R@10 | i->t R@1 | R@5 | R@10 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for r in results:
         for split, label in (("unseen", "unseen combos"), ("test", "seen combos")):

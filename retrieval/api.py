@@ -490,7 +490,7 @@ class _TextCache:
 def _export_text_tower(encoder: "Encoder", index_root: Path) -> None:
     # Once per model, when we load it anyway (and before bf16 lowers its text tower): later
     # processes then embed text queries without torch.
-    if light_text_enabled() and encoder.device.type == "cpu":
+    if light_text_enabled():
         from .text_export import ensure_export
 
         ensure_export(encoder, index_root)

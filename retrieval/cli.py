@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -56,10 +55,11 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="Image-tower numerics: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16 or int8. "
-        "All keep cosine >= 0.99 to fp32; text always runs in fp32.",
+        help="Model numerics: auto (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), fp32, bf16, "
+        "fp16 (GPUs) or int8 (CPU, image tower only). All keep cosine >= 0.99 to fp32.",
     ),
 ]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")]
 ThreadsOpt = Annotated[
     Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads [default: one per available core].")
 ]
@@ -119,7 +119,7 @@ def index(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
     workers: Annotated[int, typer.Option(min=0, help="Decoding threads (0 = one per core).")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     threads: ThreadsOpt = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")] = False,
@@ -320,7 +320,7 @@ def query(
     json_out: JsonOpt = False,
     paths_only: Annotated[bool, typer.Option("--paths", help="Only the paths (or texts), one per line.")] = False,
     html: HtmlOpt = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     threads: ThreadsOpt = None,
 ) -> None:

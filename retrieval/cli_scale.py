@@ -91,7 +91,7 @@ def embed(
         Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or int8 (image tower).")] = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

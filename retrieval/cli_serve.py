@@ -41,7 +41,7 @@ def serve(
         ),
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest request body (image upload) in MiB.")] = 20.0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Serve a search page and a JSON API for an index (http://127.0.0.1:8000/ by default).
 

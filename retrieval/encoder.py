@@ -29,19 +29,24 @@ open_clip.add_model_config(_OWN_CONFIGS)
 # Random-weight models are seeded so that the same spec always gives the same encoder.
 RANDOM_INIT_SEED = 0
 
-# Numerics of the image tower. fp32 is exact; the others trade a little accuracy
+# Numerics of the towers. fp32 is exact; the others trade a little accuracy
 # for speed and are offered only because their embeddings keep a mean cosine
-# >= 0.99 to fp32 (measured by benchmarks/bench_index.py). "auto" picks one per machine.
-PRECISIONS = ("fp32", "bf16", "int8")
+# >= 0.99 to fp32 (measured by benchmarks/bench_index.py and bench_query.py,
+# and tested). "auto" picks one per machine. fp16 is for GPUs only.
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def default_precision(device: torch.device | str = "cpu") -> str:
-    """What ``precision="auto"`` means here: bf16 on CPUs that multiply bf16 natively, else fp32.
+    """What ``precision="auto"`` means: fp16 on GPUs; bf16 on CPUs that multiply bf16 natively; else fp32.
 
     On this project's reference CPU (AVX-512 BF16) bf16 runs the image tower
-    ~2.3x faster with embeddings at cosine >= 0.9999 to fp32; CPUs without
-    native bf16 would emulate it and run slower, so they stay exact.
+    ~2x faster with embeddings at cosine >= 0.9999 to fp32; CPUs without
+    native bf16 would emulate it and run slower, so they stay exact. GPUs
+    (CUDA tensor cores, Apple GPUs) run fp16 at full speed, and fp16 keeps
+    three more mantissa bits than bf16.
     """
+    if torch.device(device).type in ("cuda", "mps"):
+        return "fp16"
     if torch.device(device).type != "cpu":
         return "fp32"
     try:
@@ -125,6 +130,9 @@ class Encoder:
     ) -> None:
         if precision not in PRECISIONS:
             raise ModelLoadError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        if precision == "fp16" and torch.device(device).type == "cpu":
+            # CPUs emulate fp16 matmuls: many times slower than fp32, for no gain.
+            raise ModelLoadError("precision fp16 is for GPUs (--device cuda or mps); on the CPU use bf16 or fp32")
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer

@@ -194,7 +194,7 @@ def _embed(
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=cpus,
-                num_gpus=1 if cfg.device.startswith("cuda") else None,
+                num_gpus=1 if _wants_gpu(ray, cfg.device) else None,
                 fn_constructor_kwargs={
                     "model": model.model, "fingerprint": model.fingerprint, "dim": model.dim, "run": run,
                     "device": cfg.device, "precision": cfg.precision, "threads": cpus,
@@ -355,3 +355,10 @@ def _explain(exc: BaseException) -> MMSearchError:
         f"the Ray run failed: {reason[:300]}; the index keeps every shard merged so far, "
         "and running the same command again embeds only the rest"
     )
+
+
+def _wants_gpu(ray: Any, device: str) -> bool:
+    """Whether each actor asks Ray for a GPU: ``cuda``, or ``auto`` on a cluster that has GPUs."""
+    if device.startswith("cuda"):
+        return True
+    return device == "auto" and float(ray.cluster_resources().get("GPU", 0)) > 0

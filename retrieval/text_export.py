@@ -115,8 +115,6 @@ def _describe(encoder: Encoder) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     from open_clip.tokenizer import SimpleTokenizer, _clean_canonicalize, _clean_lower, _clean_whitespace
     from open_clip.transformer import LayerScale, QuickGELU, ResidualAttentionBlock
 
-    if encoder.device.type != "cpu":
-        return "exported from a CPU model only"
     tower = CausalTextTower.of(encoder.model)
     if tower is None:
         return "not a causal CLIP text tower"

@@ -117,6 +117,9 @@ def test_index_dir_option_overrides_env(image_folder: Path, tmp_path: Path) -> N
         (["index", "{images}", "--model", "no-such-arch"], ["no-such-arch"]),
         (["index", "{images}", "--model", "/no/such/model/dir"], ["/no/such/model/dir"]),
         (["index", "{images}", "--model", "ViT-B-32:not-a-tag"], ["not-a-tag"]),
+        (["index", "{images}", "--model", TINY_MODEL, "--device", "cuda"], ["cuda", "no CUDA GPU"]),
+        (["index", "{images}", "--model", TINY_MODEL, "--device", "tpu"], ["tpu", "auto, cpu, cuda or mps"]),
+        (["index", "{images}", "--model", TINY_MODEL, "--precision", "fp16"], ["fp16 is for GPUs"]),
     ],
 )
 def test_errors_are_one_line(image_folder: Path, args: list[str], words: list[str]) -> None:

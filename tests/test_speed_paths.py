@@ -203,3 +203,29 @@ def test_extreme_aspect_ratio_is_cropped_before_preprocessing(tmp_path, tiny_enc
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert out.vector is not None and out.error is None
     assert grown_mib < 200, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_fp16_is_for_gpus_and_keeps_embeddings_close() -> None:
+    """auto means fp16 on GPUs; its lowering keeps cosine >= 0.99 (run here on the CPU, which torch emulates)."""
+    import copy
+
+    import torch
+
+    from retrieval.encoder import default_precision
+    from retrieval.errors import ModelLoadError
+    from retrieval.fast_paths import lower_image_tower, lower_text_tower
+
+    assert default_precision("cuda") == "fp16" and default_precision("mps") == "fp16"
+    with pytest.raises(ModelLoadError, match="fp16 is for GPUs"):
+        load_encoder(TINY_MODEL, precision="fp16")
+    exact = load_encoder(TINY_MODEL)
+    half = copy.deepcopy(exact.model)
+    image_dtype = lower_image_tower(half, "fp16", torch.device("cpu"))
+    assert lower_text_tower(half, "fp16") == torch.float16 == image_dtype
+    pixels = exact.preprocess_images([make_image(i) for i in range(6)])
+    tokens = exact.tokenizer(TEXTS)
+    with torch.inference_mode():
+        img = torch.nn.functional.normalize(half.encode_image(pixels.to(image_dtype)).float(), dim=-1).numpy()
+        txt = torch.nn.functional.normalize(half.encode_text(tokens).float(), dim=-1).numpy()
+    assert float(np.mean(np.sum(img * exact.encode_pixels(pixels), axis=1))) >= 0.99
+    assert float(np.mean(np.sum(txt * exact.encode_texts(TEXTS), axis=1))) >= 0.99
