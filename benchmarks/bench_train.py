@@ -258,8 +258,9 @@ def main() -> int:
                         help="epochs for open_clip_train's schedule [default: enough for our run's samples]; "
                              "its cosine spans them, so size them to what fits the budget")
     parser.add_argument("--catalogue", type=Path, help="synthetic catalogue folder [default: OUT/catalogue]")
-    parser.add_argument("--no-augment", action="store_true",
-                        help="train ours without random crops (open_clip_train always crops, scale 0.9-1)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                        help="random crops for ours too [default: off, so its transformed pixels are cached; "
+                             "open_clip_train always crops, scale 0.9-1]")
     parser.add_argument("--eval-only", action="store_true",
                         help="re-measure recall of the models a previous run left in --out (no training)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run open_clip_train")
@@ -299,7 +300,7 @@ def main() -> int:
             samples = 0
             if "ours" in trainers:
                 results.append(run_ours(catalogue, args.out / f"ours-seed{seed}", args.minutes, args.clock, seed,
-                                        augment=not args.no_augment))
+                                        augment=args.augment))
                 samples = results[-1]["samples"]
             if "reference" in trainers:
                 try:

@@ -68,6 +68,7 @@ READ_LOCK_FILE = "read.lock"
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: dict[int, Migration] = {}
 
+PAGE_SIZE = 16384  # sqlite page size of new indexes
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id        INTEGER PRIMARY KEY,
@@ -249,6 +250,9 @@ class IndexStore:
             # WAL: readers see the last committed state while a writer works.
             # synchronous=NORMAL: a commit is not fsync'd until checkpoint, so a
             # power cut may lose the last commits but never corrupts; kill -9 loses nothing.
+            # 16 KiB pages, set before the first table exists (a no-op on an existing file): a
+            # 512-d vector row is ~2 KiB, so 4 KiB pages hold one row and waste half the file.
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")
