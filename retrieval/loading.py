@@ -29,6 +29,7 @@ _HEADER_BYTES = 64
 _plugins_lock = threading.Lock()
 _plugins_registered = False
 _heif_available = False
+_jxl_available = False
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,13 @@ class LoadedImage:
 
 
 def register_format_plugins() -> None:
-    """Register optional decoders (HEIC/HEIF via pillow_heif). Idempotent.
+    """Register optional decoders (HEIC/HEIF via pillow_heif, JPEG XL via pillow_jxl). Idempotent.
 
-    AVIF is decoded by Pillow itself (>= 11.3). If pillow_heif is not
-    installed, HEIC files come back from :func:`load_image` with an error
-    saying so instead of failing here.
+    AVIF is decoded by Pillow itself (>= 11.3). If a plugin is not installed,
+    its files come back from :func:`load_image` with an error saying so
+    instead of failing here.
     """
-    global _plugins_registered, _heif_available
+    global _plugins_registered, _heif_available, _jxl_available
     with _plugins_lock:
         if _plugins_registered:
             return
@@ -70,6 +71,12 @@ def register_format_plugins() -> None:
         else:
             pillow_heif.register_heif_opener()
             _heif_available = True
+        try:
+            import pillow_jxl  # noqa: F401 - importing it registers the JPEG XL opener
+        except ImportError:
+            _jxl_available = False
+        else:
+            _jxl_available = True
         _plugins_registered = True
 
 
@@ -95,6 +102,7 @@ def load_image(
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     register_format_plugins()
+    header = b""
     try:
         with _open_stream(source) as stream:
             header = stream.read(_HEADER_BYTES)
@@ -103,6 +111,9 @@ def load_image(
             stream.seek(0)
             return _decode(stream, header, min_side, max_pixels)
     except Exception as exc:  # noqa: BLE001 - the contract is "never raise for a bad file"
+        if _is_jpeg_xl(header) and not isinstance(exc, OSError | MemoryError):
+            # libjxl's errors say "Generic Error. Please build libjxl from source...": not for users.
+            return LoadedImage(None, "cannot decode: damaged or truncated JPEG XL file")
         return LoadedImage(None, _describe(exc))
 
 
@@ -232,10 +243,17 @@ _AVIF_BRANDS = {b"avif", b"avis"}
 _VIDEO_BRANDS = {b"isom", b"iso2", b"mp41", b"mp42", b"qt  ", b"M4V ", b"3gp4", b"3gp5", b"dash", b"avc1"}
 
 
+def _is_jpeg_xl(header: bytes) -> bool:
+    """A JPEG XL codestream or its ISO-BMFF container."""
+    return header.startswith(b"\xff\x0a") or header.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+
+
 def _unidentified_reason(header: bytes) -> str:
     """Name known formats we cannot decode; everything else is 'not an image'."""
-    if header.startswith(b"\xff\x0a") or header.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
-        return "unsupported format (no decoder for JPEG XL installed)"
+    if _is_jpeg_xl(header):
+        if not _jxl_available:
+            return "unsupported format (no decoder for JPEG XL installed; pip install pillow-jxl-plugin)"
+        return "not an image (damaged JPEG XL file)"
     if header[4:8] == b"ftyp":
         brand, box = header[8:12], header[8:_HEADER_BYTES]
         if brand in _AVIF_BRANDS or (brand == b"mif1" and b"avif" in box):

@@ -234,11 +234,25 @@ def test_permission_denied_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
     assert_failed(load_image(tmp_path / "x.jpg"), "permission denied")
 
 
-def test_jpeg_xl_is_a_clean_unsupported_error(tmp_path: Path) -> None:
-    for name, head in [("code.jxl", b"\xff\x0a"), ("box.jxl", b"\x00\x00\x00\x0cJXL \r\n\x87\n")]:
+def test_jpeg_xl_decodes_and_damaged_ones_are_clean_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval import loading
+
+    pytest.importorskip("pillow_jxl")
+    loading.register_format_plugins()
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(buf, format="JXL")
+    data = buf.getvalue()
+    ok = load_image(data)
+    assert ok.ok and ok.image is not None and ok.image.size == (64, 48) and ok.image.mode == "RGB"
+    assert max(abs(a - b) for a, b in zip(ok.image.getpixel((5, 5)), (200, 10, 10))) <= 8  # lossy by default
+    for name, blob in [("code.jxl", b"\xff\x0a" + bytes(200)), ("box.jxl", b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(200)),
+                       ("cut.jxl", data[: len(data) // 2])]:
         path = tmp_path / name
-        path.write_bytes(head + bytes(200))
-        assert_failed(load_image(path), "unsupported format (no decoder for JPEG XL installed)")
+        path.write_bytes(blob)
+        assert_failed(load_image(path), "damaged or truncated JPEG XL file")
+    # Without the plugin, a JPEG XL file says what to install.
+    monkeypatch.setattr(loading, "_jxl_available", False)
+    assert "pip install pillow-jxl-plugin" in loading._unidentified_reason(b"\xff\x0a" + bytes(20))
 
 
 def test_other_known_non_images(tmp_path: Path) -> None:
@@ -469,5 +483,5 @@ def test_sample_photos_decode_or_give_a_reason() -> None:
     print(f"\nsample-photos: {len(decoded)} decoded, {len(failed)} failed")
     for rel, reason in failed:
         print(f"  {rel}: {reason}")
-    # Only formats without a decoder here may fail.
-    assert all(str(rel).endswith(".jxl") for rel, _ in failed), failed
+    # Every format here has a decoder (JPEG XL through pillow-jxl-plugin).
+    assert not failed, failed
