@@ -18,6 +18,8 @@ from typing import BinaryIO
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from .jxl import jpeg_xl_size
+
 __all__ = ["LoadedImage", "load_image", "register_format_plugins", "DEFAULT_MAX_PIXELS"]
 
 # Pillow's own decompression-bomb error threshold (2 * Image.MAX_IMAGE_PIXELS).
@@ -26,6 +28,7 @@ __all__ = ["LoadedImage", "load_image", "register_format_plugins", "DEFAULT_MAX_
 DEFAULT_MAX_PIXELS = 178_956_970
 
 _HEADER_BYTES = 64
+_JXL_HEAD_BYTES = 1 << 16  # enough for the container boxes before the codestream's size header
 _plugins_lock = threading.Lock()
 _plugins_registered = False
 _heif_available = False
@@ -135,6 +138,12 @@ def _open_stream(source: str | os.PathLike[str] | bytes | BinaryIO) -> Iterator[
 
 
 def _decode(stream: BinaryIO, header: bytes, min_side: int | None, max_pixels: int) -> LoadedImage:
+    if _is_jpeg_xl(header):
+        # The JPEG XL plugin decodes everything in Image.open: check the pixel limit first.
+        size = jpeg_xl_size(stream.read(_JXL_HEAD_BYTES))
+        stream.seek(0)
+        if size is not None and size[0] * size[1] > max_pixels:
+            return LoadedImage(None, _too_large(size[0], size[1], max_pixels))
     try:
         opened = Image.open(stream)
     except UnidentifiedImageError:

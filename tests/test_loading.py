@@ -250,6 +250,18 @@ def test_jpeg_xl_decodes_and_damaged_ones_are_clean_errors(tmp_path: Path, monke
         path = tmp_path / name
         path.write_bytes(blob)
         assert_failed(load_image(path), "damaged or truncated JPEG XL file")
+    # The plugin decodes inside Image.open: the pixel limit is checked from the header first.
+    from retrieval.jxl import jpeg_xl_size
+
+    big = io.BytesIO()
+    Image.new("RGB", (6000, 6000)).save(big, format="JXL")
+    with monkeypatch.context() as m:
+        m.setattr(loading.Image, "open", lambda *a, **k: pytest.fail("decoded a JPEG XL over the pixel limit"))
+        assert_failed(load_image(big.getvalue(), max_pixels=1_000_000), "too large")
+    for w, h in [(1, 1), (7, 13), (1920, 1080), (1600, 1200), (513, 257), (123, 4567)]:
+        out = io.BytesIO()
+        Image.new("RGB", (w, h)).save(out, format="JXL")
+        assert jpeg_xl_size(out.getvalue()) == (w, h)
     # Without the plugin, a JPEG XL file says what to install.
     monkeypatch.setattr(loading, "_jxl_available", False)
     assert "pip install pillow-jxl-plugin" in loading._unidentified_reason(b"\xff\x0a" + bytes(20))
