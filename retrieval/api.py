@@ -5,6 +5,7 @@ The CLI and the server are thin layers over this module.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -240,7 +241,16 @@ class Index:
         key = text.strip()
         vector = self._text_cache.get(key)
         if vector is None:
-            vector = self._text_encoder().encode_texts([key])[0]
+            try:
+                vector = self._text_encoder().encode_texts([key])[0]
+            except (OSError, ValueError) as exc:
+                if self._encoder is not None or not self._light_text:
+                    raise
+                # The torch-free export broke under us (a file truncated since it was checked):
+                # answer with the model itself from now on.
+                logging.getLogger(__name__).debug("torch-free text path failed: %s", exc)
+                self._light_text = False
+                vector = self.encoder.encode_texts([key])[0]
             self._text_cache.put(key, vector)
         return vector.copy()  # callers may scale or negate it in place
 

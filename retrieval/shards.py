@@ -27,6 +27,7 @@ model are refused, never silently mixed. pyarrow is imported on use only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -39,6 +40,7 @@ import numpy as np
 
 from .errors import MissingDependencyError, ModelMismatchError, ShardError
 from .indexer import FileOutcome
+from .manifest import describe_write_error
 from .urls import filesystem, is_url
 
 if TYPE_CHECKING:
@@ -164,12 +166,15 @@ class ShardWriter:
         self.run = run or uuid.uuid4().hex
         self.schema = shard_schema(model, self.run)
         self.files: list[str] = []
-        if is_url(self.directory):
-            self._fs, self._base = filesystem(self.directory)
-            self._fs.makedirs(self._base, exist_ok=True)
-        else:
-            self._fs, self._base = None, self.directory
-            Path(self.directory).mkdir(parents=True, exist_ok=True)
+        try:
+            if is_url(self.directory):
+                self._fs, self._base = filesystem(self.directory)
+                self._fs.makedirs(self._base, exist_ok=True)
+            else:
+                self._fs, self._base = None, self.directory
+                Path(self.directory).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ShardError(f"cannot write shards to {self.directory}: {describe_write_error(exc)}") from exc
 
     def write(self, ids: Sequence[int], outcomes: Sequence[FileOutcome]) -> "pa.Table":
         """Write one shard of ``outcomes`` (listing positions ``ids``); returns the table written."""
@@ -184,14 +189,22 @@ class ShardWriter:
         name = f"part-{first:010d}-{self.run[:8]}{SUFFIX}"
         if self._fs is not None:
             target = f"{self._base.rstrip('/')}/{name}"
-            with self._fs.open(target, "wb") as fh:
-                pq.write_table(table, fh)
+            try:
+                with self._fs.open(target, "wb") as fh:
+                    pq.write_table(table, fh)
+            except OSError as exc:
+                raise ShardError(f"cannot write shard {target}: {describe_write_error(exc)}") from exc
             self.files.append(self._fs.unstrip_protocol(target))
         else:
             target = os.path.join(self._base, name)
             tmp = target + ".tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, target)
+            try:
+                pq.write_table(table, tmp)
+                os.replace(tmp, target)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # no half-written shard left behind (a full disk)
+                raise ShardError(f"cannot write shard {target}: {describe_write_error(exc)}") from exc
             self.files.append(target)
         return table
 

@@ -207,6 +207,35 @@ class LightTextEncoder:
         tok = meta["tokenizer"]
         return cls(directory, meta, ClipBpeTokenizer(context_length=int(tok["context_length"]), clean=tok["clean"]))
 
+    def tensor_names(self) -> list[str]:
+        """Every weight file this export must hold."""
+        meta = self.meta
+        names = ["token_embedding", "positional_embedding", "ln_final.weight", "ln_final.bias"]
+        for layer in range(int(meta["layers"])):
+            p = f"l{layer}."
+            names += [p + n for n in ("ln_1.weight", "ln_1.bias", "in_proj_weight", "in_proj_bias", "out_proj.weight",
+                                      "out_proj.bias", "ln_2.weight", "ln_2.bias", "c_fc.weight", "c_fc.bias",
+                                      "c_proj.weight", "c_proj.bias")]
+            if meta["layer_scale"]:
+                names += [p + "ls_1", p + "ls_2"]
+        if meta["projection"] == "matrix":
+            names.append("text_projection")
+        elif meta["projection"] == "linear":
+            names.append("text_projection.weight")
+            if meta.get("projection_bias"):
+                names.append("text_projection.bias")
+        return names
+
+    def check(self) -> None:
+        """Open every weight file (headers only, memory-mapped); raises ``ModelLoadError`` if one is damaged."""
+        try:
+            for name in self.tensor_names():
+                arr = self._w(name)
+                if arr.dtype != np.float32:
+                    raise ValueError(f"{name} is {arr.dtype}")
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"damaged text-tower export in {self.directory}: {exc}") from exc
+
     def _w(self, name: str) -> np.ndarray:
         # Memory-mapped: the token table is ~100 MB and a query touches a dozen of its rows.
         arr = self._weights.get(name)
@@ -278,6 +307,7 @@ def load_light_encoder(index_root: str | os.PathLike[str], fingerprint: str) -> 
         return None
     try:
         light = LightTextEncoder.load(directory)
-    except (ModelLoadError, KeyError, OSError):
-        return None  # damaged or from another version: the torch path still works
+        light.check()  # a truncated weight file would otherwise fail at the first query
+    except (ModelLoadError, KeyError, OSError, ValueError, TypeError):
+        return None  # damaged or from another version: the torch path still works (and rewrites it)
     return light if light.fingerprint == fingerprint else None

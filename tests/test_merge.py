@@ -171,3 +171,9 @@ def test_shard_round_trip_keeps_vectors_and_failures(tmp_path: Path) -> None:
     assert back[1].vector is None and back[1].error == "truncated file"
     assert back[2].vector is None and back[2].reused and back[2].error is None
     assert (back[0].width, back[0].height, back[1].width) == (4, 3, 0)
+
+
+def test_embed_into_a_path_that_cannot_hold_shards_is_a_clean_error(folder: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert_clean_error(run("embed", str(folder), "-o", str(blocker), "-m", TINY_MODEL), "cannot write shards", str(blocker))

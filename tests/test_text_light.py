@@ -140,11 +140,16 @@ def test_cold_query_skips_torch_and_matches_torch_path(image_folder: Path, tmp_p
     np.testing.assert_allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-4)
 
 
-def test_damaged_export_falls_back_to_torch(image_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["meta", "weights"])
+def test_damaged_export_falls_back_to_torch(image_folder: Path, tmp_path: Path, damage: str) -> None:
     root = tmp_path / "root"
     _make_index(image_folder, root)
     meta = next((root / ".cache" / "text").glob("*/meta.json"))
-    meta.write_text("{ truncated")
+    if damage == "meta":
+        meta.write_text("{ truncated")
+    else:  # a weight file cut short: only its header survives
+        weights = meta.parent / "l0.c_fc.weight.npy"
+        weights.write_bytes(weights.read_bytes()[:200])
     out = _cold_query(root)
     assert out["code"] == 0 and out["torch"] is True and len(json.loads(out["out"])) == 5
     # That query loaded the model and wrote the export again: the next one is torch-free.

@@ -187,6 +187,9 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
     # Each rank draws its own share of one seeded permutation per epoch; one rank draws it all.
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
+    if len(sampler) == 0:  # more processes than training images
+        raise DataError(f"only {len(split.train)} training image(s) for {env.world_size} processes: "
+                        "use fewer processes or more data")
     batch = min(cfg.batch_size, len(sampler))  # per process
     accum = max(1, cfg.accum_steps)
     step_samples = batch * accum * env.world_size  # samples per optimizer step, over all ranks
