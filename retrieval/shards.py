@@ -221,6 +221,7 @@ class Shard:
     run: str
     rows: "pa.Table"  # SMALL_COLUMNS, sorted by id
     first_id: int
+    created_at: float = 0.0  # when its run wrote it (shard metadata); later runs win a merge
 
     def read(self) -> "pa.Table":
         """The whole shard (vectors included), sorted by id."""
@@ -292,11 +293,20 @@ def open_shard(location: str) -> Shard:
     except Exception as exc:  # noqa: BLE001 - damaged pages, bad metadata values
         raise ShardError(f"{location} is damaged: {_one_line(exc)}") from exc
     first = int(rows.column("id")[0].as_py()) if rows.num_rows else 0
-    return Shard(location=location, model=model, run=str(meta.get("run", "")), rows=rows, first_id=first)
+    try:
+        created = float(meta.get("created_at", 0.0))
+    except (TypeError, ValueError):
+        created = 0.0
+    return Shard(location=location, model=model, run=str(meta.get("run", "")), rows=rows, first_id=first,
+                 created_at=created)
 
 
 def open_shards(locations: Sequence[str | os.PathLike[str]]) -> list[Shard]:
-    """Validate every shard up front, in merge order: runs in the order first given, then by first id.
+    """Validate every shard up front, in merge order: runs oldest first, then by first id.
+
+    Where several rows name one file the last merged wins, so the newest run
+    (by the time its shards were written) decides; runs written at the same
+    time keep the order in which they were given.
 
     Raises ``ShardError`` for a missing or damaged file and ``ModelMismatchError``
     when the shards come from more than one model, before anything is written.
@@ -309,10 +319,12 @@ def open_shards(locations: Sequence[str | os.PathLike[str]]) -> list[Shard]:
             by_model.setdefault(s.model, s.location)
         shown = "; ".join(f"{m.describe()} in {loc}" for m, loc in by_model.items())
         raise ModelMismatchError(f"the shards come from {len(models)} different models and cannot share an index: {shown}")
-    run_order: dict[str, int] = {}
+    given: dict[str, int] = {}
+    started: dict[str, float] = {}
     for s in shards:
-        run_order.setdefault(s.run, len(run_order))
-    return sorted(shards, key=lambda s: (run_order[s.run], s.first_id, s.location))
+        given.setdefault(s.run, len(given))
+        started[s.run] = min(started.get(s.run, s.created_at), s.created_at)
+    return sorted(shards, key=lambda s: (started[s.run], given[s.run], s.first_id, s.location))
 
 
 def check_model(model: ShardModel, manifest: "Manifest") -> None:

@@ -177,3 +177,21 @@ def test_embed_into_a_path_that_cannot_hold_shards_is_a_clean_error(folder: Path
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert_clean_error(run("embed", str(folder), "-o", str(blocker), "-m", TINY_MODEL), "cannot write shards", str(blocker))
+
+
+def test_the_newest_run_wins_when_runs_share_a_folder(folder: Path, tmp_path: Path, _private_index_root: Path) -> None:
+    """Two embed runs into one folder, a file changed between them: the merge keeps the newer vector."""
+    from retrieval import shards as shard_io
+
+    out = tmp_path / "shards"
+    assert run("embed", str(folder), "-o", str(out), "-m", TINY_MODEL, "--precision", "fp32").exit_code == 0
+    changed = folder / "p01.jpg"
+    make_image(777, size=(90, 70)).save(changed)
+    os.utime(changed, ns=(1_800_000_000_000_000_000, 1_800_000_000_000_000_000))
+    assert run("embed", str(folder), "-o", str(out), "-m", TINY_MODEL, "--precision", "fp32").exit_code == 0
+    opened = shard_io.open_shards([str(out)])
+    assert len({s.run for s in opened}) == 2
+    assert [s.created_at for s in opened] == sorted(s.created_at for s in opened)  # oldest run first
+    assert run("merge", str(out), "--index", "merged").exit_code == 0
+    assert run("index", str(folder), "--index", "local", "-m", TINY_MODEL, "--precision", "fp32").exit_code == 0
+    assert_same_index(snapshot(_private_index_root, "local"), snapshot(_private_index_root, "merged"))
