@@ -318,6 +318,9 @@ def _pool_size(ray: Any, cfg: RayCfg) -> tuple[int, int]:
         cpus = min(2, total)  # two torch threads per actor: near-linear on CPUs, and models stay few
     cpus = min(cpus, largest)  # an actor lives on one node
     workers = cfg.num_workers or max(1, total // cpus)
+    if _wants_gpu(ray, cfg.device):
+        # One GPU per actor: more actors than GPUs would wait for one forever.
+        workers = min(workers, max(1, int(ray.cluster_resources().get("GPU", 0))))
     return workers, cpus
 
 

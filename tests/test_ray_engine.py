@@ -163,3 +163,23 @@ def test_without_ray_the_error_says_how_to_install_it(
     assert message.startswith("error:") and len(message.splitlines()) == 1, message
     assert "pip install 'mmsearch[ray]'" in message
     assert not (_private_index_root / "default").exists()  # nothing created, no model loaded for nothing
+
+
+def test_gpu_actors_never_outnumber_the_cluster_gpus() -> None:
+    """With --device auto on a GPU cluster each actor takes a GPU: the pool is capped at the GPU count."""
+    from retrieval.engine_ray import RayCfg, _pool_size
+
+    class Cluster:
+        def __init__(self, cpus: int, gpus: int) -> None:
+            self.resources = {"CPU": cpus, "GPU": gpus}
+
+        def cluster_resources(self) -> dict:
+            return self.resources
+
+        def nodes(self) -> list:
+            return [{"Alive": True, "Resources": self.resources}]
+
+    assert _pool_size(Cluster(16, 1), RayCfg(device="auto")) == (1, 2)
+    assert _pool_size(Cluster(16, 4), RayCfg(device="cuda")) == (4, 2)
+    assert _pool_size(Cluster(16, 0), RayCfg(device="auto")) == (8, 2)  # CPU-only: one actor per 2 CPUs
+    assert _pool_size(Cluster(16, 0), RayCfg(device="cpu", num_workers=3)) == (3, 5)
