@@ -37,6 +37,11 @@ def resolve_index_root(index_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path("indexes")
 
 
+# Failure reasons that say nothing about the file's content (embed.read_file, urls.reader): a later
+# run tries such files again even when their size and mtime are unchanged, unlike undecodable ones.
+READ_ERROR_PREFIXES = ("cannot read", "permission denied", "file disappeared")
+
+
 def light_text_enabled() -> bool:
     """Whether text queries may use a model's torch-free export (on unless $MMSEARCH_LIGHT_TEXT is 0)."""
     return os.environ.get(LIGHT_TEXT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")

@@ -165,12 +165,13 @@ def plan_update(
     abs_roots = [root_key(r) for r in roots]
     listed = list_files(abs_roots, exclude=exclude, on_skip=walk_skip)
     plan.known = known = store.file_states()
+    unread = store.read_failures()  # a timeout or a permission since fixed: worth another try
     seen: set[str] = set()
     for entry in listed:
         key = str(entry.path)
         seen.add(key)
         old = known.get(key)
-        if old is not None and old[1] == entry.size and old[2] == entry.mtime_ns:
+        if old is not None and old[1] == entry.size and old[2] == entry.mtime_ns and key not in unread:
             if old[4] == "failed":
                 plan.report.failed += 1  # still undecodable; not retried until the file changes
             else:

@@ -408,6 +408,17 @@ class IndexStore:
         )
         return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
+    def read_failures(self) -> set[str]:
+        """Keys of image items that failed because they could not be read (not because of their content)."""
+        from .config import READ_ERROR_PREFIXES
+
+        where = " OR ".join("error LIKE ?" for _ in READ_ERROR_PREFIXES)
+        rows = self.connect().execute(
+            f"SELECT key FROM items WHERE kind='image' AND status='failed' AND ({where})",
+            [prefix + "%" for prefix in READ_ERROR_PREFIXES],
+        )
+        return {r[0] for r in rows}
+
     def items_by_id(self, ids: list[int]) -> dict[int, ItemRow]:
         if not ids:
             return {}

@@ -149,3 +149,29 @@ def test_separate_folders_share_one_index(image_folder: Path, tiny_encoder, tmp_
     report = idx.add_folder(other)  # must not remove the first folder's items
     assert (report.added, report.removed) == (1, 0)
     assert len(idx) == 13
+
+
+def test_read_failures_are_retried_but_undecodable_files_are_not(image_folder: Path, tiny_encoder, monkeypatch) -> None:
+    """A file that could not be *read* (a timeout, a permission) is tried again by the next run even
+    when unchanged; a file that could not be *decoded* waits until it changes."""
+    import retrieval
+    from retrieval import embed
+
+    (image_folder / "notes.jpg").write_text("not a picture")
+    flaky = str(image_folder / "img02.webp")
+    real_read = embed.read_file
+
+    def timing_out(entry):
+        if str(entry.path) == flaky:
+            return None, "cannot read file: Connection timed out"
+        return real_read(entry)
+
+    with retrieval.create_index("r", model=tiny_encoder.spec, encoder=tiny_encoder) as idx:
+        with monkeypatch.context() as m:
+            m.setattr(embed, "read_file", timing_out)
+            first = idx.add_folder(image_folder)
+        assert first.failed == 2 and {p for p, _ in idx.failed()} >= {flaky, str(image_folder / "notes.jpg")}
+        second = idx.add_folder(image_folder)
+        assert second.encoded == 1 and second.failed == 1  # the flaky file, and only it, was tried again
+        assert flaky not in {p for p, _ in idx.failed()}
+        assert idx.add_folder(image_folder).encoded == 0
