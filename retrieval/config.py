@@ -39,7 +39,7 @@ def resolve_index_root(index_dir: str | os.PathLike[str] | None = None) -> Path:
 
 # Failure reasons that say nothing about the file's content (embed.read_file, urls.reader): a later
 # run tries such files again even when their size and mtime are unchanged, unlike undecodable ones.
-READ_ERROR_PREFIXES = ("cannot read", "permission denied", "file disappeared")
+READ_ERROR_PREFIXES = ("cannot read", "permission denied", "file disappeared", "no vector yet")
 
 
 def light_text_enabled() -> bool:

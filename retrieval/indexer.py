@@ -253,7 +253,9 @@ def apply_outcomes(
                     out = reencode(out)
                     vector, width, height, error = out.vector, out.width, out.height, out.error
                 else:
-                    error = "no vector: the shard reused an indexed file with the same content, which is gone; index it again"
+                    # A READ_ERROR_PREFIXES reason: the next 'mmsearch index' of its folder encodes it.
+                    error = ("no vector yet: the shard reused an indexed file with the same content, which is gone; "
+                             "the next 'mmsearch index' of its folder encodes it")
             if vector is None:
                 plan.skip(key, error or "unknown error")
             elif is_update:

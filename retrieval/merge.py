@@ -195,8 +195,11 @@ def merge_into_index(
 
     A new index takes the shards' model (spec, fingerprint, dimension) without
     loading it; an existing one must have been built by that same model. All
-    shards are validated first: a missing, damaged or foreign shard, or a model
-    mismatch, raises before anything is written.
+    shards are validated first: a missing or foreign shard, damaged metadata or
+    id/path columns, or a model mismatch, raises before anything is written.
+    Vectors are read shard by shard while merging, so damage found there stops
+    the merge after the batches already committed (each one whole); merging
+    again finishes the job.
     """
     from .ann_lifecycle import make_policy
 
