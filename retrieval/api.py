@@ -592,8 +592,28 @@ def list_indexes(root: PathLike | None = None) -> list[IndexInfo]:
 
 
 def delete_index(name: str, *, root: PathLike | None = None) -> None:
-    """Remove an index directory entirely."""
+    """Remove an index directory entirely, and its model's text-tower export when no other index uses it."""
     directory = _index_dir(name, root)
     if not (directory / MANIFEST).is_file():
         raise IndexNotFoundError(f"no index named {name!r} in {directory.parent}")
     shutil.rmtree(directory)
+    _drop_unused_text_exports(directory.parent)
+
+
+def _drop_unused_text_exports(index_root: Path) -> None:
+    from .manifest import read_manifest
+    from .text_light import export_dir
+
+    exports = export_dir(index_root, "x").parent
+    if not exports.is_dir():
+        return
+    used = set()
+    for child in index_root.iterdir():
+        try:
+            used.add(read_manifest(child / MANIFEST).get("fingerprint"))
+        except Exception:  # noqa: BLE001 - not an index, or an unreadable one: keep every export
+            if (child / MANIFEST).exists():
+                return
+    for export in exports.iterdir():
+        if export.is_dir() and export.name not in used and not export.name.startswith("."):
+            shutil.rmtree(export, ignore_errors=True)

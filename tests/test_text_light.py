@@ -154,3 +154,21 @@ def test_damaged_export_falls_back_to_torch(image_folder: Path, tmp_path: Path, 
     assert out["code"] == 0 and out["torch"] is True and len(json.loads(out["out"])) == 5
     # That query loaded the model and wrote the export again: the next one is torch-free.
     assert _cold_query(root)["torch"] is False
+
+
+def test_drop_removes_the_export_with_the_last_index_of_its_model(image_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    root = tmp_path / "root"
+    for name in ("one", "two"):
+        result = CliRunner().invoke(app, ["index", str(image_folder), "--model", TINY_MODEL, "--index", name,
+                                          "--index-dir", str(root), "-q"])
+        assert result.exit_code == 0, result.output
+    exports = list((root / ".cache" / "text").iterdir())
+    assert len(exports) == 1
+    assert CliRunner().invoke(app, ["drop", "one", "--yes", "--index-dir", str(root)]).exit_code == 0
+    assert exports[0].is_dir()  # "two" still uses it
+    assert CliRunner().invoke(app, ["drop", "two", "--yes", "--index-dir", str(root)]).exit_code == 0
+    assert not exports[0].exists()
