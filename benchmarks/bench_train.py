@@ -106,7 +106,7 @@ def _session_cpu_seconds(sid: int) -> float:
 
 
 def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, samples: int, clock: str,
-                        seed: int = 0, epochs: int | None = None) -> dict:
+                        seed: int = 0, epochs: int | None = None, crops: bool = True) -> dict:
     """open_clip_train on the same training rows; stopped at the same budget (wall or CPU clock)."""
     import torch
 
@@ -138,6 +138,8 @@ def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, sa
         "--logs", str(logs), "--name", "ref", "--save-frequency", "1", "--save-most-recent",
         "--zeroshot-frequency", "0", "--val-frequency", "0", "--report-to", "", "--log-every-n-steps", "20",
     ]
+    if not crops:  # RandomResizedCrop at full scale falls back to the centre (whole) image: no crops
+        cmd += ["--aug-cfg", "scale=(1.0,1.0)"]
     _log(f"open_clip_train: {epochs} epoch(s) of {n_rows} rows, budget {minutes:g} min")
     t0 = time.monotonic()
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
@@ -169,7 +171,7 @@ def run_open_clip_train(catalogue: syn.Catalogue, work: Path, minutes: float, sa
     progress = [m for m in progress if m]
     samples_done = (int(progress[-1][1]) * n_rows + int(progress[-1][2])) if progress else 0
     ckpts = sorted((logs / "ref" / "checkpoints").glob("epoch_*.pt"), key=lambda p: p.stat().st_mtime)
-    result = {"trainer": "open_clip_train", "seed": seed, "wall_s": wall, "cpu_s": cpu, "stopped_by": stopped_by,
+    result = {"trainer": "open_clip_train" if crops else "open_clip_train (no crops)", "seed": seed, "wall_s": wall, "cpu_s": cpu, "stopped_by": stopped_by,
               "epochs_asked": epochs,
               "samples": samples_done, "samples_per_s": float(progress[-1][4]) if progress else None,
               "samples_per_cpu_s": samples_done / max(cpu, 1e-9),
@@ -196,7 +198,7 @@ def _open_clip_train_encoder(checkpoint: str):
 def _recall_of_saved(result: dict, catalogue: syn.Catalogue, out: Path) -> dict | None:
     from retrieval.encoder import load_encoder
 
-    if result["trainer"] == "open_clip_train":
+    if result["trainer"].startswith("open_clip_train"):
         return _attribute_recall(_open_clip_train_encoder(result["checkpoint"]), catalogue) \
             if result.get("checkpoint") else None
     return _attribute_recall(load_encoder(str(out / f"ours-seed{result.get('seed', 0)}")), catalogue)
@@ -257,6 +259,8 @@ def main() -> int:
     parser.add_argument("--reference-epochs", type=int, default=0,
                         help="epochs for open_clip_train's schedule [default: enough for our run's samples]; "
                              "its cosine spans them, so size them to what fits the budget")
+    parser.add_argument("--reference-crops", action=argparse.BooleanOptionalAction, default=True,
+                        help="open_clip_train's default random crops (scale 0.9-1) [on]; off: whole images, as ours")
     parser.add_argument("--catalogue", type=Path, help="synthetic catalogue folder [default: OUT/catalogue]")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                         help="random crops for ours too [default: off, so its transformed pixels are cached; "
@@ -307,7 +311,8 @@ def main() -> int:
                     # Without our run to size it, ask for enough epochs that the budget is what stops it.
                     results.append(run_open_clip_train(catalogue, args.out / f"open_clip_train-seed{seed}",
                                                        args.minutes, samples or 2_000_000, args.clock, seed,
-                                                       epochs=args.reference_epochs or None))
+                                                       epochs=args.reference_epochs or None,
+                                                       crops=args.reference_crops))
                 except ImportError as exc:
                     _log(f"open_clip_train comparison skipped: {exc} (pip install -e '.[bench]')")
     print(_table(results))
