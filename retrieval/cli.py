@@ -213,9 +213,12 @@ def index(
                     text_file, field=text_field, id_field=id_field, wait=not no_wait, on_skip=on_skip
                 )
                 report = text_report if report is None else _merge_reports(report, text_report)
-        except MMSearchError:
+        except MMSearchError as exc:
             progress.stop()
-            if idx.newly_created and len(idx) == 0:
+            from .errors import IndexLockedError
+
+            # Locked: another process created the same index at the same moment and is filling it.
+            if idx.newly_created and len(idx) == 0 and not isinstance(exc, IndexLockedError):
                 from .api import delete_index
 
                 idx.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .config import resolve_index_root, validate_index_name
-from .errors import MMSearchError
+from .errors import IndexLockedError, MMSearchError
 from .indexer import (
     FileOutcome,
     IndexReport,
@@ -229,8 +229,10 @@ def merge_into_index(
                 store, shards, commit_every=commit_every, on_progress=on_progress, on_skip=on_skip
             )
         items = store.counts()["items"]
-    except BaseException:
-        if created and store.counts()["items"] == 0 and not store.failed_items():
+    except BaseException as exc:
+        # Locked: another merge created the same index at the same moment and is filling it.
+        if created and not isinstance(exc, IndexLockedError) and store.counts()["items"] == 0 \
+                and not store.failed_items():
             store.close()
             shutil.rmtree(directory, ignore_errors=True)  # don't leave an empty index behind
         raise
