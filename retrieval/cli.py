@@ -17,6 +17,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from .cli_options import DeviceOpt, IndexDirOpt, IndexOpt, JsonOpt, PrecisionOpt, ThreadsOpt
 from .cli_scale import Engine
 from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
 from .errors import MMSearchError
@@ -42,28 +43,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # help texts are plain: "[WEIGHT:]FILE" and "[default: ...]" must show as written
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Name of the index.")]
-IndexDirOpt = Annotated[
-    Optional[Path],
-    typer.Option("--index-dir", help="Folder holding the indexes [default: $MMSEARCH_INDEX_DIR or ./indexes]."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-PrecisionOpt = Annotated[
-    str,
-    typer.Option(
-        "--precision",
-        help="Model numerics: auto (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), fp32, bf16, "
-        "fp16 (GPUs) or int8 (CPU, image tower only). All keep cosine >= 0.99 to fp32.",
-    ),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")]
-ThreadsOpt = Annotated[
-    Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads [default: one per available core].")
-]
-
 
 @app.callback()
 def _root(

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from .config import DEFAULT_INDEX_NAME
 from .errors import IndexCorruptError, MMSearchError
 
-IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Name of the index.")]
-IndexDirOpt = Annotated[
-    Optional[Path],
-    typer.Option("--index-dir", help="Folder holding the indexes [default: $MMSEARCH_INDEX_DIR or ./indexes]."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")]
+from .cli_options import IndexDirOpt, IndexOpt, JsonOpt, NoWaitOpt
 
 
 def _waiting(name: str):

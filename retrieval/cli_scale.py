@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
 
-IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Name of the index.")]
-IndexDirOpt = Annotated[
-    Optional[Path],
-    typer.Option("--index-dir", help="Folder holding the indexes [default: $MMSEARCH_INDEX_DIR or ./indexes]."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+from .cli_options import DeviceOpt, IndexDirOpt, IndexOpt, JsonOpt, PrecisionOpt
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-file messages.")]
 
 
@@ -91,8 +86,8 @@ def embed(
         Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
-    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or int8 (image tower).")] = "auto",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -6,11 +6,11 @@ starts without them.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import DeviceOpt, IndexDirOpt, IndexOpt
 from .config import DEFAULT_INDEX_NAME
 from .errors import MMSearchError
 
@@ -18,11 +18,8 @@ TOKEN_ENV = "MMSEARCH_TOKEN"
 
 
 def serve(
-    index_name: Annotated[str, typer.Option("--index", "-i", help="Name of the index.")] = DEFAULT_INDEX_NAME,
-    index_dir: Annotated[
-        Optional[Path],
-        typer.Option("--index-dir", help="Folder holding the indexes (default: $MMSEARCH_INDEX_DIR, else ./indexes)."),
-    ] = None,
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on. Anything but localhost needs --token.")
     ] = "127.0.0.1",
@@ -41,7 +38,7 @@ def serve(
         ),
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest request body (image upload) in MiB.")] = 20.0,
-    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Serve a search page and a JSON API for an index (http://127.0.0.1:8000/ by default).
 

@@ -186,17 +186,27 @@ def _activation(x: np.ndarray, kind: str) -> np.ndarray:
 class LightTextEncoder:
     """Embeds texts with an exported CLIP text tower, in numpy: float32 unit rows, as the torch path gives."""
 
-    def __init__(self, directory: Path, meta: dict, tokenizer: ClipBpeTokenizer) -> None:
+    def __init__(self, directory: Path, meta: dict) -> None:
         self.directory = directory
         self.meta = meta
-        self.tokenizer = tokenizer
         self.fingerprint: str = meta["fingerprint"]
         self.dim: int = int(meta["dim"])
         self._weights: dict[str, np.ndarray] = {}
+        self._tokenizer: ClipBpeTokenizer | None = None
+        if meta["tokenizer"]["clean"] not in CLEAN_KINDS:
+            raise ModelLoadError(f"unknown tokenizer cleaning {meta['tokenizer']['clean']!r} in {directory}")
+
+    @property
+    def tokenizer(self) -> ClipBpeTokenizer:
+        # Built on first use (~50k BPE merges to read): checking that an export exists needs none.
+        if self._tokenizer is None:
+            tok = self.meta["tokenizer"]
+            self._tokenizer = ClipBpeTokenizer(context_length=int(tok["context_length"]), clean=tok["clean"])
+        return self._tokenizer
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "LightTextEncoder":
-        """Open an export written by :func:`retrieval.text_export.export_text_tower`; raises ``ModelLoadError``."""
+        """Open an export written by :func:`retrieval.text_export.ensure_export`; raises ``ModelLoadError``."""
         directory = Path(directory)
         try:
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
@@ -204,8 +214,7 @@ class LightTextEncoder:
             raise ModelLoadError(f"no usable text-tower export in {directory}: {exc}") from exc
         if meta.get("format") != FORMAT_VERSION:
             raise ModelLoadError(f"text-tower export in {directory} has format {meta.get('format')!r}")
-        tok = meta["tokenizer"]
-        return cls(directory, meta, ClipBpeTokenizer(context_length=int(tok["context_length"]), clean=tok["clean"]))
+        return cls(directory, meta)
 
     def tensor_names(self) -> list[str]:
         """Every weight file this export must hold."""

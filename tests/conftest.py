@@ -55,3 +55,17 @@ def image_folder(tmp_path: Path) -> Path:
         path = sub / f"img{i:02d}{exts[i % 3]}"
         make_image(i).save(path, quality=95) if path.suffix == ".jpg" else make_image(i).save(path)
     return folder
+
+
+def one_line_error(result, *words: str) -> str:
+    """A CLI result that failed cleanly: exit 1, no traceback, a last stderr line ``error: ...`` naming ``words``.
+
+    Only the last line is checked: libraries (Ray) may warn on stderr before it.
+    """
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error:"), result.stderr
+    for word in words:
+        assert word in message, message
+    return message

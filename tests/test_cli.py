@@ -162,3 +162,10 @@ def test_help_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_help_shows_bracketed_text_as_written() -> None:
+    """Help is plain text: rich markup once swallowed "[WEIGHT:]" and every "[default: ...]"."""
+    out = run("query", "--help").stdout
+    assert "[WEIGHT:]FILE" in out and "$MMSEARCH_INDEX_DIR" in out
+    assert "1e-5" in run("train", "--help").stdout

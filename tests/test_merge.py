@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from retrieval.cli import app
 
-from .conftest import TINY_MODEL, make_image
+from .conftest import TINY_MODEL, make_image, one_line_error
 from .index_compare import assert_same_index, skipped_lines, snapshot
 
 pytest.importorskip("pyarrow")
@@ -28,15 +28,6 @@ OTHER_MODEL = "mmsearch-small"  # 64-d: another model altogether
 
 def run(*args: str):
     return runner.invoke(app, list(args))
-
-
-def assert_clean_error(result, *words: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error:"), result.stderr
-    for word in words:
-        assert word in message, message
 
 
 def make_folder(folder: Path) -> Path:
@@ -101,13 +92,13 @@ def test_shards_of_two_models_are_refused(folder: Path, tmp_path: Path, _private
     assert run("embed", str(folder), "-o", str(other), "-m", OTHER_MODEL, "--precision", "fp32").exit_code == 0
 
     mixed = run("merge", str(tiny), str(other), "--index", "mixed")
-    assert_clean_error(mixed, "2 different models", TINY_MODEL, OTHER_MODEL)
+    one_line_error(mixed, "2 different models", TINY_MODEL, OTHER_MODEL)
     assert not (_private_index_root / "mixed").exists()  # nothing created
 
     assert run("merge", str(tiny), "--index", "photos").exit_code == 0
     before = snapshot(_private_index_root, "photos")
     foreign = run("merge", str(other), "--index", "photos")
-    assert_clean_error(foreign, OTHER_MODEL, "photos", TINY_MODEL)
+    one_line_error(foreign, OTHER_MODEL, "photos", TINY_MODEL)
     assert_same_index(snapshot(_private_index_root, "photos"), before)
 
 
@@ -141,7 +132,7 @@ def test_missing_or_damaged_shards_leave_the_index_untouched(
     ]
     for args, words in cases:
         result = run("merge", *args, "--index", "photos")
-        assert_clean_error(result, *words)
+        one_line_error(result, *words)
         assert_same_index(snapshot(_private_index_root, "photos"), before)
         assert (_private_index_root / "photos" / "manifest.json").read_text() == manifest
     verified = run("verify", "--index", "photos")
@@ -176,7 +167,7 @@ def test_shard_round_trip_keeps_vectors_and_failures(tmp_path: Path) -> None:
 def test_embed_into_a_path_that_cannot_hold_shards_is_a_clean_error(folder: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert_clean_error(run("embed", str(folder), "-o", str(blocker), "-m", TINY_MODEL), "cannot write shards", str(blocker))
+    one_line_error(run("embed", str(folder), "-o", str(blocker), "-m", TINY_MODEL), "cannot write shards", str(blocker))
 
 
 def test_the_newest_run_wins_when_runs_share_a_folder(folder: Path, tmp_path: Path, _private_index_root: Path) -> None:

@@ -23,7 +23,7 @@ import retrieval
 from retrieval.cli import app
 from retrieval.errors import IndexLockedError, MMSearchError, SchemaVersionError, SourceError
 
-from .conftest import REPO, TINY_MODEL, make_image
+from .conftest import REPO, TINY_MODEL, make_image, one_line_error
 from .crash_harness import make_hostile_files, make_small_images
 
 runner = CliRunner()
@@ -38,16 +38,6 @@ def run_json(*args: str) -> dict:
     result = run(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def one_line_error(result, *words: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error:"), result.stderr
-    for word in words:
-        assert word in message, message
-    return message
 
 
 def snapshot_dir(path: Path) -> dict[str, tuple[int, int]]:
