@@ -34,7 +34,7 @@ from _common import emit_json, machine, percentiles, print_table
 from retrieval.ann import VectorIndex
 from retrieval.ann_lifecycle import build, make_policy
 from retrieval.ann_policy import DEFAULT_MAX_MEMORY, estimate_memory, exact_topk, recall_at_k
-from retrieval.search import rerank_exact
+from retrieval.search import rerank
 from retrieval.synthetic_vectors import clustered_unit_vectors
 
 AUTOFAISS_SCRIPT = r"""
@@ -100,12 +100,18 @@ def measure(kind_label: str, policy: dict, ids, base, queries, truth, db, workdi
     VectorIndex.load(path, dim, cfg, mmap=True)
     open_ms = 1000 * (time.perf_counter() - t)
     depth = int(cfg.search.get("rerank", 1))
+
+    def fetch(wanted: np.ndarray) -> np.ndarray:  # what IndexStore.vectors_of does: read the rows from sqlite
+        marks = ",".join("?" * len(wanted))
+        rows = dict(db.execute(f"SELECT id, vec FROM vectors WHERE id IN ({marks})", [int(i) for i in wanted]))
+        return np.stack([np.frombuffer(rows[int(i)], dtype=np.float32) for i in wanted])
+
     lat, found = [], []
     for q in queries:
         t = time.perf_counter()
         scores, cand = index.search(q[None, :], 10 * depth)
         if not cfg.exact_scores or not index.supports_remove:
-            _, cand_ids = rerank_exact(db, q, cand[0], dim)
+            _, cand_ids = rerank(q, cand[0], fetch)
             top = cand_ids[:10]
         else:
             top = cand[0][:10]

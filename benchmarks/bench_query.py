@@ -162,13 +162,12 @@ def warm_light(root: Path, name: str, n_queries: int) -> dict[str, Any]:
     import retrieval
     from retrieval.encoder import load_encoder
     from retrieval.text_export import ensure_export
-    from retrieval.text_light import LightTextEncoder
 
     with retrieval.open_index(name, root=root) as idx:
         if not ensure_export(load_encoder(idx.model), root):
             return {}
     with retrieval.open_index(name, root=root) as idx:
-        assert isinstance(idx._text_encoder(), LightTextEncoder)
+        assert idx.queries.text_path == "torch-free export"
         idx.search_text("warm up")
         return {"text_to_image": _time_text_queries(idx, _distinct_queries(n_queries))}
 
@@ -238,7 +237,7 @@ import retrieval.cli; mark()
 import numpy, faiss; mark()
 import retrieval
 idx = retrieval.open_index(sys.argv[1], root=sys.argv[2]); idx._vector_index(); mark()
-enc = idx._text_encoder(); mark()
+enc = idx.queries._text_encoder(); mark()
 vec = enc.encode_texts(["a dog on a beach"])[0]; mark()
 hits = idx.search_vector(vec, 10); mark()
 names = ["import retrieval.cli (typer)", "import numpy + faiss", "open index + load FAISS/sqlite",

@@ -185,6 +185,15 @@ class VectorIndex:
         return cls(dim, index, config)
 
 
+def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    """Row positions in ``vectors`` of each query's exact top-k by inner product (brute force)."""
+    _, pos = faiss.knn(
+        np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(vectors, dtype=np.float32), k,
+        metric=faiss.METRIC_INNER_PRODUCT,
+    )
+    return pos
+
+
 _OMP_LOCK = threading.Lock()
 
 

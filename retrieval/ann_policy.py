@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable
-
 import numpy as np
 
-from .ann import ANN_TYPES, AnnConfig, VectorIndex
+from .ann import ANN_TYPES, AnnConfig, VectorIndex, exact_knn
 from .errors import MMSearchError
+from .search import rerank
 
 DEFAULT_MAX_MEMORY = 4 * 1024**3  # bytes the ANN index may take in RAM, unless --max-memory says otherwise
 EXACT_BELOW = 20_000  # brute force over <20k vectors takes ~1-2 ms: no approximation needed
@@ -138,22 +137,8 @@ def sample_queries(vectors: np.ndarray, n_queries: int, seed: int = 0, noise: fl
 
 
 def exact_topk(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
-    import faiss
-
-    _, pos = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-    return ids[pos]
-
-
-def rerank(
-    scores: np.ndarray, cand: np.ndarray, query: np.ndarray, k: int, fetch: Callable[[np.ndarray], np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores for one query's candidate ids (``fetch`` returns their stored vectors), top-k."""
-    valid = cand[cand >= 0]
-    if len(valid) == 0:
-        return scores[:0], valid
-    exact = fetch(valid) @ query
-    order = np.argsort(-exact)[:k]
-    return exact[order], valid[order]
+    """Ids of each query's exact top-k among ``vectors`` (the ground truth recall is measured against)."""
+    return ids[exact_knn(queries, vectors, k)]
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -201,10 +186,11 @@ def tune(
     for params in grid:
         index.apply_search_params(params)
         depth = params.get("rerank", 1)
-        scores, cands = index.search(queries, k * depth)
+        _, cands = index.search(queries, k * depth)
         if depth > 1 or cfg.type == "hnsw":
+            # search.rerank: the same exact re-scoring that queries use, so what is tuned is what is served.
             found = np.stack([
-                np.pad(rerank(scores[i], cands[i], queries[i], k, fetch)[1], (0, k), constant_values=-1)[:k]
+                np.pad(rerank(queries[i], cands[i], fetch)[1][:k], (0, k), constant_values=-1)[:k]
                 for i in range(len(queries))
             ])
         else:

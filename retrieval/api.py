@@ -1,32 +1,33 @@
-"""The Python API: open or create an index, add folders, search.
+"""The Python API, and the only door the CLI and the server use.
 
-The CLI and the server are thin layers over this module.
+:class:`Index` is one named index: it delegates indexing to
+:mod:`retrieval.indexer`, query terms to :class:`retrieval.query.QueryEncoder`,
+ranking to :mod:`retrieval.search`, removal to :mod:`retrieval.maintenance`
+and checks to :mod:`retrieval.integrity`. The module functions open, create,
+list and delete indexes (:mod:`retrieval.catalog` knows the folders), and
+reach the rest of the engine: Parquet shards (:func:`embed_to_shards`,
+:func:`merge_shards`), zero-shot labels (:func:`classify_images`) and the
+model catalogue (:func:`list_models`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL, light_text_enabled, resolve_index_root, validate_index_name
-from .errors import (
-    ImageDecodeError,
-    IndexNotFoundError,
-    InvalidQueryError,
-    MMSearchError,
-    ModelMismatchError,
-    SourceError,
-)
-from .indexer import IndexReport, ProgressFn, SkipFn, update_index
-from .query import Filters, QueryTerm, combine
-from .search import Hit, search_vector
-from .store import MANIFEST, IndexStore
+from . import catalog
+from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
+from .errors import IndexLockedError, ItemNotFoundError, MMSearchError, ModelMismatchError, SourceError
+from .indexer import IndexReport, ProgressFn, SkipFn, update_index, update_texts
+from .query import QueryEncoder, QueryTerm, load_query_model
+from .search import Filters, Hit, search_vector
+from .store import IndexStore, ItemRow
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,9 +36,18 @@ if TYPE_CHECKING:
     from .encoder import Encoder
     from .engine_ray import RayCfg
     from .integrity import RepairReport, VerifyReport
-    from .text_light import LightTextEncoder
+    from .merge import MergeResult
+    from .shard_embed import EmbedResult
+    from .thumbnails import ThumbnailCache
+    from .zeroshot import Prediction
 
 PathLike = str | os.PathLike[str]
+
+__all__ = [
+    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "Index", "IndexInfo", "IndexReport", "ItemRow", "check_sources",
+    "classify_images", "create_index", "delete_index", "embed_to_shards", "list_indexes", "list_models",
+    "merge_shards", "open_index", "open_or_create_index", "parse_labels", "ray_engine",
+]
 
 
 @dataclass(frozen=True)
@@ -76,19 +86,22 @@ class Index:
         precision: str = "fp32", threads: int | None = None,
     ) -> None:
         self.store = store
-        self._encoder = encoder
         self._device = device
         self._precision = precision
         self._threads = threads
         self._vectors: "VectorIndex | None" = None
         self._vectors_generation = -1
+        self._thumbnails: "ThumbnailCache | None" = None
+        self._thumbnails_lock = threading.Lock()
         self.newly_created = False  # set by open_or_create_index when it made the index
-        self._text_cache = _TextCache(TEXT_CACHE_SIZE)
-        self._light_text: "LightTextEncoder | None | bool" = None  # False: looked, none usable
         if encoder is not None:
             self._check_encoder(encoder)
+        self.queries = QueryEncoder(
+            self._load_model, fingerprint=store.manifest.fingerprint, index_root=self.path.parent,
+            device=device, item_vector=store.vector, encoder=encoder,
+        )
 
-    # -- properties -------------------------------------------------------------
+    # -- what the index is ------------------------------------------------------
 
     @property
     def name(self) -> str:
@@ -100,31 +113,19 @@ class Index:
 
     @property
     def model(self) -> str:
+        """The model spec the index was built with (queries use it too)."""
         return self.store.manifest.model
 
     @property
     def encoder(self) -> "Encoder":
-        if self._encoder is None:
-            from .encoder import load_encoder
+        """The index's model, loaded on first use."""
+        return self.queries.encoder
 
-            root = self.path.parent
-            self._encoder = self._check_encoder(load_encoder(
-                self.model, device=self._device, precision=self._precision, threads=self._threads,
-                on_fp32_text=lambda enc: _export_text_tower(enc, root),
-            ))
-        return self._encoder
-
-    def _text_encoder(self) -> "Encoder | LightTextEncoder":
-        """What embeds text queries: the loaded model, else its torch-free export when there is one."""
-        if self._encoder is not None:
-            return self._encoder
-        if self._light_text is None:
-            self._light_text = False
-            if light_text_enabled() and self._device in ("cpu", "auto"):
-                from .text_light import load_light_encoder
-
-                self._light_text = load_light_encoder(self.path.parent, self.store.manifest.fingerprint) or False
-        return self._light_text or self.encoder
+    def _load_model(self) -> "Encoder":
+        return self._check_encoder(load_query_model(
+            self.model, index_root=self.path.parent, device=self._device, precision=self._precision,
+            threads=self._threads,
+        ))
 
     def _check_encoder(self, encoder: "Encoder") -> "Encoder":
         m = self.store.manifest
@@ -172,6 +173,50 @@ class Index:
         """(path, reason) of every file that could not be indexed."""
         return self.store.failed_items()
 
+    # -- items ------------------------------------------------------------------
+
+    def item(self, item_id: int) -> ItemRow | None:
+        """One item's stored row (path or text, size, dimensions, status, metadata), or None."""
+        return self.store.items_by_id([int(item_id)]).get(int(item_id))
+
+    def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
+        """Stored rows of the given ids (ids not in the index are left out)."""
+        return self.store.items_by_id([int(i) for i in ids])
+
+    def find_item(self, path_or_id: "PathLike | int") -> int:
+        """The id of an indexed item, given its id, its file path or its text key."""
+        if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isdigit()):
+            item_id = int(path_or_id)
+            if self.store.items_by_id([item_id]):
+                return item_id
+            raise ItemNotFoundError(f"no item with id {item_id} in index {self.name!r}")
+        key = os.path.abspath(os.path.expanduser(os.fspath(path_or_id)))
+        row = self.store.item_by_key(key) or self.store.item_by_key(os.fspath(path_or_id))
+        if row is None:
+            raise ItemNotFoundError(
+                f"{os.fspath(path_or_id)} is not in index {self.name!r} (index it first, or use 'query --image')"
+            )
+        if row.status != "ok":
+            raise ItemNotFoundError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
+        return row.id
+
+    def thumbnail(self, item: ItemRow, size: int | None = None) -> Path:
+        """A JPEG thumbnail of an image item (longest side ``size``), made once and cached in the index folder.
+
+        Raises ``ImageDecodeError`` when the file can no longer be read. Safe to
+        call from several threads at once.
+        """
+        from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
+
+        if item.kind != "image" or item.path is None:
+            raise ItemNotFoundError(f"item {item.id} is a text, it has no image")
+        if self._thumbnails is None:
+            with self._thumbnails_lock:
+                if self._thumbnails is None:
+                    self._thumbnails = ThumbnailCache.for_index(self.path)
+        key = item.hash or f"id{item.id}-{item.mtime_ns}"
+        return self._thumbnails.get(item.path, key, size or DEFAULT_THUMB_SIZE)
+
     # -- writing ----------------------------------------------------------------
 
     def add_folder(
@@ -191,18 +236,14 @@ class Index:
         """Index every image under ``paths`` (folders, files or fsspec URLs); only changes are embedded.
 
         ``engine="ray"`` embeds on a Ray cluster (see :mod:`retrieval.engine_ray`,
-        configured by ``ray``) with the same result as the local engine.
+        configured by ``ray``, e.g. from :func:`ray_engine`) with the same result as the local engine.
         """
-        from .urls import is_url
-
         roots = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not roots:
             raise SourceError("no folder given to index")
         if engine not in ("local", "ray"):
             raise MMSearchError(f"unknown engine {engine!r}: use local or ray")
-        for root in roots:
-            if not is_url(os.fspath(root)) and not os.path.exists(root):
-                raise SourceError(f"no such file or directory: {os.fspath(root)}")
+        check_sources(roots)
         if engine == "ray":
             from dataclasses import replace
 
@@ -225,6 +266,47 @@ class Index:
         self._vectors = None
         return report
 
+    def add_texts(
+        self,
+        path: PathLike,
+        *,
+        field: str | None = None,
+        id_field: str | None = None,
+        batch_size: int = 64,
+        wait: bool = True,
+        on_skip: SkipFn | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> IndexReport:
+        """Index the texts of a TXT/CSV/JSONL file (see ``sources.read_text_records``).
+
+        Re-running embeds only new or changed texts and removes texts that left the file.
+        """
+        check_sources(text_files=[path])
+        encoder = self.encoder
+        with self.store.writer_lock(wait=wait, on_wait=on_wait):
+            report = update_texts(
+                self.store, encoder, path, field=field, id_field=id_field, batch_size=batch_size, on_skip=on_skip
+            )
+        self._vectors = None
+        return report
+
+    @contextmanager
+    def discard_if_left_empty(self) -> Iterator["Index"]:
+        """Around the first run into an index that :func:`open_or_create_index` just created.
+
+        If the run fails and the index holds no item, the index is deleted, so a
+        failed first run leaves nothing behind. Not when the failure is another
+        process holding the lock: it created the same index at the same moment
+        and is filling it.
+        """
+        try:
+            yield self
+        except MMSearchError as exc:
+            if self.newly_created and not isinstance(exc, IndexLockedError) and len(self) == 0:
+                self.close()
+                delete_index(self.path.name, root=self.path.parent)
+            raise
+
     # -- searching --------------------------------------------------------------
 
     def _vector_index(self) -> "VectorIndex":
@@ -236,36 +318,15 @@ class Index:
 
     def embed_text(self, text: str) -> np.ndarray:
         """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector)."""
-        if not text or not text.strip():
-            raise InvalidQueryError("empty query: give some words to search for")
-        key = text.strip()
-        vector = self._text_cache.get(key)
-        if vector is None:
-            try:
-                vector = self._text_encoder().encode_texts([key])[0]
-            except (OSError, ValueError) as exc:
-                if self._encoder is not None or not self._light_text:
-                    raise
-                # The torch-free export broke under us (a file truncated since it was checked):
-                # answer with the model itself from now on.
-                logging.getLogger(__name__).debug("torch-free text path failed: %s", exc)
-                self._light_text = False
-                vector = self.encoder.encode_texts([key])[0]
-            self._text_cache.put(key, vector)
-        return vector.copy()  # callers may scale or negate it in place
+        return self.queries.text(text)
 
     def embed_image(self, image: "PathLike | Image.Image") -> np.ndarray:
-        if isinstance(image, (str, os.PathLike)):
-            from .loading import load_image
+        """The unit vector of an image (a path or a PIL image)."""
+        return self.queries.image(image)
 
-            if not os.path.isfile(image):
-                raise ImageDecodeError(f"query image not found: {os.fspath(image)}")
-            # A big JPEG is decoded at reduced size, as the indexer does (same vectors, ~3x less work).
-            loaded = load_image(image, min_side=int(getattr(self.encoder, "image_size", 0)) or None)
-            if loaded.image is None:
-                raise ImageDecodeError(f"cannot decode query image {os.fspath(image)}: {loaded.error}")
-            image = loaded.image
-        return self.encoder.encode_images([image.convert("RGB")])[0]
+    def embed_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """The query vector of a combined query: weighted sum of unit term vectors, renormalised."""
+        return self.queries.vector(terms)
 
     def search_vector(
         self, vector: np.ndarray, k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
@@ -289,40 +350,11 @@ class Index:
         """Items that look most like an image (a path or a PIL image), best first."""
         return self.search_vector(self.embed_image(image), k, filters=filters)
 
-    def embed_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
-        """The query vector of a combined query: weighted sum of unit term vectors, renormalised."""
-        vectors = []
-        for term in terms:
-            if term.kind == "text":
-                vectors.append(self.embed_text(str(term.value)))
-            elif term.kind == "image":
-                vectors.append(self.embed_image(term.value))  # type: ignore[arg-type]
-            else:
-                vectors.append(np.asarray(term.value, dtype=np.float32))
-        return combine(vectors, [t.weight for t in terms])
-
     def search(
         self, terms: Sequence[QueryTerm], k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
     ) -> list[Hit]:
         """A combined query, e.g. ``[QueryTerm.image("shoe.jpg"), QueryTerm.text("red", 2), QueryTerm.text("leather", -1)]``."""
         return self.search_vector(self.embed_terms(terms), k, filters=filters, dedup=dedup)
-
-    def find_item(self, path_or_id: "PathLike | int") -> int:
-        """The id of an indexed item, given its id, its file path or its text key."""
-        if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isdigit()):
-            item_id = int(path_or_id)
-            if self.store.items_by_id([item_id]):
-                return item_id
-            raise InvalidQueryError(f"no item with id {item_id} in index {self.name!r}")
-        key = os.path.abspath(os.path.expanduser(os.fspath(path_or_id)))
-        row = self.store.item_by_key(key) or self.store.item_by_key(os.fspath(path_or_id))
-        if row is None:
-            raise InvalidQueryError(
-                f"{os.fspath(path_or_id)} is not in index {self.name!r} (index it first, or use 'query --image')"
-            )
-        if row.status != "ok":
-            raise InvalidQueryError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
-        return row.id
 
     def similar(
         self, path_or_id: "PathLike | int", k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
@@ -331,98 +363,8 @@ class Index:
         item_id = self.find_item(path_or_id)
         vector = self.store.vector(item_id)
         if vector is None:
-            raise InvalidQueryError(f"item {item_id} has no stored vector")
+            raise ItemNotFoundError(f"item {item_id} has no stored vector")
         return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset({item_id}))
-
-    def add_texts(
-        self,
-        path: PathLike,
-        *,
-        field: str | None = None,
-        id_field: str | None = None,
-        batch_size: int = 64,
-        wait: bool = True,
-        on_skip: SkipFn | None = None,
-    ) -> IndexReport:
-        """Index the texts of a TXT/CSV/JSONL file (see ``sources.read_text_records``).
-
-        Re-running embeds only new or changed texts and removes texts that left the file.
-        """
-        import json
-        import time
-
-        from .embed import content_hash
-        from .sources import Skipped, read_text_records
-        from .store import NewItem
-
-        started = time.perf_counter()
-        report = IndexReport()
-
-        def skipped(s: Skipped) -> None:
-            report.failed += 1
-            report.skipped.append((s.path, s.reason))
-            if on_skip:
-                on_skip(s.path, s.reason)
-
-        source = os.path.abspath(os.fspath(path))
-        records = {r.id: r for r in read_text_records(source, field=field, id_field=id_field, on_skip=skipped)}
-        if not records:
-            raise SourceError(f"no texts found in {source}")
-        prefix = f"text:{source}#"
-        encoder = self.encoder
-        with self.store.writer_lock(wait=wait):
-            db = self.store.connect()
-            old = {
-                key: (item_id, digest)
-                for key, item_id, digest in db.execute(
-                    "SELECT key, id, hash FROM items WHERE kind='text' AND substr(key, 1, ?) = ?",
-                    (len(prefix), prefix),
-                )
-            }
-            todo = []
-            for rid, rec in records.items():
-                digest = content_hash(rec.text.encode("utf-8"))
-                prev = old.get(prefix + rid)
-                if prev is not None and prev[1] == digest:
-                    report.unchanged += 1
-                else:
-                    todo.append((rid, rec, digest, prev is not None))
-            index = self.store.load_vector_index()
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                vectors = encoder.encode_texts([rec.text for _, rec, _, _ in chunk])
-                items = [
-                    NewItem(
-                        kind="text", key=prefix + rid, path=None, text=rec.text, hash=digest,
-                        meta=json.dumps({"source": source, "id": rid, **rec.meta}, ensure_ascii=False, default=str),
-                        vector=vectors[i],
-                    )
-                    for i, (rid, rec, digest, _) in enumerate(chunk)
-                ]
-                added, dropped = self.store.commit(items, [])
-                index.remove(np.asarray(dropped, dtype=np.int64))
-                index.add(np.asarray(added, dtype=np.int64), vectors)
-                report.encoded += len(chunk)
-                report.updated += sum(1 for c in chunk if c[3])
-                report.added += sum(1 for c in chunk if not c[3])
-            gone = [item_id for key, (item_id, _) in old.items() if key[len(prefix):] not in records]
-            if gone:
-                self.store.commit([], gone)
-                index.remove(np.asarray(gone, dtype=np.int64))
-            report.removed = len(gone)
-            self.store.save_vector_index(index)
-        self._vectors = None
-        report.seconds = time.perf_counter() - started
-        return report
-
-    def close(self) -> None:
-        self.store.close()
-
-    def __enter__(self) -> "Index":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- maintenance: explicit removal, consistency check, repair ----------------
 
@@ -433,7 +375,7 @@ class Index:
 
         The files themselves are never touched; paths need not exist any more.
         """
-        from .indexer import remove_paths
+        from .maintenance import remove_paths
 
         items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         with self.store.writer_lock(wait=wait, on_wait=on_wait):
@@ -443,7 +385,7 @@ class Index:
 
     def prune(self, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> list[str]:
         """Drop every image item whose file no longer exists (in any folder) -> the paths dropped."""
-        from .indexer import prune_missing
+        from .maintenance import prune_missing
 
         with self.store.writer_lock(wait=wait, on_wait=on_wait):
             gone = prune_missing(self.store)
@@ -465,49 +407,17 @@ class Index:
         self._vectors = None
         return report
 
+    def close(self) -> None:
+        self.store.close()
 
-# Text queries are encoded once per index object: a server or notebook repeating
-# a search (paging, re-ranking, "more like this") skips the text tower entirely.
-TEXT_CACHE_SIZE = 512
+    def __enter__(self) -> "Index":
+        return self
 
-
-class _TextCache:
-    """A small thread-safe LRU map from query text to its vector."""
-
-    def __init__(self, size: int) -> None:
-        import threading
-        from collections import OrderedDict
-
-        self._size = size
-        self._items: "OrderedDict[str, np.ndarray]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            vector = self._items.get(key)
-            if vector is not None:
-                self._items.move_to_end(key)
-            return vector
-
-    def put(self, key: str, vector: np.ndarray) -> None:
-        with self._lock:
-            self._items[key] = vector
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _export_text_tower(encoder: "Encoder", index_root: Path) -> None:
-    # Once per model, when we load it anyway (and before bf16 lowers its text tower): later
-    # processes then embed text queries without torch.
-    if light_text_enabled():
-        from .text_export import ensure_export
-
-        ensure_export(encoder, index_root)
-
-
-def _index_dir(name: str, root: PathLike | None) -> Path:
-    return resolve_index_root(root) / validate_index_name(name)
+# -- opening, creating, listing, deleting ------------------------------------------
 
 
 def open_index(
@@ -519,7 +429,7 @@ def open_index(
     ``precision`` (fp32, bf16, int8, auto) and ``threads`` apply to the model
     loaded on first use; the fingerprint check ignores precision.
     """
-    store = IndexStore.open(_index_dir(name, root), name=name)
+    store = IndexStore.open(catalog.index_path(name, root), name=name)
     return Index(store, encoder=encoder, device=device, precision=precision, threads=threads)
 
 
@@ -536,12 +446,10 @@ def create_index(
     from .ann_lifecycle import make_policy
 
     policy = make_policy(ann, max_memory, target_recall)
-    directory = _index_dir(name, root)
+    directory = catalog.index_path(name, root)
     if encoder is None:
-        from .encoder import load_encoder
-
-        encoder = load_encoder(model, device=device, precision=precision, threads=threads,
-                               on_fp32_text=lambda enc: _export_text_tower(enc, resolve_index_root(root)))
+        encoder = load_query_model(model, index_root=directory.parent, device=device, precision=precision,
+                                   threads=threads)
     store = IndexStore.create(
         directory, name=name, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim
     )
@@ -553,9 +461,8 @@ def open_or_create_index(
     name: str = DEFAULT_INDEX_NAME, *, model: str | None = None, root: PathLike | None = None,
     encoder: "Encoder | None" = None, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
 ) -> Index:
-    """Open ``name`` if it exists (checking ``model`` against it), else create it."""
-    directory = _index_dir(name, root)
-    if (directory / MANIFEST).exists():
+    """Open ``name`` if it exists (checking ``model`` against it), else create it (``newly_created`` is then True)."""
+    if catalog.index_exists(name, root):
         index = open_index(name, root=root, encoder=encoder, device=device, precision=precision, threads=threads)
         if model is not None and encoder is None:
             from .model_spec import parse_model_spec
@@ -577,43 +484,85 @@ def open_or_create_index(
 
 def list_indexes(root: PathLike | None = None) -> list[IndexInfo]:
     """Every index under the root, sorted by name (unreadable ones are left out)."""
-    base = resolve_index_root(root)
-    if not base.is_dir():
-        return []
     infos = []
-    for child in sorted(base.iterdir()):
-        if (child / MANIFEST).is_file():
-            try:
-                with open_index(child.name, root=base) as index:
-                    infos.append(index.info())
-            except Exception:  # a broken index must not hide the others; 'info NAME' explains it
-                continue
+    for folder in catalog.index_folders(root):
+        try:
+            with open_index(folder.name, root=folder.parent) as index:
+                infos.append(index.info())
+        except Exception:  # noqa: BLE001 - a broken index must not hide the others; 'info NAME' explains it
+            continue
     return infos
 
 
 def delete_index(name: str, *, root: PathLike | None = None) -> None:
-    """Remove an index directory entirely, and its model's text-tower export when no other index uses it."""
-    directory = _index_dir(name, root)
-    if not (directory / MANIFEST).is_file():
-        raise IndexNotFoundError(f"no index named {name!r} in {directory.parent}")
-    shutil.rmtree(directory)
-    _drop_unused_text_exports(directory.parent)
+    """Remove an index folder entirely, and its model's text-tower export when no other index uses it."""
+    catalog.remove_index_folder(name, root)
 
 
-def _drop_unused_text_exports(index_root: Path) -> None:
-    from .manifest import read_manifest
-    from .text_light import export_dir
+def check_sources(paths: Sequence[PathLike] = (), text_files: Sequence[PathLike] = ()) -> None:
+    """Raise ``SourceError`` unless every folder/file (or URL) to index is there; cheap, so callers check first."""
+    from .urls import is_url
 
-    exports = export_dir(index_root, "x").parent
-    if not exports.is_dir():
-        return
-    used = set()
-    for child in index_root.iterdir():
-        try:
-            used.add(read_manifest(child / MANIFEST).get("fingerprint"))
-        except Exception:  # noqa: BLE001 - not an index, or an unreadable one: keep every export
-            if (child / MANIFEST).exists():
-                return
-    for export in exports.iterdir():
-        if export.is_dir() and export.name not in used and not export.name.startswith("."):
-            shutil.rmtree(export, ignore_errors=True)
+    if not paths and not text_files:
+        raise SourceError("nothing to index: give a folder of images and/or --texts FILE")
+    for path in [*paths, *text_files]:
+        if not is_url(os.fspath(path)) and not os.path.exists(path):
+            raise SourceError(f"no such file or directory: {os.fspath(path)}")
+
+
+# -- the rest of the engine ---------------------------------------------------------
+
+
+def ray_engine(address: str | None = None, num_workers: int | None = None) -> "RayCfg":
+    """Settings for ``add_folder(engine="ray")`` / ``embed_to_shards(engine="ray")``; says at once if Ray is missing."""
+    from .engine_ray import RayCfg, require_ray
+
+    require_ray()
+    return RayCfg(address=address, num_workers=num_workers)
+
+
+def embed_to_shards(
+    paths: Sequence[PathLike], output: PathLike, *, model: str = DEFAULT_MODEL, **options: Any
+) -> "EmbedResult":
+    """Embed every image under ``paths`` into Parquet shards in ``output`` (no index); see :mod:`retrieval.shard_embed`."""
+    from .shard_embed import embed_to_shards as embed
+
+    return embed(paths, output, model=model, **options)
+
+
+def merge_shards(name: str, shards: Sequence[PathLike], *, root: PathLike | None = None, **options: Any) -> "MergeResult":
+    """Build or update index ``name`` from Parquet embedding shards; see :func:`retrieval.merge.merge_into_index`."""
+    from .merge import merge_into_index
+
+    return merge_into_index(name, shards, root=root, **options)
+
+
+def classify_images(
+    images: Sequence["PathLike | Image.Image"], labels: Sequence[str], *, model: str | None = None,
+    index: str = DEFAULT_INDEX_NAME, root: PathLike | None = None, device: str = "cpu",
+) -> list["Prediction"]:
+    """Zero-shot labels for images; the model is ``model``, else index ``index``'s model, else the default."""
+    from .encoder import load_encoder
+    from .zeroshot import classify
+
+    if model is None:
+        model = DEFAULT_MODEL
+        if catalog.index_exists(index, root):
+            with open_index(index, root=root) as opened:
+                model = opened.model
+    return classify(load_encoder(model, device=device), images, list(labels))
+
+
+def list_models(*, pretrained: bool = False) -> list[str]:
+    """Architectures (or ``ARCH:PRETRAINED`` pairs) that a model spec may name."""
+    from .encoder import available_models
+
+    return available_models(pretrained=pretrained)
+
+
+def parse_labels(raw: str | None = None, labels_file: PathLike | None = None) -> list[str]:
+    """Labels from a comma-separated string and/or a file with one label per line."""
+    from .zeroshot import parse_labels as parse
+
+    return parse(raw, labels_file)
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MMSearchError
@@ -54,13 +53,3 @@ def validate_index_name(name: str) -> str:
             f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)"
         )
     return name
-
-
-@dataclass(frozen=True)
-class EmbedCfg:
-    """How images are fed to the encoder during indexing."""
-
-    batch_size: int = 32
-    decode_workers: int = 0  # 0 = choose from the CPU count
-    commit_every: int | None = None  # None: one sqlite transaction per encoder batch (crash-safety granularity)
-    max_pixels: int = 178_956_970  # Pillow's own decompression-bomb error threshold

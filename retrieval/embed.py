@@ -150,7 +150,7 @@ class ImagePipeline:
         self.min_side = default_min_side(encoder) if min_side is None else max(0, min_side)
         # Encoders without the split preprocessing (fakes in tests) run theirs whole.
         self._prepare_image = getattr(encoder, "prepare_image", None) or encoder.preprocess
-        self._stack = getattr(encoder, "pixels_from_prepared", None) or _stack_tensors
+        self._stack = encoder.pixels_from_prepared
 
     def prepare(self, entry: FileEntry, data: bytes | None = None) -> Prepared:
         if data is None:
@@ -203,8 +203,3 @@ class ImagePipeline:
             for p in batch
         ]
 
-
-def _stack_tensors(items: Sequence["torch.Tensor"]) -> "torch.Tensor":
-    import torch
-
-    return torch.stack(list(items))

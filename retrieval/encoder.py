@@ -307,6 +307,13 @@ def load_encoder(
     )
 
 
+def available_models(*, pretrained: bool = False) -> list[str]:
+    """Architectures open_clip can build here, or with ``pretrained`` its ``ARCH:PRETRAINED`` pairs."""
+    if pretrained:
+        return [f"{arch}:{tag}" for arch, tag in open_clip.list_pretrained()]
+    return list(open_clip.list_models())
+
+
 def _model_config(parsed: ModelSpec) -> dict[str, Any]:
     if parsed.kind == "builtin":
         if parsed.arch not in open_clip.list_models():

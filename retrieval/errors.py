@@ -42,6 +42,10 @@ class InvalidQueryError(MMSearchError):
     """A query that cannot be answered (empty text, bad weights, ...)."""
 
 
+class ItemNotFoundError(InvalidQueryError):
+    """A query names an item (by id or path) that the index does not hold, or holds without a vector."""
+
+
 class ImageDecodeError(MMSearchError):
     """An image given as a query could not be decoded."""
 

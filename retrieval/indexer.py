@@ -1,4 +1,4 @@
-"""Bringing an index up to date with folders on disk.
+"""Bringing an index up to date with folders on disk, and with files of texts.
 
 Only what changed is embedded: new files, and files whose size or mtime
 changed. Files that disappeared from the scanned folders are removed. A file
@@ -13,7 +13,7 @@ the committed vectors (see store.py).
 
 Safety against a vanished drive: a folder that now holds no image at all while
 the index has items from it (an unmounted disk, a NAS that is offline) is an
-error, not a reason to drop those items; ``remove_paths`` drops them on purpose.
+error, not a reason to drop those items; ``maintenance.remove_paths`` drops them on purpose.
 """
 
 from __future__ import annotations
@@ -322,6 +322,80 @@ def update_index(
     )
 
 
+def update_texts(
+    store: IndexStore,
+    encoder: "Encoder",
+    path: str | os.PathLike[str],
+    *,
+    field: str | None = None,
+    id_field: str | None = None,
+    batch_size: int = 64,
+    on_skip: SkipFn | None = None,
+) -> IndexReport:
+    """Index the texts of a TXT/CSV/JSONL file (see :func:`sources.read_text_records`); the caller holds the lock.
+
+    Texts are keyed ``text:<absolute file>#<record id>``: a re-run embeds only
+    new or changed texts (by content hash) and removes texts that left the
+    file. One sqlite transaction per encoder batch, as for folders.
+    """
+    import json
+
+    import numpy as np
+
+    from .embed import content_hash
+    from .sources import read_text_records
+
+    started = time.perf_counter()
+    report = IndexReport()
+
+    def skipped(s: Skipped) -> None:
+        report.failed += 1
+        report.skipped.append((s.path, s.reason))
+        if on_skip:
+            on_skip(s.path, s.reason)
+
+    source = os.path.abspath(os.fspath(path))
+    records = {r.id: r for r in read_text_records(source, field=field, id_field=id_field, on_skip=skipped)}
+    if not records:
+        raise SourceError(f"no texts found in {source}")
+    prefix = f"text:{source}#"
+    old = store.text_items(prefix)
+    todo = []
+    for rid, rec in records.items():
+        digest = content_hash(rec.text.encode("utf-8"))
+        prev = old.get(prefix + rid)
+        if prev is not None and prev[1] == digest:
+            report.unchanged += 1
+        else:
+            todo.append((rid, rec, digest, prev is not None))
+    index = store.load_vector_index()
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        vectors = encoder.encode_texts([rec.text for _, rec, _, _ in chunk])
+        items = [
+            NewItem(
+                kind="text", key=prefix + rid, path=None, text=rec.text, hash=digest,
+                meta=json.dumps({"source": source, "id": rid, **rec.meta}, ensure_ascii=False, default=str),
+                vector=vectors[i],
+            )
+            for i, (rid, rec, digest, _) in enumerate(chunk)
+        ]
+        added, dropped = store.commit(items, [])
+        index.remove(np.asarray(dropped, dtype=np.int64))
+        index.add(np.asarray(added, dtype=np.int64), vectors)
+        report.encoded += len(chunk)
+        report.updated += sum(1 for c in chunk if c[3])
+        report.added += sum(1 for c in chunk if not c[3])
+    gone = [item_id for key, (item_id, _) in old.items() if key[len(prefix):] not in records]
+    if gone:
+        store.commit([], gone)
+        index.remove(np.asarray(gone, dtype=np.int64))
+    report.removed = len(gone)
+    store.save_vector_index(index)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def entry_of(out: FileOutcome) -> FileEntry:
     """The file an outcome is about, as the pipeline reads it (a URL stays a string)."""
     location: Path | str = out.key if is_url(out.key) else Path(out.key)
@@ -352,40 +426,6 @@ def _refuse_vanished_roots(
                 "if it is a drive that is not mounted, mount it and run again; "
                 f"to drop those items, run 'mmsearch remove {root}'"
             )
-
-
-def remove_paths(store: IndexStore, paths: Sequence[str | os.PathLike[str]], *, chunk: int = 1000) -> dict[str, int]:
-    """Drop the image items at ``paths`` (files, or everything inside folders); the caller holds the writer lock.
-
-    Paths are made absolute but not resolved (items are keyed that way) and
-    need not exist any more. Returns path -> number of items removed.
-    """
-    wanted = [os.path.abspath(os.fspath(p)) for p in paths]
-    found = store.ids_under(wanted)
-    ids = sorted({i for group in found.values() for i in group})
-    _delete_ids(store, ids, chunk)
-    return {p: len(found[p]) for p in wanted}
-
-
-def prune_missing(store: IndexStore, *, chunk: int = 1000) -> list[str]:
-    """Drop every image item whose file no longer exists, wherever it was; the caller holds the writer lock."""
-    # URL items are not checked here (that would need the network); only local files are.
-    gone = [
-        (key, v[0]) for key, v in sorted(store.file_states().items()) if not is_url(key) and not os.path.exists(key)
-    ]
-    _delete_ids(store, [i for _, i in gone], chunk)
-    return [k for k, _ in gone]
-
-
-def _delete_ids(store: IndexStore, ids: list[int], chunk: int) -> None:
-    if not ids:
-        return
-    index = store.load_vector_index(persist=False)
-    for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        _, dropped = store.commit([], part)
-        index.remove(_ids(dropped))
-    store.save_vector_index(store.refresh_vector_index(index))
 
 
 def pipeline_encode_one(pipeline: ImagePipeline, entry: FileEntry) -> Embedded:

@@ -9,7 +9,6 @@ rebuilds index.faiss from the stored vectors.
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from .config import SCHEMA_VERSION
 from .errors import IndexCorruptError
-from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ann_count_agrees, write_transaction
+from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ann_count_agrees
 from .urls import is_url
 
 _NORM_TOLERANCE = 1e-3  # vectors are stored L2-normalised
@@ -59,11 +58,11 @@ class RepairReport:
         return asdict(self)
 
 
-def _bad_vector_ids(db: sqlite3.Connection, dim: int) -> tuple[list[int], list[int]]:
+def _bad_vector_ids(store: IndexStore, dim: int) -> tuple[list[int], list[int]]:
     """(ids whose blob has the wrong size, ids whose values are not finite or not unit length)."""
     wrong_size: list[int] = []
     bad_values: list[int] = []
-    for item_id, blob in db.execute("SELECT id, vec FROM vectors"):
+    for item_id, blob in store.vector_blobs():
         if len(blob) != 4 * dim:
             wrong_size.append(item_id)
             continue
@@ -80,39 +79,22 @@ def verify_index(store: IndexStore, *, check_files: bool = True) -> VerifyReport
     report = VerifyReport(name=m.name)
     if m.schema_version != SCHEMA_VERSION:
         report.problems.append(f"manifest schema {m.schema_version}, this mmsearch writes {SCHEMA_VERSION}")
-    db = store.connect()
-    try:
-        check = db.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.DatabaseError as exc:
-        check = [(str(exc),)]
-    if [r[0] for r in check] != ["ok"]:
-        report.problems.append("items.sqlite is damaged: " + "; ".join(str(r[0]) for r in check[:3]))
+    check = store.quick_check()
+    if check != ["ok"]:
+        report.problems.append("items.sqlite is damaged: " + "; ".join(check[:3]))
         return report  # nothing below can be trusted
-    with store.snapshot() as db:
+    with store.snapshot():
         report.generation = store.generation
-        report.items = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        report.vectors = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        checks = {
-            "items marked ok have no vector": "SELECT COUNT(*) FROM items i LEFT JOIN vectors v ON v.id = i.id "
-            "WHERE i.status = 'ok' AND v.id IS NULL",
-            "failed items have a vector": "SELECT COUNT(*) FROM items i JOIN vectors v ON v.id = i.id "
-            "WHERE i.status = 'failed'",
-            "vectors belong to no item": "SELECT COUNT(*) FROM vectors v LEFT JOIN items i ON i.id = v.id "
-            "WHERE i.id IS NULL",
-            "image items whose key is not their path": "SELECT COUNT(*) FROM items WHERE kind = 'image' "
-            "AND (path IS NULL OR path != key)",
-        }
-        for what, sql in checks.items():
-            n = db.execute(sql).fetchone()[0]
-            if n:
-                report.problems.append(f"{n} {what}")
-        wrong_size, bad_values = _bad_vector_ids(db, m.dim)
+        report.items, report.vectors = store.row_counts()
+        for what, n in store.inconsistencies().items():
+            report.problems.append(f"{n} {what}")
+        wrong_size, bad_values = _bad_vector_ids(store, m.dim)
         if wrong_size:
             report.problems.append(f"{len(wrong_size)} vectors do not have {m.dim} dimensions")
         if bad_values:
             report.problems.append(f"{len(bad_values)} vectors are not finite unit vectors")
-        image_paths = [r[0] for r in db.execute("SELECT key FROM items WHERE kind = 'image'")]
-        _verify_ann(store, db, report)
+        image_paths = store.image_keys()
+        _verify_ann(store, report)
     if check_files:
         # URL items (s3://...) are not checked: that would need the network.
         report.missing_files = sum(1 for p in image_paths if not is_url(p) and not os.path.exists(p))
@@ -127,7 +109,7 @@ def verify_index(store: IndexStore, *, check_files: bool = True) -> VerifyReport
     return report
 
 
-def _verify_ann(store: IndexStore, db: sqlite3.Connection, report: VerifyReport) -> None:
+def _verify_ann(store: IndexStore, report: VerifyReport) -> None:
     from .ann import AnnConfig, VectorIndex
 
     path = store.directory / FAISS_FILE
@@ -156,10 +138,10 @@ def _verify_ann(store: IndexStore, db: sqlite3.Connection, report: VerifyReport)
         report.problems.append(f"manifest says {FAISS_FILE} holds {counted} vectors, it holds {index.ntotal}")
     # Spot-check that FAISS maps ids to the stored vectors: first, middle and last
     # stored vectors must each find their own id (exact for flat; near-certain otherwise).
-    ids = [r[0] for r in db.execute("SELECT id FROM vectors ORDER BY id")]
+    ids = [item_id for item_id, _ in store.vector_blobs()]
     for item_id in sorted({ids[0], ids[len(ids) // 2], ids[-1]}) if ids else []:
-        blob = db.execute("SELECT vec FROM vectors WHERE id=?", (item_id,)).fetchone()[0]
-        if len(blob) != 4 * store.manifest.dim:
+        blob = store.vector_blob(item_id)
+        if blob is None or len(blob) != 4 * store.manifest.dim:
             continue  # reported above
         _, found = index.search(np.frombuffer(blob, dtype=np.float32)[None, :], 10)
         if item_id not in set(int(i) for i in found[0]):
@@ -174,31 +156,18 @@ def repair_index(store: IndexStore) -> RepairReport:
     """
     report = RepairReport(name=store.manifest.name)
     report.removed_temp_files = store.remove_temp_files()
-    db = store.connect()
-    check = db.execute("PRAGMA quick_check").fetchall()
-    if [r[0] for r in check] != ["ok"]:
+    check = store.quick_check()
+    if check != ["ok"]:
         name = store.manifest.name
         raise IndexCorruptError(
-            f"items.sqlite of index {name!r} is damaged ({check[0][0]}) and cannot be repaired in place: "
+            f"items.sqlite of index {name!r} is damaged ({check[0]}) and cannot be repaired in place: "
             f"re-create it with 'mmsearch drop {name}' then 'mmsearch index FOLDER --index {name}'"
         )
-    with write_transaction(db, lambda why: f"could not repair index {store.manifest.name!r}: {why}; it is unchanged"):
-        wrong_size, bad_values = _bad_vector_ids(db, store.manifest.dim)
-        untrusted = wrong_size + bad_values
-        for item_id in untrusted:
-            db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
-            if db.execute("DELETE FROM items WHERE id=?", (item_id,)).rowcount:
-                report.dropped_items += 1
-            else:
-                report.dropped_vectors += 1
-        report.dropped_items += db.execute(
-            "DELETE FROM items WHERE status = 'ok' AND id NOT IN (SELECT id FROM vectors)"
-        ).rowcount
-        report.dropped_vectors += db.execute(
-            "DELETE FROM vectors WHERE id NOT IN (SELECT id FROM items WHERE status = 'ok')"
-        ).rowcount
-        if report.dropped_items or report.dropped_vectors:
-            store.bump_generation(db)
+    wrong_size, bad_values = _bad_vector_ids(store, store.manifest.dim)
+    report.dropped_items, report.dropped_vectors = store.drop_untrusted(
+        wrong_size + bad_values,
+        lambda why: f"could not repair index {store.manifest.name!r}: {why}; it is unchanged",
+    )
     index = store.rebuild_vector_index()
     store.save_vector_index(index)
     report.vectors = index.ntotal

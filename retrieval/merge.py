@@ -15,14 +15,13 @@ existing index exactly as it was.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .config import resolve_index_root, validate_index_name
+from . import catalog
 from .errors import IndexLockedError, MMSearchError
 from .indexer import (
     FileOutcome,
@@ -205,7 +204,7 @@ def merge_into_index(
 
     shards = open_shards(locations)
     model = shards[0].model
-    directory = resolve_index_root(root) / validate_index_name(name)
+    directory = catalog.index_path(name, root)
     created = False
     if (directory / MANIFEST).exists():
         store = IndexStore.open(directory, name=name)
@@ -234,7 +233,10 @@ def merge_into_index(
         if created and not isinstance(exc, IndexLockedError) and store.counts()["items"] == 0 \
                 and not store.failed_items():
             store.close()
-            shutil.rmtree(directory, ignore_errors=True)  # don't leave an empty index behind
+            try:
+                catalog.remove_index_folder(name, root)  # don't leave an empty index behind
+            except (OSError, MMSearchError):
+                pass  # the merge's own error matters more; 'mmsearch drop' removes what is left
         raise
     finally:
         store.close()

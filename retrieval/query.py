@@ -1,33 +1,49 @@
-"""Query building: weighted text/image terms, negatives, and result filters.
+"""From query terms to one vector: weighted texts, images and indexed items.
 
 A combined query is the weighted sum of the unit vectors of its terms,
 normalised again (negative weights push results away from a term). The CLI
-writes a weight as a prefix: ``2:red`` or ``-0.5:leather``.
+and the upload form write a weight as a prefix: ``2:red`` or ``-0.5:leather``.
+
+:class:`QueryEncoder` embeds the terms for one index's model: texts through a
+small LRU cache and, while the model itself is not loaded, through its
+torch-free export (:mod:`retrieval.text_light`); images through the model;
+indexed items from their stored vectors. Ranking the vector is
+:mod:`retrieval.search`'s job (``Filters`` is re-exported here for callers
+that import it from this module).
 """
 
 from __future__ import annotations
 
-import fnmatch
+import logging
 import os
 import re
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal, Sequence
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
-from .errors import InvalidQueryError
-from .store import ItemRow
+from .config import light_text_enabled
+from .errors import ImageDecodeError, InvalidQueryError, ItemNotFoundError
+from .search import Filters  # noqa: F401 - part of this module's public names (README, user code)
 
-TermKind = Literal["text", "image", "vector"]
-Target = Literal["image", "text", "all"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .encoder import Encoder
+    from .text_light import LightTextEncoder
+
+TermKind = Literal["text", "image", "vector", "item"]
+PathLike = str | os.PathLike[str]
 
 _WEIGHT_PREFIX = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
 
 
 @dataclass(frozen=True)
 class QueryTerm:
-    """One part of a query: a text, an image (path or PIL image) or a raw vector, with a weight."""
+    """One part of a query, with a weight: a text, an image (path or PIL image), a raw vector or an indexed item's id."""
 
     kind: TermKind
     value: object
@@ -41,6 +57,15 @@ class QueryTerm:
     def image(cls, image: object, weight: float = 1.0) -> "QueryTerm":
         return cls("image", image, weight)
 
+    @classmethod
+    def vector(cls, vector: np.ndarray, weight: float = 1.0) -> "QueryTerm":
+        return cls("vector", vector, weight)
+
+    @classmethod
+    def item(cls, item_id: int, weight: float = 1.0) -> "QueryTerm":
+        """An indexed item, by id: its stored vector (no model run)."""
+        return cls("item", item_id, weight)
+
 
 def parse_weighted(raw: str, *, negate: bool = False) -> tuple[float, str]:
     """Split an optional ``WEIGHT:`` prefix off a CLI value: ``"2:red"`` -> (2.0, "red")."""
@@ -49,6 +74,29 @@ def parse_weighted(raw: str, *, negate: bool = False) -> tuple[float, str]:
     if not value.strip():
         raise InvalidQueryError(f"empty query term {raw!r}")
     return (-weight if negate else weight), value
+
+
+def parse_terms(
+    texts: Iterable[str] = (),
+    not_texts: Iterable[str] = (),
+    images: Iterable[str] = (),
+    not_images: Iterable[str] = (),
+) -> list[QueryTerm]:
+    """Query terms from ``[WEIGHT:]VALUE`` strings, as the command line and the upload form take them.
+
+    ``not_*`` values push results away (their weight is negated); image values
+    are file paths. Texts come first, then images, each in the order given.
+    """
+    terms: list[QueryTerm] = []
+    for raws, negate in ((texts, False), (not_texts, True)):
+        for raw in raws:
+            weight, value = parse_weighted(raw, negate=negate)
+            terms.append(QueryTerm.text(value, weight))
+    for raws, negate in ((images, False), (not_images, True)):
+        for raw in raws:
+            weight, value = parse_weighted(raw, negate=negate)
+            terms.append(QueryTerm.image(Path(value), weight))
+    return terms
 
 
 def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -67,59 +115,176 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
     return total / norm
 
 
-def _parse_date(value: str | datetime | None) -> float | None:
-    if value is None or isinstance(value, datetime):
-        return value.timestamp() if value else None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise InvalidQueryError(f"bad date {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+def read_query_image(data: bytes, *, max_pixels: int) -> "Image.Image":
+    """Decode an uploaded query image (orientation applied); ``ImageDecodeError`` says why it cannot be used."""
+    from .loading import load_image
+
+    if not data:
+        raise ImageDecodeError("the upload is empty")
+    loaded = load_image(data, max_pixels=max_pixels)
+    if loaded.image is None:
+        raise ImageDecodeError(f"the upload is not a usable image: {loaded.error}")
+    return loaded.image
 
 
-@dataclass(frozen=True)
-class Filters:
-    """Conditions every hit must meet; ``k`` counts results after filtering."""
+def load_query_model(
+    spec: str, *, index_root: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+) -> "Encoder":
+    """Load a model for an index under ``index_root``, exporting its text tower for torch-free queries.
 
-    target: Target = "image"
-    min_score: float | None = None
-    path_prefix: str | None = None
-    path_glob: str | None = None
-    file_types: tuple[str, ...] = ()  # extensions without the dot, lower case: ("jpg", "png")
-    modified_after: str | datetime | None = None
-    modified_before: str | datetime | None = None
-    _after: float | None = field(default=None, init=False, repr=False, compare=False)
-    _before: float | None = field(default=None, init=False, repr=False, compare=False)
+    The export is taken once per model, while the text tower is still exact
+    (before bf16 lowering); later processes then embed text queries without torch.
+    """
+    from .encoder import load_encoder
 
-    def __post_init__(self) -> None:
-        if self.target not in ("image", "text", "all"):
-            raise InvalidQueryError(f"target must be image, text or all (got {self.target!r})")
-        object.__setattr__(self, "_after", _parse_date(self.modified_after))
-        object.__setattr__(self, "_before", _parse_date(self.modified_before))
-        types = tuple(t.lower().lstrip(".") for t in self.file_types if t.strip())
-        object.__setattr__(self, "file_types", types)
+    def export(encoder: "Encoder") -> None:
+        if light_text_enabled():
+            from .text_export import ensure_export
+
+            ensure_export(encoder, index_root)
+
+    return load_encoder(spec, device=device, precision=precision, threads=threads, on_fp32_text=export)
+
+
+# Text queries are encoded once per QueryEncoder: a server or notebook repeating a
+# search (paging, re-ranking, "more like this") skips the text tower entirely.
+TEXT_CACHE_SIZE = 512
+
+
+class QueryEncoder:
+    """Embeds query terms for one index's model.
+
+    ``load_model`` loads (and checks) the index's model; it is called at most
+    once, when a term first needs it. ``item_vector`` returns an indexed
+    item's stored vector (None when there is none). Text queries use the
+    model's torch-free export under ``index_root`` while the model itself is
+    not loaded (and the device is the CPU), so a cold query need not import torch.
+    """
+
+    def __init__(
+        self,
+        load_model: Callable[[], "Encoder"],
+        *,
+        fingerprint: str,
+        index_root: Path,
+        device: str = "cpu",
+        item_vector: Callable[[int], np.ndarray | None] | None = None,
+        encoder: "Encoder | None" = None,
+    ) -> None:
+        self._load_model = load_model
+        self._fingerprint = fingerprint
+        self._index_root = index_root
+        self._device = device
+        self._item_vector = item_vector
+        self._encoder = encoder
+        self._light_text: "LightTextEncoder | None | bool" = None  # False: looked, none usable
+        self._text_cache = _LruCache(TEXT_CACHE_SIZE)
+        self._load_lock = threading.Lock()
 
     @property
-    def selects_paths(self) -> bool:
-        return bool(self.path_prefix or self.path_glob or self.file_types or self._after or self._before)
+    def encoder(self) -> "Encoder":
+        """The index's model, loaded on first use."""
+        if self._encoder is None:
+            with self._load_lock:
+                if self._encoder is None:
+                    self._encoder = self._load_model()
+        return self._encoder
 
-    def accepts(self, row: ItemRow) -> bool:
-        if self.target != "all" and row.kind != self.target:
-            return False
-        if not self.selects_paths:
-            return True
-        if row.path is None:  # path-based filters exclude texts
-            return False
-        if self.path_prefix and not row.path.startswith(os.path.abspath(os.path.expanduser(self.path_prefix))):
-            return False
-        if self.path_glob and not (
-            fnmatch.fnmatch(row.path, self.path_glob) or fnmatch.fnmatch(os.path.basename(row.path), self.path_glob)
-        ):
-            return False
-        if self.file_types and os.path.splitext(row.path)[1].lower().lstrip(".") not in self.file_types:
-            return False
-        mtime = (row.mtime_ns or 0) / 1e9
-        if self._after is not None and mtime < self._after:
-            return False
-        if self._before is not None and mtime >= self._before:
-            return False
-        return True
+    @property
+    def model_loaded(self) -> bool:
+        return self._encoder is not None
+
+    def _text_encoder(self) -> "Encoder | LightTextEncoder":
+        """What embeds text queries: the loaded model, else its torch-free export when there is one."""
+        if self._encoder is not None:
+            return self._encoder
+        if self._light_text is None:
+            self._light_text = False
+            if light_text_enabled() and self._device in ("cpu", "auto"):
+                from .text_light import load_light_encoder
+
+                self._light_text = load_light_encoder(self._index_root, self._fingerprint) or False
+        return self._light_text or self.encoder
+
+    @property
+    def text_path(self) -> str:
+        """Which path embeds text queries now: ``"model"`` or ``"torch-free export"``."""
+        return "model" if self._text_encoder() is self._encoder else "torch-free export"
+
+    def text(self, text: str) -> np.ndarray:
+        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidQueryError("empty query: give some words to search for")
+        key = text.strip()
+        vector = self._text_cache.get(key)
+        if vector is None:
+            try:
+                vector = self._text_encoder().encode_texts([key])[0]
+            except (OSError, ValueError) as exc:
+                if self._encoder is not None or not self._light_text:
+                    raise
+                # The torch-free export broke under us (a file truncated since it was checked):
+                # answer with the model itself from now on.
+                logging.getLogger(__name__).debug("torch-free text path failed: %s", exc)
+                self._light_text = False
+                vector = self.encoder.encode_texts([key])[0]
+            self._text_cache.put(key, vector)
+        return vector.copy()  # callers may scale or negate it in place
+
+    def image(self, image: "PathLike | Image.Image") -> np.ndarray:
+        """The unit vector of a query image (a path or a PIL image)."""
+        if isinstance(image, (str, os.PathLike)):
+            from .loading import load_image
+
+            if not os.path.isfile(image):
+                raise ImageDecodeError(f"query image not found: {os.fspath(image)}")
+            # A big JPEG is decoded at reduced size, as the indexer does (same vectors, ~3x less work).
+            loaded = load_image(image, min_side=int(getattr(self.encoder, "image_size", 0)) or None)
+            if loaded.image is None:
+                raise ImageDecodeError(f"cannot decode query image {os.fspath(image)}: {loaded.error}")
+            image = loaded.image
+        return self.encoder.encode_images([image.convert("RGB")])[0]
+
+    def item(self, item_id: int) -> np.ndarray:
+        """An indexed item's stored vector; ``ItemNotFoundError`` when there is none."""
+        vector = self._item_vector(int(item_id)) if self._item_vector is not None else None
+        if vector is None:
+            raise ItemNotFoundError(f"no searchable item with id {item_id}")
+        return vector
+
+    def vector(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """The query vector of a combined query: weighted sum of unit term vectors, renormalised."""
+        vectors = []
+        for term in terms:
+            if term.kind == "text":
+                vectors.append(self.text(str(term.value)))
+            elif term.kind == "image":
+                vectors.append(self.image(term.value))  # type: ignore[arg-type]
+            elif term.kind == "item":
+                vectors.append(self.item(term.value))  # type: ignore[arg-type]
+            else:
+                vectors.append(np.asarray(term.value, dtype=np.float32))
+        return combine(vectors, [t.weight for t in terms])
+
+
+class _LruCache:
+    """A small thread-safe LRU map from query text to its vector."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            vector = self._items.get(key)
+            if vector is not None:
+                self._items.move_to_end(key)
+            return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        with self._lock:
+            self._items[key] = vector
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)

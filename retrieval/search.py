@@ -1,20 +1,32 @@
-"""From a query vector to ranked hits."""
+"""From a query vector to ranked hits: filters, the exact re-rank, dedup.
+
+This module owns everything between "here is a unit vector" and "here are the
+results": which items may be returned (:class:`Filters`, built once from the
+strings a command line, a query string or a form gives), exact re-scoring of
+approximate candidates (:func:`rerank`, also what the ANN tuner measures
+with), near-duplicate suppression, and the :class:`Hit` a caller gets.
+Turning query terms into that vector is :mod:`retrieval.query`'s job.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import json
-import sqlite3
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
 from .errors import InvalidQueryError
-from .store import IndexStore
 
 if TYPE_CHECKING:
     from .ann import VectorIndex
-    from .query import Filters
+    from .store import IndexStore, ItemRow
+
+Target = Literal["image", "text", "all"]
+TARGETS: tuple[str, ...] = ("image", "text", "all")
 
 
 @dataclass(frozen=True)
@@ -34,27 +46,110 @@ class Hit:
         return {k: v for k, v in data.items() if v is not None}
 
 
-def fetch_vectors(db: "sqlite3.Connection", ids: np.ndarray, dim: int) -> np.ndarray:
-    """Stored vectors for ``ids`` (rows in the same order; zeros for ids that are gone)."""
-    wanted = [int(i) for i in ids]
-    out = np.zeros((len(wanted), dim), dtype=np.float32)
-    if not wanted:
-        return out
-    where = {item_id: pos for pos, item_id in enumerate(wanted)}
-    marks = ",".join("?" * len(wanted))
-    for item_id, blob in db.execute(f"SELECT id, vec FROM vectors WHERE id IN ({marks})", wanted):
-        out[where[item_id]] = np.frombuffer(blob, dtype=np.float32)
-    return out
+# -- filters ------------------------------------------------------------------------
 
 
-def rerank_exact(
-    db: "sqlite3.Connection", query: np.ndarray, ids: np.ndarray, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine scores of candidate ids from their stored vectors, best first (duplicates dropped)."""
-    cand = np.unique(ids[ids >= 0])
+def _parse_date(value: str | datetime | None) -> float | None:
+    if value is None or isinstance(value, datetime):
+        return value.timestamp() if value else None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise InvalidQueryError(f"bad date {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Conditions every hit must meet; ``k`` counts results after filtering."""
+
+    target: Target = "image"
+    min_score: float | None = None
+    path_prefix: str | None = None
+    path_glob: str | None = None
+    file_types: tuple[str, ...] = ()  # extensions without the dot, lower case: ("jpg", "png")
+    modified_after: str | datetime | None = None
+    modified_before: str | datetime | None = None
+    _after: float | None = field(default=None, init=False, repr=False, compare=False)
+    _before: float | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise InvalidQueryError(f"target must be image, text or all (got {self.target!r})")
+        object.__setattr__(self, "_after", _parse_date(self.modified_after))
+        object.__setattr__(self, "_before", _parse_date(self.modified_before))
+        types = tuple(t.strip().lower().lstrip(".") for t in self.file_types if t.strip())
+        object.__setattr__(self, "file_types", types)
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        target: str | None = None,
+        min_score: float | None = None,
+        under: str | None = None,
+        glob: str | None = None,
+        types: str | Sequence[str] | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        default_target: str = "image",
+    ) -> "Filters":
+        """Filters from the strings a command line, a query string or a form gives.
+
+        Empty strings mean "no condition"; ``types`` is ``"jpg,png"`` or a list of
+        such strings (a repeated parameter).
+        """
+        raw_types = [types] if isinstance(types, str) else list(types or [])
+        return cls(
+            target=(target or default_target),  # type: ignore[arg-type]
+            min_score=min_score, path_prefix=under or None, path_glob=glob or None,
+            file_types=tuple(t for raw in raw_types for t in raw.split(",")),
+            modified_after=after or None, modified_before=before or None,
+        )
+
+    @property
+    def selects_paths(self) -> bool:
+        return bool(self.path_prefix or self.path_glob or self.file_types or self._after or self._before)
+
+    def accepts(self, row: "ItemRow") -> bool:
+        if self.target != "all" and row.kind != self.target:
+            return False
+        if not self.selects_paths:
+            return True
+        if row.path is None:  # path-based filters exclude texts
+            return False
+        if self.path_prefix and not row.path.startswith(os.path.abspath(os.path.expanduser(self.path_prefix))):
+            return False
+        if self.path_glob and not (
+            fnmatch.fnmatch(row.path, self.path_glob) or fnmatch.fnmatch(os.path.basename(row.path), self.path_glob)
+        ):
+            return False
+        if self.file_types and os.path.splitext(row.path)[1].lower().lstrip(".") not in self.file_types:
+            return False
+        mtime = (row.mtime_ns or 0) / 1e9
+        if self._after is not None and mtime < self._after:
+            return False
+        if self._before is not None and mtime >= self._before:
+            return False
+        return True
+
+
+# -- ranking ------------------------------------------------------------------------
+
+
+VectorFetch = Callable[[np.ndarray], np.ndarray]  # ids -> their stored vectors, one row per id
+
+
+def rerank(query: np.ndarray, candidates: np.ndarray, fetch: VectorFetch) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine scores of candidate ids from their stored vectors, best first.
+
+    Padding (-1) and repeated ids are dropped; ties keep id order. The one
+    re-rank: queries use it on compressed-code and HNSW candidates, and the
+    ANN tuner measures recall with it, so what is tuned is what is served.
+    """
+    cand = np.unique(candidates[candidates >= 0])
     if len(cand) == 0:
         return np.zeros(0, dtype=np.float32), cand
-    scores = fetch_vectors(db, cand, dim) @ query
+    scores = fetch(cand) @ query
     order = np.argsort(-scores, kind="stable")
     return scores[order], cand[order]
 
@@ -69,13 +164,13 @@ def normalise(vector: np.ndarray) -> np.ndarray:
 
 
 def search_vector(
-    store: IndexStore,
+    store: "IndexStore",
     index: "VectorIndex",
     vector: np.ndarray,
     k: int = 10,
     *,
     exclude_ids: frozenset[int] = frozenset(),
-    filters: "Filters | None" = None,
+    filters: Filters | None = None,
     dedup: float | None = None,
 ) -> list[Hit]:
     """The ``k`` items nearest to ``vector`` that pass ``filters``, best first.
@@ -99,7 +194,7 @@ def search_vector(
         if not index.config.exact_scores or not index.supports_remove:
             # Compressed codes give approximate scores, and HNSW may hold stale
             # copies of updated ids: re-score the candidates from stored vectors.
-            exact, cand = rerank_exact(store.connect(), query, ids[0], store.manifest.dim)
+            exact, cand = rerank(query, ids[0], store.vectors_of)
             scores, ids = exact[None, :], cand[None, :]
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
         rows = store.items_by_id([i for _, i in found])

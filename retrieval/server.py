@@ -12,7 +12,7 @@ touches the index there, one at a time; torch already spreads each forward
 pass over all cores. Upload decoding, thumbnails and file streaming run in
 the ordinary threadpool, concurrently.
 
-Security (see README, "Running it safely"): files are served only by item
+Security (see docs/serving.md, "Running it safely"): files are served only by item
 id, never by a client-given path; uploads must decode as images within a
 pixel limit. The Host check, body cap, token and error bodies live in
 :mod:`retrieval.server_guard`.
@@ -36,16 +36,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 
 from .errors import ImageDecodeError
-from .query import Filters, QueryTerm, parse_weighted
+from .query import QueryTerm, parse_terms, read_query_image
+from .search import Filters
 from .server_guard import LOOPBACK_HOSTS, ApiError, RequestGuard, install_error_handlers, is_loopback, token_checker
-from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES, ThumbnailCache
+from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .api import Index
+    from .api import Index, ItemRow
     from .search import Hit
-    from .store import ItemRow
 
 __all__ = ["create_app", "is_loopback", "LOOPBACK_HOSTS", "DEFAULT_MAX_UPLOAD_BYTES"]
 
@@ -130,15 +130,6 @@ class SearchIn(BaseModel):
     dedup: float | None = Field(None, ge=0, le=1)
 
 
-def _filters(target: str, min_score: float | None, under: str | None, glob: str | None,
-             types: Sequence[str], after: str | None, before: str | None) -> Filters:
-    return Filters(
-        target=target, min_score=min_score, path_prefix=under or None, path_glob=glob or None,  # type: ignore[arg-type]
-        file_types=tuple(t for raw in types for t in raw.split(",")), modified_after=after or None,
-        modified_before=before or None,
-    )
-
-
 def _query_filters(
     target: Annotated[Target, Query(description="what to return; 'text' gives image->text")] = "image",
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
@@ -148,7 +139,8 @@ def _query_filters(
     after: Annotated[str | None, Query(description="modified on/after YYYY-MM-DD")] = None,
     before: Annotated[str | None, Query(description="modified before YYYY-MM-DD")] = None,
 ) -> Filters:
-    return _filters(target, min_score, under, glob, [types or ""], after, before)
+    return Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
+                         before=before)
 
 
 def _form_filters(
@@ -160,7 +152,8 @@ def _form_filters(
     after: Annotated[str | None, Form()] = None,
     before: Annotated[str | None, Form()] = None,
 ) -> Filters:
-    return _filters(target, min_score, under, glob, [types or ""], after, before)
+    return Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
+                         before=before)
 
 
 def _hit_out(hit: "Hit") -> dict[str, Any]:
@@ -207,7 +200,6 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-    thumbnails: ThumbnailCache | None = None,
 ) -> FastAPI:
     """The web page + JSON API over ``index``.
 
@@ -223,7 +215,6 @@ def create_app(
     # The server's own Index, opened on the index thread, so its sqlite connection lives there.
     served: "Index" = thread.run(open_index, index.path.name, root=index.path.parent, encoder=encoder)
     thread.run(served.info)  # opens the connection now: a broken index fails at startup, not later
-    thumbs = thumbnails or ThumbnailCache.for_index(served.path)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -247,7 +238,7 @@ def create_app(
     api = APIRouter(prefix="/api", dependencies=[Depends(token_checker(token))])
 
     async def rows_of(item_id: int) -> "ItemRow":
-        row = (await thread(served.store.items_by_id, [item_id])).get(item_id)
+        row = await thread(served.item, item_id)
         if row is None:
             raise ApiError(404, "not_found", f"no item with id {item_id}")
         return row
@@ -293,21 +284,12 @@ def create_app(
               summary="Combined query: weighted texts and indexed items, negatives push away")
     async def search_combined(body: SearchIn) -> dict[str, Any]:
         started = time.perf_counter()
-        filters = _filters(body.target, body.min_score, body.under, body.glob, body.types, body.after, body.before)
-
-        def run() -> list["Hit"]:
-            terms = []
-            for t in body.terms:
-                if t.text is not None:
-                    terms.append(QueryTerm.text(t.text, t.weight))
-                    continue
-                vector = served.store.vector(t.item) if served.store.items_by_id([t.item]) else None
-                if vector is None:
-                    raise ApiError(404, "not_found", f"no searchable item with id {t.item}")
-                terms.append(QueryTerm("vector", vector, t.weight))
-            return served.search(terms, body.k, filters=filters, dedup=body.dedup)
-
-        return searched(await thread(run), body.k, started)
+        filters = Filters.parse(target=body.target, min_score=body.min_score, under=body.under, glob=body.glob,
+                                types=body.types, after=body.after, before=body.before)
+        terms = [QueryTerm.text(t.text, t.weight) if t.text is not None else QueryTerm.item(t.item, t.weight)
+                 for t in body.terms]  # type: ignore[arg-type]
+        hits = await thread(served.search, terms, body.k, filters=filters, dedup=body.dedup)
+        return searched(hits, body.k, started)
 
     @api.post("/search/image", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
               summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')")
@@ -322,10 +304,7 @@ def create_app(
     ) -> dict[str, Any]:
         started = time.perf_counter()
         picture = await _read_upload(image, max_upload_bytes, max_upload_pixels)
-        terms = [QueryTerm.image(picture, image_weight)]
-        for raw, negate in [(t, False) for t in text] + [(t, True) for t in not_text]:
-            weight, value = parse_weighted(raw, negate=negate)
-            terms.append(QueryTerm.text(value, weight))
+        terms = [QueryTerm.image(picture, image_weight), *parse_terms(texts=text, not_texts=not_text)]
         hits = await thread(served.search, terms, k, filters=filters, dedup=dedup)
         return searched(hits, k, started)
 
@@ -356,7 +335,7 @@ def create_app(
             raise ApiError(422, "invalid_size", f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
         row = await image_file(item_id)
         try:
-            path = await run_in_threadpool(thumbs.get, row.path, row.hash or f"id{row.id}-{row.mtime_ns}", size)
+            path = await run_in_threadpool(served.thumbnail, row, size)
         except ImageDecodeError as exc:
             raise ApiError(404, "not_found", f"item {item_id}: {exc}") from None
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
@@ -385,17 +364,13 @@ def create_app(
 
 async def _read_upload(upload: UploadFile, max_bytes: int, max_pixels: int) -> "Image.Image":
     """The uploaded image, decoded (orientation applied); 413/415 when too big or not an image."""
-    from .loading import load_image
-
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ApiError(413, "too_large", f"the upload is larger than {max_bytes} bytes")
-    if not data:
-        raise ApiError(415, "not_an_image", "the upload is empty")
-    loaded = await run_in_threadpool(load_image, data, max_pixels=max_pixels)
-    if loaded.image is None:
-        raise ApiError(415, "not_an_image", f"the upload is not a usable image: {loaded.error}")
-    return loaded.image
+    try:
+        return await run_in_threadpool(read_query_image, data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        raise ApiError(415, "not_an_image", str(exc)) from None
 
 
 def _version() -> str:

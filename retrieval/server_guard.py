@@ -27,6 +27,7 @@ from .errors import (
     IndexLockedError,
     IndexNotFoundError,
     InvalidQueryError,
+    ItemNotFoundError,
     MMSearchError,
     ModelLoadError,
 )
@@ -58,6 +59,8 @@ class ApiError(Exception):
 
 def status_of(exc: MMSearchError) -> tuple[int, str]:
     """The HTTP status and error name of a library error (its message is meant for users: it is sent)."""
+    if isinstance(exc, ItemNotFoundError):
+        return 404, "not_found"
     if isinstance(exc, InvalidQueryError):
         return 400, "invalid_query"
     if isinstance(exc, ImageDecodeError):

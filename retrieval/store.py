@@ -467,6 +467,32 @@ class IndexStore:
         row = self.connect().execute("SELECT vec FROM vectors WHERE id=?", (item_id,)).fetchone()
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
+    def vectors_of(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Stored vectors for ``ids``, one row per id in the order given (zeros for ids that are gone)."""
+        wanted = [int(i) for i in ids]
+        dim = self.manifest.dim
+        out = np.zeros((len(wanted), dim), dtype=np.float32)
+        where: dict[int, list[int]] = {}
+        for pos, item_id in enumerate(wanted):
+            where.setdefault(item_id, []).append(pos)
+        db = self.connect()
+        unique = list(where)
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for item_id, blob in db.execute(f"SELECT id, vec FROM vectors WHERE id IN ({marks})", chunk):
+                if len(blob) == 4 * dim:  # a damaged row scores as gone; 'mmsearch verify' reports it
+                    out[where[item_id]] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def text_items(self, key_prefix: str) -> dict[str, tuple[int, str | None]]:
+        """key -> (id, content hash) of the text items whose key starts with ``key_prefix``."""
+        rows = self.connect().execute(
+            "SELECT key, id, hash FROM items WHERE kind='text' AND substr(key, 1, ?) = ?",
+            (len(key_prefix), key_prefix),
+        )
+        return {key: (item_id, digest) for key, item_id, digest in rows}
+
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, vectors float32 (n, dim)) of every embedded item, from one snapshot."""
         dim = self.manifest.dim
@@ -503,6 +529,74 @@ class IndexStore:
             (r[0], r[1] or "")
             for r in self.connect().execute("SELECT key, error FROM items WHERE status='failed' ORDER BY key")
         ]
+
+    # -- integrity (what retrieval.integrity checks and repairs) ------------------
+
+    def quick_check(self) -> list[str]:
+        """sqlite's ``PRAGMA quick_check``: ``["ok"]`` for an undamaged file, else what is wrong."""
+        try:
+            return [str(r[0]) for r in self.connect().execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+
+    def row_counts(self) -> tuple[int, int]:
+        """(rows in items, rows in vectors)."""
+        db = self.connect()
+        return (db.execute("SELECT COUNT(*) FROM items").fetchone()[0],
+                db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+
+    _CONSISTENCY_CHECKS = {
+        "items marked ok have no vector": "SELECT COUNT(*) FROM items i LEFT JOIN vectors v ON v.id = i.id "
+        "WHERE i.status = 'ok' AND v.id IS NULL",
+        "failed items have a vector": "SELECT COUNT(*) FROM items i JOIN vectors v ON v.id = i.id "
+        "WHERE i.status = 'failed'",
+        "vectors belong to no item": "SELECT COUNT(*) FROM vectors v LEFT JOIN items i ON i.id = v.id "
+        "WHERE i.id IS NULL",
+        "image items whose key is not their path": "SELECT COUNT(*) FROM items WHERE kind = 'image' "
+        "AND (path IS NULL OR path != key)",
+    }
+
+    def inconsistencies(self) -> dict[str, int]:
+        """What breaks the items/vectors invariants -> how many rows (only the non-zero ones)."""
+        db = self.connect()
+        found = {what: db.execute(sql).fetchone()[0] for what, sql in self._CONSISTENCY_CHECKS.items()}
+        return {what: n for what, n in found.items() if n}
+
+    def vector_blobs(self) -> Iterator[tuple[int, bytes]]:
+        """(id, raw stored bytes) of every vector, by id, undecoded (so damage can be seen)."""
+        yield from self.connect().execute("SELECT id, vec FROM vectors ORDER BY id")
+
+    def vector_blob(self, item_id: int) -> bytes | None:
+        row = self.connect().execute("SELECT vec FROM vectors WHERE id=?", (item_id,)).fetchone()
+        return row[0] if row else None
+
+    def image_keys(self) -> list[str]:
+        return [r[0] for r in self.connect().execute("SELECT key FROM items WHERE kind = 'image'")]
+
+    def drop_untrusted(self, vector_ids: list[int], failure: Callable[[str], str]) -> tuple[int, int]:
+        """Delete the given vectors (and their items), ok items without a vector and vectors without an ok item.
+
+        One transaction; returns (items dropped, stray vectors dropped). ``failure``
+        words an sqlite error (see :func:`write_transaction`).
+        """
+        self._require_writable()
+        items = strays = 0
+        with write_transaction(self.connect(), failure) as db:
+            for item_id in vector_ids:
+                db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
+                if db.execute("DELETE FROM items WHERE id=?", (item_id,)).rowcount:
+                    items += 1
+                else:
+                    strays += 1
+            items += db.execute(
+                "DELETE FROM items WHERE status = 'ok' AND id NOT IN (SELECT id FROM vectors)"
+            ).rowcount
+            strays += db.execute(
+                "DELETE FROM vectors WHERE id NOT IN (SELECT id FROM items WHERE status = 'ok')"
+            ).rowcount
+            if items or strays:
+                self.bump_generation(db)
+        return items, strays
 
     # -- writing ----------------------------------------------------------------
 

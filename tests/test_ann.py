@@ -110,11 +110,11 @@ def test_tuning_reaches_its_recall_target(kind: str, target: float, data) -> Non
     depth = cfg.search.get("rerank", 1)
     _, cands = index.search(queries, 10 * depth)
     if depth > 1:
-        from retrieval.ann_policy import rerank
+        from retrieval.search import rerank
 
         order = np.argsort(ids)
         fetch = lambda w: vectors[order][np.searchsorted(ids[order], w)]
-        cands = np.stack([rerank(None, c, q, 10, fetch)[1] for c, q in zip(cands, queries)])
+        cands = np.stack([rerank(q, c, fetch)[1][:10] for c, q in zip(cands, queries)])
     assert recall_at_k(cands[:, :10], truth) >= target - 0.05
 
 

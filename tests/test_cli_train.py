@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from retrieval.cli_train import register
+from retrieval.cli.training import register
 from retrieval.errors import DataError, MMSearchError
 
 runner = CliRunner()
@@ -64,7 +64,7 @@ def test_errors_are_library_errors(tmp_path: Path) -> None:
 
 
 def test_registering_imports_no_torch() -> None:
-    code = ("import sys, typer; from retrieval.cli_train import register; register(typer.Typer()); "
+    code = ("import sys, typer; from retrieval.cli.training import register; register(typer.Typer()); "
             "print(any(m in sys.modules for m in ('torch', 'open_clip', 'retrieval.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

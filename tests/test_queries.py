@@ -50,6 +50,9 @@ class FakeEncoder:
         marker = rgb.getpixel((1, 1))[0]
         return torch.tensor([*centre, marker, (rgb.width % 7) / 7.0], dtype=torch.float32)
 
+    def pixels_from_prepared(self, prepared) -> torch.Tensor:
+        return torch.stack(list(prepared))
+
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         self.image_calls += 1
         out = []
@@ -251,7 +254,7 @@ def test_cli_combined_query_similar_and_html(index, catalogue: Path, tmp_path: P
     import retrieval.api as api
 
     encoder = index.encoder
-    monkeypatch.setattr(api.Index, "encoder", property(lambda self: encoder))
+    monkeypatch.setattr(api, "load_query_model", lambda *args, **kwargs: encoder)  # the CLI opens its own Index
     root = str(index.store.directory.parent)
     query_img = tmp_path / "q.png"
     draw("red", "shoe").save(query_img)

@@ -173,8 +173,7 @@ def test_text_query_cache_returns_the_same_vector_once_encoded(tiny_encoder: Enc
             calls.append(list(texts))
             return tiny_encoder.encode_texts(texts)
 
-    with retrieval.create_index("cache", root=tmp_path / "root", encoder=tiny_encoder) as idx:
-        idx._encoder = Counting()  # type: ignore[assignment]
+    with retrieval.create_index("cache", root=tmp_path / "root", encoder=Counting()) as idx:  # type: ignore[arg-type]
         first = idx.embed_text("a red car")
         first[:] = 0  # a caller scribbling on its copy must not poison the cache
         again = idx.embed_text("  a red car ")

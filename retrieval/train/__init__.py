@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from .checkpoint import is_complete, save_model
+from .distributed import world_from_env
 from .data import PairData, PairItem, heldout_items, read_pairs, split_items
 from .evaluate import RetrievalMetrics, evaluate, format_metrics, retrieval_metrics
 from .loop import TrainCfg, TrainResult, fit
@@ -39,5 +40,5 @@ def evaluate_model(spec: str, data: PairData, split: str = "heldout", batch_size
 __all__ = [
     "DEFAULT_ARCH", "PairData", "PairItem", "RetrievalMetrics", "TrainCfg", "TrainResult", "evaluate",
     "evaluate_model", "fit", "format_metrics", "heldout_items", "is_complete", "read_pairs",
-    "retrieval_metrics", "save_model", "split_items",
+    "retrieval_metrics", "save_model", "split_items", "world_from_env",
 ]

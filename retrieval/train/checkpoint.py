@@ -129,12 +129,6 @@ def load_state(last_dir: Path) -> dict[str, Any]:
         raise ModelLoadError(f"cannot read training state {str(last_dir / STATE_NAME)!r}: {exc}") from exc
 
 
-def load_weights(model: torch.nn.Module, directory: Path) -> None:
-    import safetensors.torch
-
-    model.load_state_dict(safetensors.torch.load_file(str(directory / WEIGHTS_NAME)))
-
-
 def is_complete(out_dir: str | Path) -> bool:
     """True when ``out_dir`` holds a loadable model (config + weights)."""
     out = Path(out_dir)

@@ -1,38 +1,37 @@
 """Scale-out commands: ``embed`` (files -> Parquet embedding shards) and ``merge`` (shards -> an index).
 
-Thin adapters over :mod:`retrieval.shard_embed` and :mod:`retrieval.merge`
-(``mmsearch index --engine ray`` lives in ``cli.py`` and uses the same merge).
-``retrieval.cli`` finds this module and calls :func:`register`.
+Thin adapters over :func:`retrieval.api.embed_to_shards` and :func:`retrieval.api.merge_shards`
+(``mmsearch index --engine ray`` uses the same merge).
 """
 
 from __future__ import annotations
 
 import json
-from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
-
-from .cli_options import DeviceOpt, IndexDirOpt, IndexOpt, JsonOpt, PrecisionOpt
-
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-file messages.")]
-
-
-class Engine(str, Enum):
-    """Where images are embedded: this process, or a Ray cluster (``pip install 'mmsearch[ray]'``)."""
-
-    local = "local"
-    ray = "ray"
-
-
-def _on_skip(quiet: bool):
-    def on_skip(path: str, reason: str) -> None:
-        if not quiet:
-            typer.echo(f"skipped: {path}: {reason}", err=True)
-
-    return on_skip
+from ..config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
+from .options import (
+    AddressOpt,
+    AnnOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    Engine,
+    EngineOpt,
+    ExcludeOpt,
+    IndexDirOpt,
+    IndexOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    NoWaitOpt,
+    NumWorkersOpt,
+    PrecisionOpt,
+    QuietOpt,
+    TargetRecallOpt,
+    skip_printer,
+    waiting,
+)
 
 
 def merge(
@@ -41,12 +40,10 @@ def merge(
     ],
     index_name: IndexOpt = DEFAULT_INDEX_NAME,
     index_dir: IndexDirOpt = None,
-    ann: Annotated[
-        Optional[str], typer.Option("--ann", help="ANN index: auto, flat, hnsw, ivf or ivfpq [default: auto].")
-    ] = None,
-    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="RAM budget of the ANN index.")] = None,
-    target_recall: Annotated[Optional[float], typer.Option("--target-recall", help="recall@10 to tune to.")] = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")] = False,
+    ann: AnnOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    target_recall: TargetRecallOpt = None,
+    no_wait: NoWaitOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -56,12 +53,11 @@ def merge(
     mmsearch merge shards/ --index photos
     mmsearch merge s3://bucket/shards/ --index photos
     """
-    from .merge import merge_into_index
+    from ..api import merge_shards
 
-    result = merge_into_index(
+    result = merge_shards(
         index_name, shards, root=index_dir, ann=ann, max_memory=max_memory, target_recall=target_recall,
-        wait=not no_wait, on_skip=_on_skip(quiet),
-        on_wait=lambda: typer.echo(f"index {index_name!r} is being written by another process; waiting...", err=True),
+        wait=not no_wait, on_skip=skip_printer(quiet), on_wait=waiting(index_name),
     )
     report = result.report
     if json_out:
@@ -79,30 +75,23 @@ def embed(
     paths: Annotated[list[str], typer.Argument(help="Folders (or files) of images, or fsspec URLs (s3://...).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder (or URL) to write the Parquet shards to.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model spec.")] = DEFAULT_MODEL,
-    engine: Annotated[Engine, typer.Option("--engine", help="Where to embed: local or ray.")] = Engine.local,
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to use (--engine ray).")] = None,
-    num_workers: Annotated[Optional[int], typer.Option("--num-workers", min=1, help="Ray embedding actors.")] = None,
-    exclude: Annotated[
-        Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    num_workers: NumWorkersOpt = None,
+    exclude: ExcludeOpt = None,
+    batch_size: BatchSizeOpt = 32,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed images into Parquet shards, without an index (build one with 'mmsearch merge')."""
-    from .shard_embed import embed_to_shards
+    from ..api import embed_to_shards, ray_engine
 
-    ray_cfg = None
-    if engine is Engine.ray:
-        from .engine_ray import RayCfg, require_ray
-
-        require_ray()
-        ray_cfg = RayCfg(address=address, num_workers=num_workers)
+    ray_cfg = ray_engine(address, num_workers) if engine is Engine.ray else None
     result = embed_to_shards(
         paths, output, model=model, engine=engine.value, ray=ray_cfg, exclude=exclude or (), batch_size=batch_size,
-        device=device, precision=precision, on_skip=_on_skip(quiet),
+        device=device, precision=precision, on_skip=skip_printer(quiet),
     )
     if json_out:
         typer.echo(json.dumps(result.as_dict(), indent=2))

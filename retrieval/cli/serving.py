@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_options import DeviceOpt, IndexDirOpt, IndexOpt
-from .config import DEFAULT_INDEX_NAME
-from .errors import MMSearchError
+from ..config import DEFAULT_INDEX_NAME
+from ..errors import MMSearchError
+from .options import DeviceOpt, IndexDirOpt, IndexOpt
 
 TOKEN_ENV = "MMSEARCH_TOKEN"
 
@@ -46,7 +46,7 @@ def serve(
     mmsearch serve                                  # this machine only
     mmsearch serve --host 0.0.0.0 --token SECRET    # the network, with a token
     """
-    from .server import LOOPBACK_HOSTS, is_loopback
+    from ..server import LOOPBACK_HOSTS, is_loopback
 
     token = token or None
     local = is_loopback(host)
@@ -60,8 +60,8 @@ def serve(
 
     import uvicorn
 
-    from .api import open_index
-    from .server import create_app
+    from ..api import open_index
+    from ..server import create_app
 
     # On localhost, only Host names that point here are answered (a web page elsewhere
     # cannot reach the server through DNS rebinding); with a token, any name is fine.

@@ -1,7 +1,6 @@
 """Index maintenance commands: ``remove``, ``prune``, ``verify``, ``repair`` (alias ``rebuild``).
 
 Thin adapters over :class:`retrieval.api.Index`; none of them loads a model.
-``retrieval.cli`` finds this module and calls :func:`register`.
 """
 
 from __future__ import annotations
@@ -12,14 +11,9 @@ from typing import Annotated
 
 import typer
 
-from .config import DEFAULT_INDEX_NAME
-from .errors import IndexCorruptError, MMSearchError
-
-from .cli_options import IndexDirOpt, IndexOpt, JsonOpt, NoWaitOpt
-
-
-def _waiting(name: str):
-    return lambda: typer.echo(f"index {name!r} is being written by another process; waiting...", err=True)
+from ..config import DEFAULT_INDEX_NAME
+from ..errors import IndexCorruptError, MMSearchError
+from .options import IndexDirOpt, IndexOpt, JsonOpt, NoWaitOpt, waiting
 
 
 def remove(
@@ -30,10 +24,10 @@ def remove(
     json_out: JsonOpt = False,
 ) -> None:
     """Drop items from an index (your files are never touched)."""
-    from .api import open_index
+    from ..api import open_index
 
     with open_index(index_name, root=index_dir) as idx:
-        removed = idx.remove(paths, wait=not no_wait, on_wait=_waiting(index_name))
+        removed = idx.remove(paths, wait=not no_wait, on_wait=waiting(index_name))
         total = len(idx)
     if json_out:
         typer.echo(json.dumps({"index": index_name, "removed": removed, "items": total}, indent=2))
@@ -54,10 +48,10 @@ def prune(
     json_out: JsonOpt = False,
 ) -> None:
     """Drop every item whose file no longer exists, in any folder."""
-    from .api import open_index
+    from ..api import open_index
 
     with open_index(index_name, root=index_dir) as idx:
-        gone = idx.prune(wait=not no_wait, on_wait=_waiting(index_name))
+        gone = idx.prune(wait=not no_wait, on_wait=waiting(index_name))
         total = len(idx)
     if json_out:
         typer.echo(json.dumps({"index": index_name, "removed": len(gone), "paths": gone, "items": total}, indent=2))
@@ -74,7 +68,7 @@ def verify(
     no_files: Annotated[bool, typer.Option("--no-files", help="Do not check that indexed files still exist.")] = False,
 ) -> None:
     """Check that an index's manifest, items, vectors and FAISS index agree (exit 1 if not)."""
-    from .api import open_index
+    from ..api import open_index
 
     with open_index(index_name, root=index_dir) as idx:
         report = idx.verify(check_files=not no_files)
@@ -104,10 +98,10 @@ def repair(
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the FAISS index from the stored vectors and drop rows that cannot be trusted (no re-encoding)."""
-    from .api import open_index
+    from ..api import open_index
 
     with open_index(index_name, root=index_dir) as idx:
-        report = idx.rebuild(wait=not no_wait, on_wait=_waiting(index_name))
+        report = idx.rebuild(wait=not no_wait, on_wait=waiting(index_name))
     if json_out:
         typer.echo(json.dumps(report.as_dict(), indent=2))
         return

@@ -44,7 +44,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one J
 
 def _read(data: Path, images: Path | None, image_column: str | None, caption_column: str | None,
           quiet: bool = False) -> Any:
-    from .train import read_pairs
+    from ..train import read_pairs
 
     pairs = read_pairs(data, images_dir=images, image_column=image_column, caption_column=caption_column)
     if not quiet:
@@ -110,9 +110,8 @@ def train(
     """
     import sys
 
-    from .errors import MMSearchError
-    from .train import TrainCfg, fit
-    from .train.distributed import world_from_env
+    from ..errors import MMSearchError
+    from ..train import TrainCfg, fit, world_from_env
 
     if model and from_spec:
         raise MMSearchError("give --model ARCH (train from scratch) or --from SPEC (fine-tune), not both")
@@ -161,7 +160,7 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Recall@1/5/10 both ways, mean rank and zero-shot accuracy of a model on held-out pairs."""
-    from .train import evaluate_model, format_metrics
+    from ..train import evaluate_model, format_metrics
 
     pairs = _read(data, images, image_column, caption_column)
     metrics = evaluate_model(model, pairs, split=split, batch_size=batch_size, val_fraction=val_fraction,
@@ -180,7 +179,7 @@ def synth(
     """Write the synthetic product world (pictures + captions.csv) used by the demo and benchmarks."""
     from collections import Counter
 
-    from .synthetic import generate_catalogue
+    from ..synthetic import generate_catalogue
 
     catalogue = generate_catalogue(out_dir, n_images=n_images, seed=seed, image_size=image_size,
                                    captions_per_image=captions_per_image)

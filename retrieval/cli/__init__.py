@@ -1,0 +1,67 @@
+"""The ``mmsearch`` command line: thin adapters over :mod:`retrieval.api`.
+
+One module per command group (indexing, searching, inspecting, training,
+maintenance, serving, scaling), each with a ``register(app)``; option types
+shared between them live in :mod:`retrieval.cli.options`. Heavy modules
+(torch, open_clip, faiss) are imported inside the commands that need them, so
+``mmsearch --help`` and ``mmsearch list`` start fast. Every ``MMSearchError``
+becomes one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from ..errors import MMSearchError
+from . import indexing, inspecting, maintenance, scaling, searching, serving, training
+
+
+class _Group(TyperGroup):
+    """Turns library errors into a message on stderr and exit code 1, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MMSearchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: what was committed so far is kept", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="mmsearch: search your images (and texts) by meaning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # help texts are plain: "[WEIGHT:]FILE" and "[default: ...]" must show as written
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library diagnostics.")] = False,
+) -> None:
+    # open_clip and huggingface_hub log warnings a user can do nothing about
+    # (e.g. "model initialized randomly" for test models); keep stderr readable.
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s: %(message)s")
+
+
+for _group in (indexing, searching, inspecting, training, maintenance, serving, scaling):
+    _group.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="mmsearch")
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,96 @@
+"""``mmsearch info``, ``list``, ``drop`` and ``models``: what indexes and models there are."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ..config import DEFAULT_INDEX_NAME
+from .options import IndexDirOpt, IndexOpt, JsonOpt, err, human_size
+
+
+def info(
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Also list the files that could not be indexed.")] = False,
+) -> None:
+    """What an index holds: model, counts, size."""
+    from ..api import open_index
+
+    with open_index(index_name, root=index_dir) as idx:
+        data = idx.info()
+        failures = idx.failed() if failed else []
+    if json_out:
+        out = data.as_dict()
+        if failed:
+            out["failed_files"] = [{"path": p, "reason": r} for p, r in failures]
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"index:    {data.name}  ({data.path})")
+    typer.echo(f"model:    {data.model}  (fingerprint {data.fingerprint}, {data.dim}-d)")
+    typer.echo(f"items:    {data.images} images, {data.texts} texts, {data.failed} failed")
+    typer.echo(f"size:     {human_size(data.size_bytes)}")
+    ann = data.ann
+    typer.echo(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
+    if ann.get("search"):
+        params = ", ".join(f"{k}={v}" for k, v in ann["search"].items())
+        typer.echo(f"          search {params}; recall@10 {ann.get('measured_recall')} (target {ann.get('target_recall')})")
+    policy = ann.get("policy") or {}
+    if policy:
+        typer.echo(
+            f"          policy --ann {policy.get('ann')} --max-memory {human_size(policy.get('max_memory', 0))} "
+            f"--target-recall {policy.get('target_recall')}"
+        )
+    for path, reason in failures:
+        typer.echo(f"failed:   {path}: {reason}")
+
+
+def list_(index_dir: IndexDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Which indexes exist under the index folder."""
+    from ..api import list_indexes
+
+    infos = list_indexes(index_dir)
+    if json_out:
+        typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    if not infos:
+        err("no indexes yet: create one with 'mmsearch index FOLDER'")
+        return
+    typer.echo(f"{'name':<20} {'items':>8} {'size':>10}  model")
+    for i in infos:
+        typer.echo(f"{i.name:<20} {i.images + i.texts:>8} {human_size(i.size_bytes):>10}  {i.model}")
+
+
+def drop(
+    index_name: Annotated[str, typer.Argument(help="Index to delete.")],
+    index_dir: IndexDirOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an index (your image files are never touched)."""
+    from ..api import delete_index
+
+    if not yes and not typer.confirm(f"delete index {index_name!r}?", err=True):
+        raise typer.Exit(1)
+    delete_index(index_name, root=index_dir)
+    typer.echo(f"deleted index {index_name!r}")
+
+
+def models(
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="List ARCH:PRETRAINED pairs.")] = False,
+) -> None:
+    """Model architectures (and pretrained weights) that --model accepts."""
+    from ..api import list_models
+
+    for name in list_models(pretrained=pretrained):
+        typer.echo(name)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``info``, ``list``, ``drop`` and ``models`` to the ``mmsearch`` app."""
+    app.command("info")(info)
+    app.command("list")(list_)
+    app.command("drop")(drop)
+    app.command("models")(models)

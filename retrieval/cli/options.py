@@ -1,0 +1,115 @@
+"""Option types and small printers shared by the command modules.
+
+Defined once so that a flag reads and behaves the same in every command.
+Only typer is imported here: ``mmsearch --help`` stays free of torch.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Name of the index.")]
+IndexDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index-dir", help="Folder holding the indexes [default: $MMSEARCH_INDEX_DIR or ./indexes]."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-file messages.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Model numerics: auto (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), fp32, bf16, "
+        "fp16 (GPUs) or int8 (CPU, image tower only). All keep cosine >= 0.99 to fp32.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")]
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads [default: one per available core].")
+]
+ExcludeOpt = Annotated[
+    Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
+]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per encoder batch.")]
+AnnOpt = Annotated[
+    Optional[str],
+    typer.Option("--ann", help="ANN index: auto (by size and --max-memory), flat, hnsw, ivf or ivfpq [default: auto]."),
+]
+MaxMemoryOpt = Annotated[
+    Optional[str], typer.Option("--max-memory", help="RAM budget of the ANN index, e.g. 512MiB, 4GiB [default: 4GiB].")
+]
+TargetRecallOpt = Annotated[
+    Optional[float], typer.Option("--target-recall", help="recall@10 the search parameters are tuned to [default: 0.95].")
+]
+
+
+class Engine(str, Enum):
+    """Where images are embedded: this process, or a Ray cluster (``pip install 'mmsearch[ray]'``)."""
+
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[Engine, typer.Option("--engine", help="Where to embed: local (this process) or ray (a Ray cluster).")]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--address", help="Ray cluster to use (e.g. auto, ray://HOST:10001) [default: $RAY_ADDRESS, else a private one]."),
+]
+NumWorkersOpt = Annotated[
+    Optional[int], typer.Option("--num-workers", min=1, help="Ray embedding actors [default: one per 2 cluster CPUs].")
+]
+
+# -- what a query returns -----------------------------------------------------------
+
+KOpt = Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results (after filtering).")]
+TargetOpt = Annotated[
+    Optional[str],
+    typer.Option("--target", help="What to return: image, text or all [default: image; text for --image queries on a text-only index]."),
+]
+MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine.")]
+UnderOpt = Annotated[Optional[str], typer.Option("--under", help="Only files under this folder.")]
+GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="Only files whose path or name matches this glob.")]
+TypeOpt = Annotated[Optional[str], typer.Option("--type", help="Only these file types, e.g. 'jpg,png'.")]
+AfterOpt = Annotated[Optional[str], typer.Option("--after", help="Only files modified on/after this date (YYYY-MM-DD).")]
+BeforeOpt = Annotated[Optional[str], typer.Option("--before", help="Only files modified before this date (YYYY-MM-DD).")]
+DedupOpt = Annotated[
+    Optional[float], typer.Option("--dedup", min=0.0, max=1.0, help="Drop hits this similar (cosine) to a better hit.")
+]
+HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained results page here.")]
+PathsOpt = Annotated[bool, typer.Option("--paths", help="Only the paths (or texts), one per line.")]
+
+
+# -- printers -------------------------------------------------------------------------
+
+
+def err(message: str) -> None:
+    """One line on stderr (diagnostics, progress notes; never results)."""
+    typer.echo(message, err=True)
+
+
+def waiting(name: str) -> Callable[[], None]:
+    """What to print when index ``name`` is locked by another writer and we wait for it."""
+    return lambda: err(f"index {name!r} is being written by another process; waiting...")
+
+
+def skip_printer(quiet: bool) -> Callable[[str, str], None]:
+    """Reports a file that could not be indexed as ``skipped: PATH: REASON`` (unless quiet)."""
+
+    def on_skip(path: str, reason: str) -> None:
+        if not quiet:
+            err(f"skipped: {path}: {reason}")
+
+    return on_skip
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

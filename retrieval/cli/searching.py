@@ -1,0 +1,181 @@
+"""``mmsearch query``, ``similar`` and ``classify``: asking an index (or a model) about pictures and words."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..config import DEFAULT_INDEX_NAME
+from .options import (
+    AfterOpt,
+    BeforeOpt,
+    DedupOpt,
+    DeviceOpt,
+    GlobOpt,
+    HtmlOpt,
+    IndexDirOpt,
+    IndexOpt,
+    JsonOpt,
+    KOpt,
+    MinScoreOpt,
+    PathsOpt,
+    PrecisionOpt,
+    TargetOpt,
+    ThreadsOpt,
+    TypeOpt,
+    UnderOpt,
+    err,
+)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    paths = "paths"
+
+
+def _print_hits(hits: list[Any], fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+    elif fmt is OutputFormat.paths:
+        for h in hits:
+            typer.echo(h.path if h.path is not None else h.text)
+    else:
+        if not hits:
+            err("no results")
+            return
+        typer.echo(f"{'rank':>4}  {'score':>6}  item")
+        for h in hits:
+            typer.echo(f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
+
+
+def _emit(hits: list[Any], json_out: bool, paths_only: bool, html: Optional[Path], title: str) -> None:
+    if html is not None:
+        from ..html_report import write_results_page
+
+        written = write_results_page(hits, html, title)
+        err(f"wrote {written}")
+    fmt = OutputFormat.json if json_out else OutputFormat.paths if paths_only else OutputFormat.table
+    _print_hits(hits, fmt)
+
+
+def query(
+    text: Annotated[Optional[str], typer.Argument(help="What to look for, in words (optional WEIGHT: prefix).")] = None,
+    image: Annotated[
+        Optional[list[str]], typer.Option("--image", help="[WEIGHT:]FILE: results that look like this image (repeatable).")
+    ] = None,
+    more_text: Annotated[
+        Optional[list[str]], typer.Option("--text", help="[WEIGHT:]TEXT: another text term (repeatable).")
+    ] = None,
+    not_text: Annotated[
+        Optional[list[str]], typer.Option("--not-text", help="[WEIGHT:]TEXT: push results away from this (repeatable).")
+    ] = None,
+    not_image: Annotated[
+        Optional[list[str]], typer.Option("--not-image", help="[WEIGHT:]FILE: push results away from this image.")
+    ] = None,
+    k: KOpt = 10,
+    target: TargetOpt = None,
+    min_score: MinScoreOpt = None,
+    under: UnderOpt = None,
+    glob: GlobOpt = None,
+    types: TypeOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    dedup: DedupOpt = None,
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    paths_only: PathsOpt = False,
+    html: HtmlOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Search by text, by example image, or by a weighted combination of both.
+
+    \b
+    mmsearch query "red shoes"
+    mmsearch query --image q.jpg
+    mmsearch query --image q.jpg --text "2:red" --not-text leather
+    """
+    from ..api import open_index
+    from ..errors import InvalidQueryError
+    from ..query import parse_terms
+    from ..search import Filters
+
+    terms = parse_terms(
+        texts=([text] if text is not None else []) + list(more_text or []), not_texts=not_text or [],
+        images=image or [], not_images=not_image or [],
+    )
+    if not terms or all(t.kind == "text" and not str(t.value).strip() for t in terms):
+        raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
+    filters = Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
+                            before=before)
+    with open_index(index_name, root=index_dir, device=device, precision=precision, threads=threads) as idx:
+        hits = idx.search(terms, k, filters=filters, dedup=dedup)
+    title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
+    _emit(hits, json_out, paths_only, html, f"mmsearch: {title}")
+
+
+def similar(
+    item: Annotated[str, typer.Argument(help="An indexed file's path, or an item id.")],
+    k: KOpt = 10,
+    target: TargetOpt = None,
+    min_score: MinScoreOpt = None,
+    under: UnderOpt = None,
+    glob: GlobOpt = None,
+    types: TypeOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    dedup: DedupOpt = None,
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    paths_only: PathsOpt = False,
+    html: HtmlOpt = None,
+) -> None:
+    """More like this: neighbours of an item already in the index (no model needed)."""
+    from ..api import open_index
+    from ..search import Filters
+
+    filters = Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
+                            before=before)
+    with open_index(index_name, root=index_dir) as idx:
+        hits = idx.similar(item, k, filters=filters, dedup=dedup)
+    _emit(hits, json_out, paths_only, html, f"mmsearch: more like {item}")
+
+
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Images to label.")],
+    labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels.")] = None,
+    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="One label per line.")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Model spec [default: the index's model, else the default model].")
+    ] = None,
+    index_name: IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: IndexDirOpt = None,
+    json_out: JsonOpt = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per image.")] = 3,
+) -> None:
+    """Zero-shot classification: the most likely of LABELS for each image."""
+    from ..api import classify_images, parse_labels
+
+    names = parse_labels(labels, labels_file)
+    predictions = classify_images(images, names, model=model, index=index_name, root=index_dir)
+    if json_out:
+        typer.echo(json.dumps([p.as_dict() for p in predictions], indent=2, ensure_ascii=False))
+        return
+    for p in predictions:
+        shown = ", ".join(f"{label} {prob:.1%}" for label, prob in p.labels[:top])
+        typer.echo(f"{p.source}: {shown}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``query``, ``similar`` and ``classify`` to the ``mmsearch`` app."""
+    app.command("query")(query)
+    app.command("similar")(similar)
+    app.command("classify")(classify)
