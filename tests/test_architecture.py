@@ -23,8 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
-     "cli.options"},
+    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light"},
     {"loading", "sources"},  # what files exist; decoding them
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
@@ -35,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"query"},  # terms -> a vector
     {"api"},  # the door
     {"html_report", "server_guard", "server"},  # faces
-    {"cli", "cli.indexing", "cli.searching", "cli.inspecting", "cli.maintenance", "cli.serving", "cli.scaling",
+    {"cli", "cli.options", "cli.indexing", "cli.searching", "cli.inspecting", "cli.maintenance", "cli.serving", "cli.scaling",
      "cli.training", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..config import DEFAULT_INDEX_NAME
-from .options import IndexDirOpt, IndexOpt, JsonOpt, err, human_size
+from .options import IndexDirOpt, IndexOpt, JsonOpt, human_size, open_named_index, print_rows
 
 
 def info(
@@ -18,9 +18,7 @@ def info(
     failed: Annotated[bool, typer.Option("--failed", help="Also list the files that could not be indexed.")] = False,
 ) -> None:
     """What an index holds: model, counts, size."""
-    from ..api import open_index
-
-    with open_index(index_name, root=index_dir) as idx:
+    with open_named_index(index_name, index_dir) as idx:
         data = idx.info()
         failures = idx.failed() if failed else []
     if json_out:
@@ -52,16 +50,11 @@ def list_(index_dir: IndexDirOpt = None, json_out: JsonOpt = False) -> None:
     """Which indexes exist under the index folder."""
     from ..api import list_indexes
 
-    infos = list_indexes(index_dir)
-    if json_out:
-        typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
-        return
-    if not infos:
-        err("no indexes yet: create one with 'mmsearch index FOLDER'")
-        return
-    typer.echo(f"{'name':<20} {'items':>8} {'size':>10}  model")
-    for i in infos:
-        typer.echo(f"{i.name:<20} {i.images + i.texts:>8} {human_size(i.size_bytes):>10}  {i.model}")
+    print_rows(
+        list_indexes(index_dir), as_json=json_out, empty="no indexes yet: create one with 'mmsearch index FOLDER'",
+        header=f"{'name':<20} {'items':>8} {'size':>10}  model",
+        line=lambda i: f"{i.name:<20} {i.images + i.texts:>8} {human_size(i.size_bytes):>10}  {i.model}",
+    )
 
 
 def drop(

@@ -13,7 +13,7 @@ import typer
 
 from ..config import DEFAULT_INDEX_NAME
 from ..errors import IndexCorruptError, MMSearchError
-from .options import IndexDirOpt, IndexOpt, JsonOpt, NoWaitOpt, waiting
+from .options import IndexDirOpt, IndexOpt, JsonOpt, NoWaitOpt, open_named_index, writer_waits
 
 
 def remove(
@@ -24,10 +24,8 @@ def remove(
     json_out: JsonOpt = False,
 ) -> None:
     """Drop items from an index (your files are never touched)."""
-    from ..api import open_index
-
-    with open_index(index_name, root=index_dir) as idx:
-        removed = idx.remove(paths, wait=not no_wait, on_wait=waiting(index_name))
+    with open_named_index(index_name, index_dir) as idx:
+        removed = idx.remove(paths, **writer_waits(no_wait, index_name))
         total = len(idx)
     if json_out:
         typer.echo(json.dumps({"index": index_name, "removed": removed, "items": total}, indent=2))
@@ -48,10 +46,8 @@ def prune(
     json_out: JsonOpt = False,
 ) -> None:
     """Drop every item whose file no longer exists, in any folder."""
-    from ..api import open_index
-
-    with open_index(index_name, root=index_dir) as idx:
-        gone = idx.prune(wait=not no_wait, on_wait=waiting(index_name))
+    with open_named_index(index_name, index_dir) as idx:
+        gone = idx.prune(**writer_waits(no_wait, index_name))
         total = len(idx)
     if json_out:
         typer.echo(json.dumps({"index": index_name, "removed": len(gone), "paths": gone, "items": total}, indent=2))
@@ -68,9 +64,7 @@ def verify(
     no_files: Annotated[bool, typer.Option("--no-files", help="Do not check that indexed files still exist.")] = False,
 ) -> None:
     """Check that an index's manifest, items, vectors and FAISS index agree (exit 1 if not)."""
-    from ..api import open_index
-
-    with open_index(index_name, root=index_dir) as idx:
+    with open_named_index(index_name, index_dir) as idx:
         report = idx.verify(check_files=not no_files)
     if json_out:
         typer.echo(json.dumps(report.as_dict(), indent=2))
@@ -98,10 +92,8 @@ def repair(
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the FAISS index from the stored vectors and drop rows that cannot be trusted (no re-encoding)."""
-    from ..api import open_index
-
-    with open_index(index_name, root=index_dir) as idx:
-        report = idx.rebuild(wait=not no_wait, on_wait=waiting(index_name))
+    with open_named_index(index_name, index_dir) as idx:
+        report = idx.rebuild(**writer_waits(no_wait, index_name))
     if json_out:
         typer.echo(json.dumps(report.as_dict(), indent=2))
         return

@@ -6,9 +6,13 @@ Only typer is imported here: ``mmsearch --help`` stays free of torch.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -84,6 +88,63 @@ HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Also write a se
 PathsOpt = Annotated[bool, typer.Option("--paths", help="Only the paths (or texts), one per line.")]
 
 
+@dataclass(frozen=True)
+class ResultOptions:
+    """What every search command takes besides its query: how many, which, and how to print them."""
+
+    k: int
+    filters: dict[str, Any]  # keyword arguments of search.Filters.parse
+    dedup: float | None
+    json_out: bool
+    paths_only: bool
+    html: Path | None
+
+
+# (name, annotation, default) of the options in ResultOptions, in --help order.
+_RESULT_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("k", KOpt, 10), ("target", TargetOpt, None), ("min_score", MinScoreOpt, None), ("under", UnderOpt, None),
+    ("glob", GlobOpt, None), ("types", TypeOpt, None), ("after", AfterOpt, None), ("before", BeforeOpt, None),
+    ("dedup", DedupOpt, None), ("index_name", IndexOpt, None), ("index_dir", IndexDirOpt, None),
+    ("json_out", JsonOpt, False), ("paths_only", PathsOpt, False), ("html", HtmlOpt, None),
+]
+_FILTER_NAMES = ("target", "min_score", "under", "glob", "types", "after", "before")
+
+
+def with_result_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a search command the shared options (-k, the filters, --dedup, --index, output formats).
+
+    The command declares ``results: ResultOptions`` (keyword-only, no default)
+    where the options should appear in --help, and ``index_name`` / ``index_dir``
+    (filled from ``--index`` / ``--index-dir``); the options are defined here once.
+    """
+    from ..config import DEFAULT_INDEX_NAME
+
+    params = []
+    for p in inspect.signature(command, eval_str=True).parameters.values():
+        if p.name == "results":  # the shared options take its place in --help
+            params += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                  default=DEFAULT_INDEX_NAME if name == "index_name" else default)
+                for name, annotation, default in _RESULT_OPTIONS
+            ]
+        elif p.name not in ("index_name", "index_dir"):
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    signature = inspect.Signature(params)
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        results = ResultOptions(
+            k=values.pop("k"), filters={name: values.pop(name) for name in _FILTER_NAMES},
+            dedup=values.pop("dedup"), json_out=values.pop("json_out"), paths_only=values.pop("paths_only"),
+            html=values.pop("html"),
+        )
+        command(**values, results=results)
+
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return wrapper
+
+
 # -- printers -------------------------------------------------------------------------
 
 
@@ -97,6 +158,18 @@ def waiting(name: str) -> Callable[[], None]:
     return lambda: err(f"index {name!r} is being written by another process; waiting...")
 
 
+def writer_waits(no_wait: bool, name: str) -> dict[str, Any]:
+    """Keyword arguments of a write to index ``name``: wait for another writer (saying so), or fail at once."""
+    return {"wait": not no_wait, "on_wait": waiting(name)}
+
+
+def open_named_index(name: str, root: Path | None, **options: Any) -> Any:
+    """The index a command names; the engine is imported only now, so ``--help`` stays fast."""
+    from ..api import open_index
+
+    return open_index(name, root=root, **options)
+
+
 def skip_printer(quiet: bool) -> Callable[[str, str], None]:
     """Reports a file that could not be indexed as ``skipped: PATH: REASON`` (unless quiet)."""
 
@@ -105,6 +178,20 @@ def skip_printer(quiet: bool) -> Callable[[str, str], None]:
             err(f"skipped: {path}: {reason}")
 
     return on_skip
+
+
+def print_rows(rows: list[Any], *, as_json: bool, empty: str, header: str, line: Callable[[Any], str],
+               to_json: Callable[[Any], Any] = lambda r: r.as_dict()) -> None:
+    """A listing on stdout: JSON for machines, else a header and one line per row (``empty`` on stderr if none)."""
+    if as_json:
+        typer.echo(json.dumps([to_json(r) for r in rows], indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        err(empty)
+        return
+    typer.echo(header)
+    for row in rows:
+        typer.echo(line(row))
 
 
 def human_size(n: float) -> str:

@@ -12,40 +12,21 @@ from typing import Annotated
 import typer
 
 from ..config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
-from .options import (
-    AddressOpt,
-    AnnOpt,
-    BatchSizeOpt,
-    DeviceOpt,
-    Engine,
-    EngineOpt,
-    ExcludeOpt,
-    IndexDirOpt,
-    IndexOpt,
-    JsonOpt,
-    MaxMemoryOpt,
-    NoWaitOpt,
-    NumWorkersOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TargetRecallOpt,
-    skip_printer,
-    waiting,
-)
+from . import options as opt
 
 
 def merge(
     shards: Annotated[
         list[str], typer.Argument(help="Parquet shard files, folders of them, or URLs (s3://...), in merge order.")
     ],
-    index_name: IndexOpt = DEFAULT_INDEX_NAME,
-    index_dir: IndexDirOpt = None,
-    ann: AnnOpt = None,
-    max_memory: MaxMemoryOpt = None,
-    target_recall: TargetRecallOpt = None,
-    no_wait: NoWaitOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    index_name: opt.IndexOpt = DEFAULT_INDEX_NAME,
+    index_dir: opt.IndexDirOpt = None,
+    ann: opt.AnnOpt = None,
+    max_memory: opt.MaxMemoryOpt = None,
+    target_recall: opt.TargetRecallOpt = None,
+    no_wait: opt.NoWaitOpt = False,
+    json_out: opt.JsonOpt = False,
+    quiet: opt.QuietOpt = False,
 ) -> None:
     """Build or update an index from Parquet embedding shards (from 'mmsearch embed', made anywhere).
 
@@ -57,7 +38,7 @@ def merge(
 
     result = merge_shards(
         index_name, shards, root=index_dir, ann=ann, max_memory=max_memory, target_recall=target_recall,
-        wait=not no_wait, on_skip=skip_printer(quiet), on_wait=waiting(index_name),
+        wait=not no_wait, on_skip=opt.skip_printer(quiet), on_wait=opt.waiting(index_name),
     )
     report = result.report
     if json_out:
@@ -75,23 +56,23 @@ def embed(
     paths: Annotated[list[str], typer.Argument(help="Folders (or files) of images, or fsspec URLs (s3://...).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder (or URL) to write the Parquet shards to.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model spec.")] = DEFAULT_MODEL,
-    engine: EngineOpt = Engine.local,
-    address: AddressOpt = None,
-    num_workers: NumWorkersOpt = None,
-    exclude: ExcludeOpt = None,
-    batch_size: BatchSizeOpt = 32,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    engine: opt.EngineOpt = opt.Engine.local,
+    address: opt.AddressOpt = None,
+    num_workers: opt.NumWorkersOpt = None,
+    exclude: opt.ExcludeOpt = None,
+    batch_size: opt.BatchSizeOpt = 32,
+    device: opt.DeviceOpt = "auto",
+    precision: opt.PrecisionOpt = "auto",
+    json_out: opt.JsonOpt = False,
+    quiet: opt.QuietOpt = False,
 ) -> None:
     """Embed images into Parquet shards, without an index (build one with 'mmsearch merge')."""
     from ..api import embed_to_shards, ray_engine
 
-    ray_cfg = ray_engine(address, num_workers) if engine is Engine.ray else None
+    ray_cfg = ray_engine(address, num_workers) if engine is opt.Engine.ray else None
     result = embed_to_shards(
         paths, output, model=model, engine=engine.value, ray=ray_cfg, exclude=exclude or (), batch_size=batch_size,
-        device=device, precision=precision, on_skip=skip_printer(quiet),
+        device=device, precision=precision, on_skip=opt.skip_printer(quiet),
     )
     if json_out:
         typer.echo(json.dumps(result.as_dict(), indent=2))

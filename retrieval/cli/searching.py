@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,58 +10,35 @@ import typer
 
 from ..config import DEFAULT_INDEX_NAME
 from .options import (
-    AfterOpt,
-    BeforeOpt,
-    DedupOpt,
     DeviceOpt,
-    GlobOpt,
-    HtmlOpt,
     IndexDirOpt,
     IndexOpt,
     JsonOpt,
-    KOpt,
-    MinScoreOpt,
-    PathsOpt,
     PrecisionOpt,
-    TargetOpt,
+    ResultOptions,
     ThreadsOpt,
-    TypeOpt,
-    UnderOpt,
     err,
+    open_named_index,
+    print_rows,
+    with_result_options,
 )
 
 
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    paths = "paths"
-
-
-def _print_hits(hits: list[Any], fmt: OutputFormat) -> None:
-    if fmt is OutputFormat.json:
-        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
-    elif fmt is OutputFormat.paths:
-        for h in hits:
-            typer.echo(h.path if h.path is not None else h.text)
-    else:
-        if not hits:
-            err("no results")
-            return
-        typer.echo(f"{'rank':>4}  {'score':>6}  item")
-        for h in hits:
-            typer.echo(f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
-
-
-def _emit(hits: list[Any], json_out: bool, paths_only: bool, html: Optional[Path], title: str) -> None:
-    if html is not None:
+def _emit(hits: list[Any], results: ResultOptions, title: str) -> None:
+    if results.html is not None:
         from ..html_report import write_results_page
 
-        written = write_results_page(hits, html, title)
+        written = write_results_page(hits, results.html, title)
         err(f"wrote {written}")
-    fmt = OutputFormat.json if json_out else OutputFormat.paths if paths_only else OutputFormat.table
-    _print_hits(hits, fmt)
+    if results.paths_only and not results.json_out:
+        for h in hits:
+            typer.echo(h.path if h.path is not None else h.text)
+        return
+    print_rows(hits, as_json=results.json_out, empty="no results", header=f"{'rank':>4}  {'score':>6}  item",
+               line=lambda h: f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
 
 
+@with_result_options
 def query(
     text: Annotated[Optional[str], typer.Argument(help="What to look for, in words (optional WEIGHT: prefix).")] = None,
     image: Annotated[
@@ -77,23 +53,13 @@ def query(
     not_image: Annotated[
         Optional[list[str]], typer.Option("--not-image", help="[WEIGHT:]FILE: push results away from this image.")
     ] = None,
-    k: KOpt = 10,
-    target: TargetOpt = None,
-    min_score: MinScoreOpt = None,
-    under: UnderOpt = None,
-    glob: GlobOpt = None,
-    types: TypeOpt = None,
-    after: AfterOpt = None,
-    before: BeforeOpt = None,
-    dedup: DedupOpt = None,
-    index_name: IndexOpt = DEFAULT_INDEX_NAME,
-    index_dir: IndexDirOpt = None,
-    json_out: JsonOpt = False,
-    paths_only: PathsOpt = False,
-    html: HtmlOpt = None,
+    *,
+    results: ResultOptions,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     threads: ThreadsOpt = None,
+    index_name: str = "",
+    index_dir: Optional[Path] = None,
 ) -> None:
     """Search by text, by example image, or by a weighted combination of both.
 
@@ -102,7 +68,6 @@ def query(
     mmsearch query --image q.jpg
     mmsearch query --image q.jpg --text "2:red" --not-text leather
     """
-    from ..api import open_index
     from ..errors import InvalidQueryError
     from ..query import parse_terms
     from ..search import Filters
@@ -113,40 +78,27 @@ def query(
     )
     if not terms or all(t.kind == "text" and not str(t.value).strip() for t in terms):
         raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
-    filters = Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
-                            before=before)
-    with open_index(index_name, root=index_dir, device=device, precision=precision, threads=threads) as idx:
-        hits = idx.search(terms, k, filters=filters, dedup=dedup)
+    filters = Filters.parse(**results.filters)
+    with open_named_index(index_name, index_dir, device=device, precision=precision, threads=threads) as idx:
+        hits = idx.search(terms, results.k, filters=filters, dedup=results.dedup)
     title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
-    _emit(hits, json_out, paths_only, html, f"mmsearch: {title}")
+    _emit(hits, results, f"mmsearch: {title}")
 
 
+@with_result_options
 def similar(
     item: Annotated[str, typer.Argument(help="An indexed file's path, or an item id.")],
-    k: KOpt = 10,
-    target: TargetOpt = None,
-    min_score: MinScoreOpt = None,
-    under: UnderOpt = None,
-    glob: GlobOpt = None,
-    types: TypeOpt = None,
-    after: AfterOpt = None,
-    before: BeforeOpt = None,
-    dedup: DedupOpt = None,
-    index_name: IndexOpt = DEFAULT_INDEX_NAME,
-    index_dir: IndexDirOpt = None,
-    json_out: JsonOpt = False,
-    paths_only: PathsOpt = False,
-    html: HtmlOpt = None,
+    *,
+    results: ResultOptions,
+    index_name: str = "",
+    index_dir: Optional[Path] = None,
 ) -> None:
     """More like this: neighbours of an item already in the index (no model needed)."""
-    from ..api import open_index
     from ..search import Filters
 
-    filters = Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
-                            before=before)
-    with open_index(index_name, root=index_dir) as idx:
-        hits = idx.similar(item, k, filters=filters, dedup=dedup)
-    _emit(hits, json_out, paths_only, html, f"mmsearch: more like {item}")
+    with open_named_index(index_name, index_dir) as idx:
+        hits = idx.similar(item, results.k, filters=Filters.parse(**results.filters), dedup=results.dedup)
+    _emit(hits, results, f"mmsearch: more like {item}")
 
 
 def classify(
