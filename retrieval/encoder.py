@@ -18,6 +18,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from .config import PRECISIONS
 from .errors import ModelLoadError
 from .fast_paths import CausalTextTower, SplitPreprocess, lower_image_tower, lower_text_tower
 from .model_spec import LOCAL_CONFIG_NAME, ModelSpec, parse_model_spec
@@ -33,7 +34,6 @@ RANDOM_INIT_SEED = 0
 # for speed and are offered only because their embeddings keep a mean cosine
 # >= 0.99 to fp32 (measured by benchmarks/bench_index.py and bench_query.py,
 # and tested). "auto" picks one per machine. fp16 is for GPUs only.
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def default_precision(device: torch.device | str = "cpu") -> str:

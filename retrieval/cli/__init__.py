@@ -17,7 +17,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from ..errors import MMSearchError
+from ..errors import MMSearchError, printable
 from . import indexing, inspecting, maintenance, scaling, searching, serving, training
 
 
@@ -28,7 +28,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except MMSearchError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {printable(str(exc))}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: what was committed so far is kept", err=True)
