@@ -192,8 +192,8 @@ class Index:
         return dict(self.store.manifest.ann)
 
     def failed(self) -> list[tuple[str, str]]:
-        """(path, reason) of every file that could not be indexed."""
-        return self.store.failed_items()
+        """(path, reason) of every file that could not be indexed: undecodable ones, and what the walks skipped."""
+        return sorted(self.store.failed_items() + self.store.skipped_files())
 
     # -- items ------------------------------------------------------------------
 

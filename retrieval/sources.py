@@ -34,11 +34,20 @@ AMBIGUOUS_NAME = "file name uses private-use characters U+F0080..U+F00FF (rename
 
 @dataclass(frozen=True)
 class FileEntry:
-    """An image file found by the walk (``path`` absolute, symlinks not resolved)."""
+    """An image file found by the walk (``path`` absolute, symlinks not resolved).
+
+    ``dev``/``inode`` identify the file the path leads to, and ``real_path`` is
+    where it really is when a symlink (of the file or a folder above it) was
+    followed (None: the path itself): the server later serves a file only while
+    it is still this one.
+    """
 
     path: Path
     size: int
     mtime_ns: int
+    dev: int | None = None
+    inode: int | None = None
+    real_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,9 @@ class _Walker:
             elif os.path.splitext(root)[1].lower() not in self.exts:
                 self.skip(root, "not an image file extension")
             else:
-                yield FileEntry(Path(root), st.st_size, st.st_mtime_ns)
+                real = os.path.realpath(root)
+                yield FileEntry(Path(root), st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
+                                real if real != root else None)
 
     def _walk_dir(self, root: str, root_st: os.stat_result) -> Iterator[FileEntry]:
         key = (root_st.st_dev, root_st.st_ino)
@@ -172,15 +183,16 @@ class _Walker:
         self.walked[key] = root
         # An explicit stack instead of recursion: deep trees cannot hit the
         # recursion limit. Each frame holds one sorted directory listing.
-        stack: list[tuple[Iterator[os.DirEntry[str]], str, tuple[int, int]]] = []
+        stack: list[tuple[Iterator[os.DirEntry[str]], str, tuple[int, int], str]] = []
         ancestors: set[tuple[int, int]] = set()
         listing = self._list(root)
         if listing is None:
             return
-        stack.append((iter(listing), "", key))
+        real_root = os.path.realpath(root)
+        stack.append((iter(listing), "", key, real_root))
         ancestors.add(key)
         while stack:
-            entries, rel_dir, dir_key = stack[-1]
+            entries, rel_dir, dir_key, real_dir = stack[-1]
             entry = next(entries, None)
             if entry is None:
                 stack.pop()
@@ -201,12 +213,13 @@ class _Walker:
                     self.skip(entry.path, f"symlink loop (leads back to {self.walked[key]})")
                     continue
                 if key in self.walked:
-                    self.skip(entry.path, f"already walked as {self.walked[key]}")
-                    continue
+                    continue  # a link to a folder walked already: its files are indexed once, under that path
                 self.walked[key] = entry.path
                 listing = self._list(entry.path)
                 if listing is not None:
-                    stack.append((iter(listing), rel + "/", key))
+                    # Where the folder really is: only a symlink (rare) costs a realpath() call.
+                    real_sub = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_dir, entry.name)
+                    stack.append((iter(listing), rel + "/", key, real_sub))
                     ancestors.add(key)
                 continue
             if ext not in self.exts:
@@ -219,7 +232,9 @@ class _Walker:
                 # A FIFO named x.jpg would block the decoder forever.
                 self.skip(entry.path, "not a regular file")
             else:
-                yield FileEntry(Path(entry.path), st.st_size, st.st_mtime_ns)
+                real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_dir, entry.name)
+                yield FileEntry(Path(entry.path), st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
+                                real if real != entry.path else None)
 
     def _list(self, path: str) -> list[os.DirEntry[str]] | None:
         """One directory's entries sorted by name, or None (reported) if it cannot be read."""

@@ -713,6 +713,12 @@ class IndexStore:
                 filled += 1
         return ids[:filled], vecs[:filled]
 
+    def has_kind(self, kind: str) -> bool:
+        """Whether the index holds at least one searchable item of this kind."""
+        row = self.connect().execute(
+            "SELECT EXISTS(SELECT 1 FROM items WHERE kind=? AND status='ok')", (kind,)).fetchone()
+        return bool(row[0])
+
     def counts(self) -> dict[str, int]:
         db = self.connect()
         rows = db.execute("SELECT kind, status, COUNT(*) FROM items GROUP BY kind, status").fetchall()
@@ -724,6 +730,27 @@ class IndexStore:
                 counts["images" if kind == "image" else "texts"] += n
         counts["items"] = counts["images"] + counts["texts"]
         return counts
+
+    def replace_skips(self, roots: list[str], skips: list[tuple[str, str]]) -> None:
+        """Record what the last walk of ``roots`` could not take (replacing what an earlier walk of them noted)."""
+        if self.readonly:
+            return
+        failure = lambda why: f"could not note the skipped files of index {self.name!r}: {why}"  # noqa: E731
+        now = time.time()
+        with write_transaction(self.connect(), failure) as db:
+            for root in roots:
+                prefix = to_db(root.rstrip(os.sep) + os.sep)
+                db.execute("DELETE FROM skips WHERE path = ? OR substr(path, 1, ?) = ?",
+                           (to_db(root), len(prefix), prefix))
+            db.executemany(
+                "INSERT INTO skips (path, reason, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, seen_at = excluded.seen_at",
+                [(to_db(path), reason, now) for path, reason in skips],
+            )
+
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """(path, reason) of what the walks could not take (unreadable files, loops, FIFOs, ...)."""
+        return [(from_db(r[0]), r[1]) for r in self.connect().execute("SELECT path, reason FROM skips ORDER BY path")]
 
     def failed_items(self) -> list[tuple[str, str]]:
         return [
