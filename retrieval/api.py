@@ -605,7 +605,7 @@ def verify_index(name: str = DEFAULT_INDEX_NAME, *, root: PathLike | None = None
 def repair_index(
     name: str = DEFAULT_INDEX_NAME, *, root: PathLike | None = None, model: str | None = None,
     device: str = "cpu", dry_run: bool = False, wait: bool = True, on_wait: Callable[[], None] | None = None,
-    on_plan: Callable[["RepairReport"], None] | None = None,
+    on_plan: Callable[["RepairReport"], None] | None = None, salvage: bool = False,
 ) -> "RepairReport":
     """Make index ``name`` consistent again (see :mod:`retrieval.integrity`), also one whose manifest is lost.
 
@@ -613,10 +613,11 @@ def repair_index(
     one (made by an older mmsearch); it is loaded only to learn its
     fingerprint and dimension. ``on_plan`` sees what will be dropped or
     rewritten, under the writer lock, before anything changes; ``dry_run``
-    stops there.
+    stops there. ``salvage`` first copies every readable row of a damaged
+    items.sqlite into a new file (see :mod:`retrieval.store_salvage`).
     """
     from .integrity import repair_index as repair
-    from .store import ModelRecord
+    from .store import ITEMS_DB, ModelRecord
 
     record = None
     if model is not None:
@@ -624,12 +625,23 @@ def repair_index(
 
         encoder = load_encoder(model, device=device)
         record = ModelRecord(encoder.spec, encoder.fingerprint, encoder.dim)
-    store = IndexStore.open(catalog.index_path(name, root), name=name, recover=True)
+    directory = catalog.index_path(name, root)
+    if not catalog.looks_like_index(directory):
+        raise IndexNotFoundError(f"no index named {name!r} in {directory.parent}")
+    salvaged = None
+    if salvage and not dry_run:
+        from .store_salvage import salvage as copy_readable_rows
+
+        with catalog.writer_lock_of(directory, wait=wait, on_wait=on_wait):
+            salvaged = copy_readable_rows(directory, ITEMS_DB)
+    store = IndexStore.open(directory, name=name, recover=True)
     try:
         with store.writer_lock(wait=wait, on_wait=on_wait):
-            return repair(store, model=record, dry_run=dry_run, on_plan=on_plan)
+            report = repair(store, model=record, dry_run=dry_run, on_plan=on_plan)
     finally:
         store.close()
+    report.salvage = salvaged.as_dict() if salvaged is not None else None
+    return report
 
 
 def check_sources(paths: Sequence[PathLike] = (), text_files: Sequence[PathLike] = ()) -> None:

@@ -61,6 +61,7 @@ class RepairReport:
     model_recorded: bool = False  # the model was written into items.sqlite now
     dropped: list[str] = field(default_factory=list)  # what the dropped rows were (paths, text keys or ids)
     dry_run: bool = False
+    salvage: dict[str, Any] | None = None  # with --salvage: rows copied, unreadable ranges, where the old file is
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

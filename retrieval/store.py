@@ -181,6 +181,57 @@ class NewItem:
 _WRITE_COLUMNS: tuple[str, ...] = tuple(c for c in ITEM_COLUMNS if c not in ("id", "status")) + ("status", "indexed_at")
 
 
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """sqlite's words for a damaged file (as opposed to a lock, a full disk or a bug of ours)."""
+    text = str(exc).lower()
+    return type(exc) is sqlite3.DatabaseError or any(
+        w in text for w in ("malformed", "not a database", "disk i/o error", "corrupt"))
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose reads turn sqlite's "file is damaged" into one IndexCorruptError naming the fix."""
+
+    damaged: Callable[[sqlite3.DatabaseError], IndexCorruptError]
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+
+class _Connection(sqlite3.Connection):
+    """items.sqlite's connection: every read and write reports a damaged file the same way (see _Cursor)."""
+
+    damaged: Callable[[sqlite3.DatabaseError], IndexCorruptError]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        cursor = self.cursor(_Cursor)
+        cursor.damaged = self.damaged  # type: ignore[attr-defined]
+        try:
+            return cursor.execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+
 @contextmanager
 def write_transaction(db: sqlite3.Connection, failure: Callable[[str], str]) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
@@ -331,7 +382,9 @@ class IndexStore:
                 data = read_manifest(path)
                 version = data.get("schema_version")
                 if isinstance(version, bool) or not isinstance(version, int):
-                    raise older_schema_error(name, "unknown" if version is None else version)
+                    version = None
+                    raise IndexCorruptError(f"{MANIFEST} field 'schema_version' is {data['schema_version']!r}, "
+                                            "not a schema number")
                 if version > SCHEMA_VERSION:
                     raise SchemaVersionError(
                         f"index {name!r} was written by a newer mmsearch (schema {version}, this one reads "
@@ -410,13 +463,20 @@ class IndexStore:
             if (self.directory / MANIFEST).is_file() and not self.manifest_problems:
                 self.write_manifest()
 
+    def _damaged(self, exc: sqlite3.DatabaseError) -> IndexCorruptError:
+        return IndexCorruptError(
+            f"items.sqlite of index {self.name!r} is damaged ({exc}): 'mmsearch repair --index {self.name} --salvage' "
+            "copies every readable item and vector into a new file"
+        )
+
     def connect(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = self._connect_readonly() if self.readonly else self._connect_writable()
         return self._db
 
     def _connect_writable(self, create: bool = False) -> sqlite3.Connection:
-        db = sqlite3.connect(self.directory / ITEMS_DB, timeout=60, isolation_level=None)
+        db = sqlite3.connect(self.directory / ITEMS_DB, timeout=60, isolation_level=None, factory=_Connection)
+        db.damaged = self._damaged  # type: ignore[attr-defined]
         try:
             # WAL: readers see the last committed state while a writer works.
             # synchronous=NORMAL: a commit is not fsync'd until checkpoint, so a
@@ -439,8 +499,8 @@ class IndexStore:
                 self.readonly = True
                 return self._connect_readonly()
             raise IndexCorruptError(
-                f"cannot open {self.directory / ITEMS_DB}: {exc} (if it is damaged, 'mmsearch verify --index "
-                f"{self.name}' says how)"
+                f"cannot open {self.directory / ITEMS_DB}: {exc}: 'mmsearch repair --index {self.name} --salvage' "
+                "copies every readable item and vector into a new file"
             ) from exc
         return db
 
@@ -460,7 +520,8 @@ class IndexStore:
         last: sqlite3.Error | None = None
         for suffix in suffixes:
             try:
-                db = sqlite3.connect(uri + suffix, uri=True, timeout=60, isolation_level=None)
+                db = sqlite3.connect(uri + suffix, uri=True, timeout=60, isolation_level=None, factory=_Connection)
+                db.damaged = self._damaged  # type: ignore[attr-defined]
             except sqlite3.Error as exc:
                 last = exc
                 continue
@@ -471,7 +532,10 @@ class IndexStore:
             except sqlite3.Error as exc:
                 db.close()
                 last = exc
-        raise IndexCorruptError(f"cannot open {self.directory / ITEMS_DB} read-only: {last}")
+        raise IndexCorruptError(
+            f"cannot open {self.directory / ITEMS_DB} read-only: {last}: 'mmsearch repair --index {self.name} "
+            "--salvage' (with write access) copies every readable item and vector into a new file"
+        )
 
     def close(self) -> None:
         if self._db is not None:

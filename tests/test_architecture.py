@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
     {"search", "ann", "ann_policy", "ann_lifecycle"},  # vectors: ANN, tuning, ranking
-    {"store"},  # the index folder
+    {"store", "store_salvage"},  # the index folder
     {"indexer", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index, its caches
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
