@@ -506,3 +506,41 @@ def test_front_from_the_wheel_searches_this_server_in_chromium(served) -> None:
         assert "/cup/blue-" in shop_paths(served, [id_of(first)])[0]
         assert failed == []
         browser.close()
+
+
+def test_serve_clip_retrieval_over_several_indexes(tiny_encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app as cli_app
+
+    root = tmp_path / "indexes"
+    for name, seeds in (("photos", range(4)), ("more", range(4, 7))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for seed in seeds:
+            make_image(seed).save(folder / f"img{seed}.png")
+        with create_index(name, encoder=tiny_encoder, root=root) as index:
+            index.add_folder(folder)
+    seen: list[dict] = []
+
+    def fake_run(app, **kwargs) -> None:  # instead of listening: drive the app it was given
+        with TestClient(app, base_url=f"http://127.0.0.1:{kwargs['port']}") as c:
+            kwargs["indices"] = c.get("/indices-list").json()
+            kwargs["page"] = c.get("/api/info").json()["name"]
+            reply = c.post("/knn-service", content=json.dumps({"text": "a photo", "indice_name": "more",
+                                                               "num_images": 5}))
+            kwargs["results"] = reply.json()
+            kwargs["cors"] = c.get("/indices-list", headers={"Origin": "http://127.0.0.1:1235"}).headers.get(
+                "access-control-allow-origin")
+        seen.append(kwargs)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    result = CliRunner().invoke(cli_app, ["serve", "--index", "photos", "--index", "more", "--index-dir", str(root),
+                                          "--clip-retrieval", "--allow-origin", "http://127.0.0.1:1235"])
+    assert result.exit_code == 0, result.output
+    assert seen[0]["indices"] == ["photos", "more"] and seen[0]["page"] == "photos"
+    assert len(seen[0]["results"]) == 3 and all("/clip-retrieval/images/more/" in r["url"] for r in seen[0]["results"])
+    assert seen[0]["cors"] == "http://127.0.0.1:1235"
+    assert "knn-service (photos, more)" in result.stderr

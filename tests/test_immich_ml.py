@@ -307,3 +307,41 @@ def test_language_codes_are_nllb_tokens_and_names_and_texts_clean_as_immich_does
     vector = np.array([0.1, -1e-9, 0.3333333], dtype=np.float32)
     text = format_embedding(vector)
     assert text == "[0.1,-1e-09,0.3333333]" and np.array_equal(np.array(json.loads(text), dtype=np.float32), vector)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_serve_immich_ml_from_a_model_or_an_index(tiny_encoder, image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app as cli_app
+
+    monkeypatch.delenv("MMSEARCH_TOKEN", raising=False)
+    seen: list[dict] = []
+
+    def fake_run(app, **kwargs) -> None:  # instead of listening: drive the app it was given
+        with TestClient(app, base_url=f"http://{kwargs['host']}:{kwargs['port']}") as c:
+            kwargs["ping"] = c.get("/ping").text
+            kwargs["vector"] = vector_of(c.post("/predict", data={"entries": textual(TINY), "text": "a red cup"}))
+        seen.append(kwargs)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    runner = CliRunner()
+    expected = tiny_encoder.encode_texts(["a red cup"])[0]
+    by_model = runner.invoke(cli_app, ["serve", "--immich-ml", "--model", "mmsearch-tiny", "--immich-name", TINY,
+                                       "--port", "3003"])
+    assert by_model.exit_code == 0, by_model.output
+    assert seen[0]["port"] == 3003 and seen[0]["ping"] == "pong" and np.array_equal(seen[0]["vector"], expected)
+    with create_index("tinyidx", encoder=tiny_encoder) as index:
+        index.add_folder(image_folder)
+    by_index = runner.invoke(cli_app, ["serve", "--immich-ml", "--index", "tinyidx", "--immich-name", TINY,
+                                       "--host", "0.0.0.0"])
+    assert by_index.exit_code == 0, by_index.output
+    assert np.array_equal(seen[1]["vector"], expected) and "warning" in by_index.stderr and "no token" in by_index.stderr
+    nameless = runner.invoke(cli_app, ["serve", "--immich-ml", "--model", "mmsearch-tiny"])
+    assert nameless.exit_code == 1 and "--immich-name" in nameless.stderr
+    wrong_size = runner.invoke(cli_app, ["serve", "--immich-ml", "--model", "mmsearch-tiny", "--immich-name",
+                                         "ViT-B-32__openai"])
+    assert wrong_size.exit_code == 1 and "512-d" in wrong_size.stderr and "Traceback" not in wrong_size.output

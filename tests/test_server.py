@@ -369,6 +369,7 @@ def test_serve_wires_index_token_and_hosts(tiny_encoder, image_folder: Path, mon
     result = runner.invoke(cli_app, ["serve", "--host", "0.0.0.0", "--port", "8123"])
     assert result.exit_code == 0, result.output
     assert calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 8123
+    assert calls[0]["http"].__name__.startswith("Json")  # uvicorn's own 400s in the JSON error shape
     assert calls[0]["info"]["images"] == 12 and calls[0]["anonymous"] == 401
     monkeypatch.delenv("MMSEARCH_TOKEN")
     assert runner.invoke(cli_app, ["serve"]).exit_code == 0  # localhost needs no token
@@ -642,3 +643,17 @@ def test_malformed_http_gets_the_json_error_shape(shop) -> None:
             assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower(), reply
             error = json.loads(body)
             assert error["status"] == 400 and error["error"] == "bad_request" and error["message"]
+
+
+def test_serve_flags_that_belong_to_other_modes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MMSEARCH_TOKEN", raising=False)
+    for args, words in (
+        (["serve", "--index", "a", "--index", "b"], "--clip-retrieval"),
+        (["serve", "--fetch-urls"], "--clip-retrieval"),
+        (["serve", "--model", "ViT-B-32:openai"], "--immich-ml"),
+        (["serve", "--immich-ml", "--clip-retrieval"], "cannot be combined"),
+        (["serve", "--immich-ml", "--token", TOKEN], "no token"),
+        (["serve", "--allow-origin", "photos.example"], "not an origin"),
+    ):
+        result = runner.invoke(cli_app, args)
+        assert result.exit_code == 1 and words in result.stderr and "Traceback" not in result.output, (args, result.output)

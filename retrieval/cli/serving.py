@@ -91,9 +91,10 @@ def serve(
     mmsearch serve --index photos --clip-retrieval  # also clip-retrieval's protocol
     mmsearch serve --immich-ml --model ViT-B-32:openai --port 3003   # immich's ML service
     """
-    from ..server_guard import LOOPBACK_HOSTS, check_token, is_loopback
+    from ..server_guard import LOOPBACK_HOSTS, check_token, is_loopback, parse_origins
 
     token = check_token(token or None)
+    parse_origins(allow_origin or ())  # a mistyped origin is said before any index or model loads
     names = list(index_names or [DEFAULT_INDEX_NAME])
     local = is_loopback(host)
     max_body = int(max_upload_mb * 1024 * 1024)
