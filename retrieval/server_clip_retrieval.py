@@ -59,7 +59,6 @@ from .query import QueryTerm
 from .search import Filters
 from .server_files import DecodePool, stream_file
 from .server_guard import ApiError, is_loopback
-from .thumbnails import THUMB_SIZES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,7 +80,7 @@ DEFAULT_NUM_IMAGES = 40  # ClipClient's default
 DEFAULT_MAX_K = 500  # the front asks for 3,000 ids; a personal index rarely has more worth scrolling
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-URL_THUMB_SIZE = max(THUMB_SIZES)  # big enough for training scripts that download ``url``, small for the front
+URL_THUMB_SIZE = 512  # one of THUMB_SIZES: big enough for training scripts that download ``url``, small for the front
 URL_FETCH_TIMEOUT_S = 10.0
 
 IndexRunner = Callable[..., Awaitable[Any]]

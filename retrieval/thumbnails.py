@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from .errors import ImageDecodeError
 
-THUMB_SIZES: tuple[int, ...] = (128, 256, 512)  # longest side in pixels; a fixed set bounds the cache
+THUMB_SIZES: tuple[int, ...] = (128, 256, 512, 1024)  # longest side in pixels; a fixed set bounds the cache
 DEFAULT_THUMB_SIZE = 256
 THUMBS_DIR = "thumbs"
 _QUALITY = 82
