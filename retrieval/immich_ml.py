@@ -227,16 +227,20 @@ def create_immich_ml_app(
     registry = models if isinstance(models, ImmichModels) else ImmichModels(models)
     # One worker: torch spreads each forward pass over the cores already, and a tokenizer's
     # language (NLLB) is set per call, so calls must not interleave.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsearch-immich-ml")
+    # The pool is made when the app starts (again, if an earlier run of the app stopped it).
+    model_thread: list[ThreadPoolExecutor] = []
     pictures = DecodePool(decode_workers, decode_queue)
 
     async def on_model_thread(fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wrap_future(pool.submit(fn, *args))
+        if not model_thread:
+            raise ApiError(503, "unavailable", "the service is not running")
+        return await asyncio.wrap_future(model_thread[0].submit(fn, *args))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        model_thread.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsearch-immich-ml"))
         yield
-        pool.shutdown(wait=True)
+        model_thread.pop().shutdown(wait=True)
         pictures.shutdown()
 
     app = FastAPI(

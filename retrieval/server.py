@@ -32,7 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
-from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Callable, Literal, Sequence, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -250,6 +251,74 @@ class _IndexThread:
         self._pool.shutdown(wait=True)
 
 
+class _Backend:
+    """The served indexes, opened on the index thread; closed when the app stops, opened again if it restarts.
+
+    An ASGI app's lifespan may run more than once (a test client per test, a
+    fuzzer); the indexes' sqlite connections belong to the thread that opened
+    them, so a restart opens them again, on a new thread.
+    """
+
+    def __init__(self, indexes: Sequence["Index"]) -> None:
+        # (name, root, model): the model is loaded now, once, and kept across restarts.
+        self._sources = [(index.path.name, index.path.parent, index.encoder) for index in indexes]
+        self.names = [name for name, _, _ in self._sources]
+        self.indexes: dict[str, "Index"] = {}
+        self._thread: _IndexThread | None = None
+        self.open()
+
+    def open(self) -> None:
+        """Open the indexes on a new index thread (nothing to do when open); a broken index raises now."""
+        from .api import open_index
+
+        if self._thread is not None:
+            return
+        thread = _IndexThread()
+        try:
+            opened = {name: thread.run(open_index, name, root=root, encoder=encoder)
+                      for name, root, encoder in self._sources}
+            for index in opened.values():
+                thread.run(index.info)  # opens the connection now: a broken index fails at startup, not later
+        except BaseException:
+            thread.shutdown()
+            raise
+        self.indexes, self._thread = opened, thread
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            for index in self.indexes.values():
+                thread.run(index.close)
+            thread.shutdown()
+
+    @property
+    def main(self) -> "Index":
+        """The index of the page and the JSON API."""
+        return self.indexes[self.names[0]]
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """``await backend(fn, ...)``: run ``fn`` on the index thread."""
+        if self._thread is None:
+            raise ApiError(503, "unavailable", "the server is stopping")
+        return self._thread(fn, *args, **kwargs)
+
+
+class _LiveIndexes(Mapping[str, "Index"]):
+    """The backend's indexes by name, as they are now (a restart replaces the objects, not the names)."""
+
+    def __init__(self, backend: _Backend) -> None:
+        self._backend = backend
+
+    def __getitem__(self, name: str) -> "Index":
+        return self._backend.indexes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._backend.names)
+
+    def __len__(self) -> int:
+        return len(self._backend.names)
+
+
 def create_app(
     index: "Index",
     *,
@@ -283,8 +352,6 @@ def create_app(
     when a proxy hides the server's own. Raises ``MMSearchError`` for a token
     or origin no client could use, or clashing index names.
     """
-    from .api import open_index
-
     guard = RequestGuard(  # checks the origins and the token now, before any model loads
         None, max_body=max_upload_bytes, allowed_origins=allow_origins,
         allowed_hosts=None if allowed_hosts is None else {h.strip("[]").lower() for h in allowed_hosts},
@@ -296,22 +363,17 @@ def create_app(
     if more_indexes and not clip_retrieval:
         raise MMSearchError("more than one index is served only with the clip-retrieval protocol")
 
-    encoder = index.encoder  # load the model once, before the first request
-    image_side = int(getattr(encoder, "image_size", 0) or 0) or None
-    thread = _IndexThread()
-    decoder = DecodePool(decode_workers, decode_queue)
+    image_side = int(getattr(index.encoder, "image_size", 0) or 0) or None  # loads the model, once
     # The server's own Index objects, opened on the index thread, so their sqlite connections live there.
-    served: "Index" = thread.run(open_index, index.path.name, root=index.path.parent, encoder=encoder)
-    thread.run(served.info)  # opens the connection now: a broken index fails at startup, not later
-    others = {other.path.name: thread.run(open_index, other.path.name, root=other.path.parent,
-                                          encoder=other.encoder) for other in more_indexes}
+    backend = _Backend([index, *more_indexes])
+    decoder = DecodePool(decode_workers, decode_queue)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend.open()  # again, if an earlier run of the app closed it
+        app.state.index = backend.main
         yield
-        for opened in (served, *others.values()):
-            thread.run(opened.close)
-        thread.shutdown()
+        backend.close()
         decoder.shutdown()
 
     app = FastAPI(
@@ -319,7 +381,7 @@ def create_app(
         description="Search an mmsearch index by text, by image, or both. The web page is at `/`.",
         responses=ERRORS,  # type: ignore[arg-type]
     )
-    app.state.index = served
+    app.state.index = backend.main
     app.state.decoder = decoder
     app.add_middleware(RequestGuard, max_body=guard.max_body, allowed_hosts=guard.allowed_hosts,
                        allowed_origins=guard.allowed_origins)
@@ -328,16 +390,18 @@ def create_app(
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
     async def row_of(item_id: int) -> "ItemRow":
-        row = await thread(served.item, item_id)
+        row = await backend(backend.main.item, item_id)
         if row is None:
             raise ApiError(404, "not_found", f"no item with id {item_id}")
         return row
 
     def search_rows(terms: list[QueryTerm], k: int, filters: Filters, dedup: float | None) -> tuple[list, dict]:
+        served = backend.main
         hits = served.search(terms, k, filters=filters, dedup=dedup)
         return hits, served.items([h.id for h in hits])
 
     def similar_rows(item_id: int, k: int, filters: Filters, dedup: float | None) -> tuple[list, dict]:
+        served = backend.main
         hits = served.similar(item_id, k, filters=filters, dedup=dedup)
         return hits, served.items([h.id for h in hits])
 
@@ -352,7 +416,7 @@ def create_app(
 
     @api.get("/info", tags=["server"], summary="The index: model, counts, size; and the server's limits")
     async def info() -> dict[str, Any]:
-        data = (await thread(served.info)).as_dict()
+        data = (await backend(backend.main.info)).as_dict()
         data["limits"] = {"max_upload_bytes": max_upload_bytes, "max_upload_pixels": max_upload_pixels,
                           "max_k": MAX_K, "max_terms": MAX_TERMS, "max_term_chars": MAX_TERM_CHARS,
                           "max_weight": MAX_WEIGHT, "thumbnail_sizes": list(THUMB_SIZES)}
@@ -368,7 +432,7 @@ def create_app(
         dedup: Annotated[float | None, Query(ge=0, le=1, description="drop hits this similar to a better hit")] = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        return searched(await thread(search_rows, [QueryTerm.text(q)], k, filters, dedup), k, started)
+        return searched(await backend(search_rows, [QueryTerm.text(q)], k, filters, dedup), k, started)
 
     @api.post("/search", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
               summary="Combined query: weighted texts and indexed items, negatives push away")
@@ -378,7 +442,7 @@ def create_app(
                              types=body.types, after=body.after, before=body.before)
         terms = [QueryTerm.text(t.text, t.weight) if t.text is not None else QueryTerm.item(t.item, t.weight)
                  for t in body.terms]  # type: ignore[arg-type]
-        return searched(await thread(search_rows, terms, body.k, filters, body.dedup), body.k, started)
+        return searched(await backend(search_rows, terms, body.k, filters, body.dedup), body.k, started)
 
     @api.post("/search/image", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
               summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')",
@@ -401,7 +465,7 @@ def create_app(
             raise ApiError(413, "too_large", f"the upload is larger than {max_upload_bytes} bytes")
         picture = (await decoder.decode(data, min_side=image_side, max_pixels=max_upload_pixels)).image
         terms = [QueryTerm.image(picture, image_weight), *words]
-        return searched(await thread(search_rows, terms, k, filters, dedup), k, started)
+        return searched(await backend(search_rows, terms, k, filters, dedup), k, started)
 
     @api.get("/items/{item_id}/similar", response_model=SearchOut, response_model_exclude_none=True, tags=["items"],
              summary="More like this: neighbours of an indexed item (no model run)")
@@ -412,7 +476,7 @@ def create_app(
     ) -> dict[str, Any]:
         started = time.perf_counter()
         await row_of(item_id)
-        return searched(await thread(similar_rows, item_id, k, filters, dedup), k, started)
+        return searched(await backend(similar_rows, item_id, k, filters, dedup), k, started)
 
     @api.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=True, tags=["items"],
              summary="One item: path, size, dimensions, date, metadata")
@@ -430,7 +494,7 @@ def create_app(
             raise ApiError(422, "invalid_size", f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
         row = await row_of(item_id)
         try:
-            path = await run_in_threadpool(served.thumbnail, row, size)
+            path = await run_in_threadpool(backend.main.thumbnail, row, size)
         except ImageDecodeError as exc:
             raise ApiError(404, "not_found", f"item {item_id}: {exc}") from None
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
@@ -441,7 +505,7 @@ def create_app(
              summary="The original file of an indexed item (by id only, only while it is the file indexed)")
     async def original(item_id: ItemId) -> StreamingResponse:
         row = await row_of(item_id)
-        source, row = await run_in_threadpool(served.open_original, row)
+        source, row = await run_in_threadpool(backend.main.open_original, row)
         assert row.path is not None
         return stream_file(source, row.path)
 
@@ -451,7 +515,7 @@ def create_app(
         from .server_clip_retrieval import clip_retrieval_router
 
         app.include_router(clip_retrieval_router(
-            {served.path.name: served, **others}, run=thread, require_token=require_token, max_k=MAX_K,
+            _LiveIndexes(backend), run=backend, require_token=require_token, max_k=MAX_K,
             fetch_urls=fetch_urls, public_url=public_url, decoder=decoder, max_image_bytes=max_upload_bytes,
             max_image_pixels=max_upload_pixels,
         ))

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
@@ -89,6 +90,65 @@ IndexRunner = Callable[..., Awaitable[Any]]
 _OWN_IMAGE_PATH = re.compile(r"^/+clip-retrieval/(?:images|originals)/(?P<name>[^/]+)/(?P<id>[0-9]+)(?:\.jpg)?$")
 _API_IMAGE_PATH = re.compile(r"^/+api/items/(?P<id>[0-9]+)/(?:thumbnail|original)$")
 _CAPTION_KEYS = ("caption", "description", "title", "text")
+
+
+# -- what the OpenAPI schema says (the bodies themselves are parsed by hand, as clip_back does) ----------
+
+
+class KnnIn(BaseModel):
+    """A ``/knn-service`` query, as ``ClipClient`` and the front send it (any Content-Type)."""
+
+    text: str | None = None
+    image: str | None = Field(None, description="base64 of an image file")
+    image_url: str | None = Field(None, description="an image on this server (or elsewhere, with --fetch-urls)")
+    embedding_input: list[float] | None = Field(None, description="a vector of the index's dimension")
+    modality: str | None = Field("image", description="image or text: which items to return")
+    num_images: int | str | None = Field(DEFAULT_NUM_IMAGES, description="how many results carry metadata")
+    num_result_ids: int | str | None = Field(DEFAULT_NUM_IMAGES, description="how many results")
+    indice_name: str | None = Field(None, description="the index; null or '' for the default")
+    deduplicate: bool | str | None = False
+    use_safety_model: bool | str | None = Field(None, description="accepted and ignored")
+    use_violence_detector: bool | str | None = Field(None, description="accepted and ignored")
+    use_mclip: bool | str | None = Field(None, description="accepted and ignored")
+    aesthetic_score: int | float | str | None = Field(None, description="accepted and ignored")
+    aesthetic_weight: int | float | str | None = Field(None, description="accepted and ignored")
+
+
+class KnnHit(BaseModel):
+    id: int
+    similarity: float
+    url: str | None = Field(None, description="a JPEG of the item on this server (images), or the caption's url")
+    caption: str | None = None
+    image_path: str | None = Field(None, description="the file on the server's disk")
+
+
+class MetadataIn(BaseModel):
+    ids: list[int]
+    indice_name: str | None = None
+
+
+class MetadataOut(BaseModel):
+    id: int
+    metadata: dict[str, Any]
+
+
+class ConfigOut(BaseModel):
+    defaultBackend: str  # noqa: N815 - the front's own names
+    defaultIndex: str  # noqa: N815
+    urlColumn: str  # noqa: N815
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """A request body for the OpenAPI schema (the route reads the raw body itself)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _reply_doc(schema: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+def _list_of(model: type[BaseModel]) -> dict[str, Any]:
+    return {"type": "array", "items": model.model_json_schema()}
 
 
 # -- the request ---------------------------------------------------------------------------
@@ -366,13 +426,18 @@ def clip_retrieval_router(
     for prefix in ("", "/"):  # "//knn-service": a backend URL given with a trailing slash
         shown = prefix == ""
         router.add_api_route(prefix + "/knn-service", knn_service, methods=["POST"], include_in_schema=shown,
-                             summary="clip-retrieval: nearest items to a text, image, image URL or embedding")
+                             summary="clip-retrieval: nearest items to a text, image, image URL or embedding",
+                             openapi_extra=_body_doc(KnnIn),
+                             responses=_reply_doc(_list_of(KnnHit), "the nearest items, best first"))
         router.add_api_route(prefix + "/metadata", metadata, methods=["POST"], include_in_schema=shown,
-                             summary="clip-retrieval: metadata of items by id")
+                             summary="clip-retrieval: metadata of items by id", openapi_extra=_body_doc(MetadataIn),
+                             responses=_reply_doc(_list_of(MetadataOut), "one entry per id, in order"))
         router.add_api_route(prefix + "/indices-list", indices_list, methods=["GET"], include_in_schema=shown,
-                             summary="clip-retrieval: the served index names, the default first")
+                             summary="clip-retrieval: the served index names, the default first",
+                             responses=_reply_doc({"type": "array", "items": {"type": "string"}}, "index names"))
     router.add_api_route("/config.json", config_json, methods=["GET"],
-                         summary="clip-retrieval front: default backend (this server) and index")
+                         summary="clip-retrieval front: default backend (this server) and index",
+                         responses=_reply_doc(ConfigOut.model_json_schema(), "what the front reads at start"))
     router.add_api_route("/clip-retrieval/images/{indice_name}/{item_id}.jpg", thumbnail, methods=["GET"],
                          response_class=FileResponse, summary=f"JPEG thumbnail ({URL_THUMB_SIZE} px) of an item",
                          responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}})

@@ -54,7 +54,7 @@ class DecodePool:
         if workers < 1 or queue < 0:
             raise ValueError(f"need at least one worker and a queue >= 0 (got {workers}, {queue})")
         self.workers, self.queue = workers, queue
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmsearch-decode")
+        self._pool: ThreadPoolExecutor | None = None  # made on first use, and again after a shutdown
         self._admitted = 0
         self._lock = threading.Lock()
 
@@ -85,8 +85,11 @@ class DecodePool:
                 raise ApiError(503, "busy", "the server is decoding as many uploads as it can take; try again shortly",
                                headers={"Retry-After": str(RETRY_AFTER_S)})
             self._admitted += 1
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mmsearch-decode")
+            pool = self._pool
         try:
-            future = self._pool.submit(load_image, data, min_side=min_side, max_pixels=max_pixels)
+            future = pool.submit(load_image, data, min_side=min_side, max_pixels=max_pixels)
         except BaseException:
             with self._lock:
                 self._admitted -= 1
@@ -98,7 +101,11 @@ class DecodePool:
         return loaded
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the threads (waiting decodes are dropped); a later ``decode`` starts new ones."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _content_disposition(filename: str) -> str:
