@@ -463,8 +463,11 @@ def create_app(
         data = await image.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise ApiError(413, "too_large", f"the upload is larger than {max_upload_bytes} bytes")
-        picture = (await decoder.decode(data, min_side=image_side, max_pixels=max_upload_pixels)).image
-        terms = [QueryTerm.image(picture, image_weight), *words]
+        # Decoded and embedded on the bounded pool: the image tower does not hold up the index thread,
+        # which only ranks, so other people's searches do not wait behind a burst of uploads.
+        _, vector = await decoder.decode_and_embed(data, backend.main.embed_image, min_side=image_side,
+                                                   max_pixels=max_upload_pixels)
+        terms = [QueryTerm.vector(vector, image_weight), *words]
         return searched(await backend(search_rows, terms, k, filters, dedup), k, started)
 
     @api.get("/items/{item_id}/similar", response_model=SearchOut, response_model_exclude_none=True, tags=["items"],

@@ -63,7 +63,6 @@ from .server_guard import ApiError, is_loopback
 
 if TYPE_CHECKING:
     import numpy as np
-    from PIL import Image
 
     from .api import Index, ItemRow
     from .search import Hit
@@ -322,8 +321,8 @@ def clip_retrieval_router(
         if query.text:
             hits = await run(lambda: index.search_vector(index.embed_text(query.text), k, filters=filters, dedup=dedup))
         elif query.image is not None:
-            picture = await decode(query.image, index)
-            hits = await run(lambda: index.search_vector(index.embed_image(picture), k, filters=filters, dedup=dedup))
+            vector = await embed(query.image, index)
+            hits = await run(index.search_vector, vector, k, filters=filters, dedup=dedup)
         elif query.image_url:
             hits = await search_url(request, query.image_url, name, index, k, filters, dedup)
         else:
@@ -356,8 +355,8 @@ def clip_retrieval_router(
             # with this index's model.
             source, _ = await run_in_threadpool(own_index.open_original, row)
             with source:
-                picture = await decode(source, index)
-            return await run(lambda: index.search_vector(index.embed_image(picture), k, filters=filters, dedup=dedup))
+                vector = await embed(source, index)
+            return await run(index.search_vector, vector, k, filters=filters, dedup=dedup)
         if not fetch_urls:
             raise ApiError(
                 403, "url_refused",
@@ -365,15 +364,16 @@ def clip_retrieval_router(
                 "or send the image itself in 'image' as base64)",
             )
         data = await run_in_threadpool(_fetch, url, max_image_bytes)
-        picture = await decode(data, index)
-        return await run(lambda: index.search_vector(index.embed_image(picture), k, filters=filters, dedup=dedup))
+        vector = await embed(data, index)
+        return await run(index.search_vector, vector, k, filters=filters, dedup=dedup)
 
-    async def decode(data: "bytes | BinaryIO", index: "Index") -> "Image.Image":
-        """A picture decoded as ``Index.embed_image`` decodes a query file (reduced JPEG decode to the model's side)."""
+    async def embed(data: "bytes | BinaryIO", index: "Index") -> "np.ndarray":
+        """A picture's vector, decoded as ``Index.embed_image`` decodes a query file (reduced JPEG decode to the
+        model's side), on the server's bounded pool (the image tower does not hold up the index thread)."""
         side = await run(_image_side, index)
-        loaded = await pictures.decode(data, min_side=side, max_pixels=max_image_pixels, error_status=422)
-        assert loaded.image is not None
-        return loaded.image
+        _, vector = await pictures.decode_and_embed(data, index.embed_image, min_side=side,
+                                                    max_pixels=max_image_pixels, error_status=422)
+        return vector
 
     async def metadata(request: Request) -> JSONResponse:
         data = _json_object(await request.body())

@@ -27,7 +27,7 @@ import mimetypes
 import os
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -37,6 +37,9 @@ from .loading import load_image
 from .server_guard import ApiError
 
 if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
     from .loading import LoadedImage
 
 __all__ = ["DecodePool", "DEFAULT_DECODE_WORKERS", "DEFAULT_DECODE_QUEUE", "stream_file"]
@@ -78,6 +81,26 @@ class DecodePool:
         (None: full size). The slot is held until the decode finishes, even if the
         client has gone away.
         """
+        loaded, _ = await self._submit(data, min_side, max_pixels, error_status, None)
+        return loaded
+
+    async def decode_and_embed(
+        self, data: bytes | BinaryIO, embed: "Callable[[Image.Image], np.ndarray]", *, min_side: int | None,
+        max_pixels: int, error_status: int = 415,
+    ) -> "tuple[LoadedImage, np.ndarray]":
+        """:meth:`decode`, then ``embed`` (e.g. ``Index.embed_image``) on the decoded picture, in the same slot.
+
+        The image tower then runs here, not on the server's index thread, whose
+        queue stays free for other people's searches.
+        """
+        loaded, vector = await self._submit(data, min_side, max_pixels, error_status, embed)
+        assert vector is not None
+        return loaded, vector
+
+    async def _submit(
+        self, data: bytes | BinaryIO, min_side: int | None, max_pixels: int, error_status: int,
+        embed: "Callable[[Image.Image], np.ndarray] | None",
+    ) -> "tuple[LoadedImage, np.ndarray | None]":
         if isinstance(data, (bytes, bytearray)) and not data:
             raise ApiError(error_status, "not_an_image", "the upload is empty")
         with self._lock:
@@ -89,16 +112,16 @@ class DecodePool:
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mmsearch-decode")
             pool = self._pool
         try:
-            future = pool.submit(load_image, data, min_side=min_side, max_pixels=max_pixels)
+            future = pool.submit(_decode_job, data, min_side, max_pixels, embed)
         except BaseException:
             with self._lock:
                 self._admitted -= 1
             raise
         future.add_done_callback(self._release)
-        loaded = await asyncio.wrap_future(future)
+        loaded, vector = await asyncio.wrap_future(future)
         if loaded.image is None:
             raise ApiError(error_status, "not_an_image", f"the upload is not usable as an image: {loaded.error}")
-        return loaded
+        return loaded, vector
 
     def shutdown(self) -> None:
         """Stop the threads (waiting decodes are dropped); a later ``decode`` starts new ones."""
@@ -106,6 +129,16 @@ class DecodePool:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_job(
+    data: bytes | BinaryIO, min_side: int | None, max_pixels: int,
+    embed: "Callable[[Image.Image], np.ndarray] | None",
+) -> "tuple[LoadedImage, np.ndarray | None]":
+    """On a pool thread: decode, and embed what decoded."""
+    loaded = load_image(data, min_side=min_side, max_pixels=max_pixels)
+    vector = embed(loaded.image) if embed is not None and loaded.image is not None else None
+    return loaded, vector
 
 
 def _content_disposition(filename: str) -> str:

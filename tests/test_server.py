@@ -657,3 +657,30 @@ def test_serve_flags_that_belong_to_other_modes_are_refused(monkeypatch: pytest.
     ):
         result = runner.invoke(cli_app, args)
         assert result.exit_code == 1 and words in result.stderr and "Traceback" not in result.output, (args, result.output)
+
+
+def test_an_upload_being_embedded_does_not_hold_up_other_searches(shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(shop)
+    served = app.state.index
+    started, release = threading.Event(), threading.Event()
+    real = served.embed_image
+
+    def slow(image):
+        started.set()
+        release.wait(timeout=20)
+        return real(image)
+
+    monkeypatch.setattr(served, "embed_image", slow)
+    with TestClient(app) as c:
+        upload: list = []
+        worker = threading.Thread(target=lambda: upload.append(c.post(
+            "/api/search/image", files={"image": ("q.png", png_bytes(draw("blue", "hat")), "image/png")})))
+        worker.start()
+        assert started.wait(timeout=20)
+        # The image tower runs on the decode pool, not on the index thread: text searches and
+        # item lookups are answered meanwhile.
+        assert c.get("/api/search", params={"q": "red cup", "k": 2}).status_code == 200
+        assert c.get("/api/items/1").status_code == 200
+        release.set()
+        worker.join(timeout=20)
+        assert upload[0].status_code == 200 and attrs(upload[0].json()["hits"][0]) == ("blue", "hat")
