@@ -213,6 +213,9 @@ class Index:
         id) it does not touch the store, so any thread may call it. The caller
         closes the file.
         """
+        return self._open_checked(item, check_content=True)
+
+    def _open_checked(self, item: "ItemRow | int", *, check_content: bool) -> tuple[BinaryIO, ItemRow]:
         from .originals import ExpectedFile, VerifiedFiles, open_indexed_file
 
         row = self.item(item) if isinstance(item, int) else item
@@ -226,15 +229,18 @@ class Index:
             with self._thumbnails_lock:
                 if self._verified is None:
                     self._verified = VerifiedFiles()
-        return open_indexed_file(ExpectedFile.of(row), self._verified), row
+        expected = ExpectedFile.of(row)
+        return open_indexed_file(expected, self._verified, check_content=check_content), row
 
     def thumbnail(self, item: ItemRow, size: int | None = None) -> Path:
         """A JPEG thumbnail of an image item (longest side ``size``), made once and cached in the index folder.
 
         Served only while the item's file is still the file that was indexed (the
-        rule of :meth:`open_original`), made from that open file. Raises
-        ``ItemNotFoundError`` when it is not, ``ImageDecodeError`` when it can no
-        longer be decoded. Safe to call from several threads at once.
+        rule of :meth:`open_original`) and made from that open file; a thumbnail
+        made earlier is served after the cheap part of the check (the content was
+        checked when it was made). Raises ``ItemNotFoundError`` when the file is
+        not the one indexed, ``ImageDecodeError`` when it can no longer be
+        decoded. Safe to call from several threads at once.
         """
         from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
 
@@ -243,9 +249,11 @@ class Index:
                 if self._thumbnails is None:
                     self._thumbnails = ThumbnailCache.for_index(self.path)
         key = item.hash or f"id{item.id}-{item.mtime_ns}"
-        source, row = self.open_original(item)
+        size = size or DEFAULT_THUMB_SIZE
+        made = self._thumbnails.path_for(key, size).is_file()
+        source, row = self._open_checked(item, check_content=not made)
         with source:
-            return self._thumbnails.get(source, key, size or DEFAULT_THUMB_SIZE, name=row.path)
+            return self._thumbnails.get(source, key, size, name=row.path)
 
     # -- writing ----------------------------------------------------------------
 
