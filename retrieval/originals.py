@@ -12,14 +12,16 @@ the path (no window between the check and the read):
   an item whose path was a symlink when it was indexed (a legitimate link into
   another folder) is opened at the link's resolved target, with the same flags;
 - ``fstat`` says it is a regular file of the recorded size and modification time;
-- when the store recorded the file's identity (device and inode, resolved
-  path: :class:`FileIdentity`, what :func:`identity_of` returns at index time),
-  it is that very inode, opened at that path;
-- its content hash equals the stored one. Size and time alone can be forged
-  (``touch -r``, padding a picture to a secret file's size before it is
-  indexed), content cannot. Hashing reads the file once; the result is
-  remembered per inode and change time (:class:`VerifiedFiles`), so repeated
-  requests for an unchanged file cost one ``fstat``.
+- it is the very file that was indexed: when the store recorded the file's
+  identity (resolved path, device and inode: :class:`FileIdentity`, what
+  :func:`identity_of` returns at index time), it is opened at that path and
+  is that inode; otherwise, or when the inode differs (a folder restored from
+  a backup), its content hash must equal the stored one. Size and time alone
+  can be forged (``touch -r``, padding a picture to a secret file's size
+  before it is indexed), an inode or content cannot. Hashing reads the file
+  once; the result is remembered per inode and change time
+  (:class:`VerifiedFiles`), so repeated requests for an unchanged file cost
+  one ``fstat``.
 
 Anything else is :class:`~retrieval.errors.ItemNotFoundError` with a reason
 (the server answers 404). The reasons never describe what the path points
@@ -187,10 +189,9 @@ def open_indexed_file(
             expected.mtime_ns is not None and st.st_mtime_ns != expected.mtime_ns
         ):
             raise _refuse(expected, "changed since it was indexed (index the folder again)")
-        if expected.identity is not None and (st.st_dev, st.st_ino) != (expected.identity.device,
-                                                                        expected.identity.inode):
-            raise _refuse(expected, "was replaced by another file since it was indexed (index the folder again)")
-        if check_content and (verified is None or not verified.known(expected, st)):
+        same_inode = expected.identity is not None and (st.st_dev, st.st_ino) == (expected.identity.device,
+                                                                                   expected.identity.inode)
+        if check_content and not same_inode and (verified is None or not verified.known(expected, st)):
             if expected.hash is None or _content_hash(fd) != expected.hash:
                 raise _refuse(expected, "is not the file that was indexed (index the folder again)")
             if verified is not None:

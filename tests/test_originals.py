@@ -57,7 +57,12 @@ def test_an_unchanged_file_is_hashed_once(photo: Path, monkeypatch: pytest.Monke
     assert len(hashed) == 2
 
 
-def test_a_recorded_identity_pins_the_inode_and_the_real_path(photo: Path, tmp_path: Path) -> None:
+def test_a_recorded_identity_pins_the_real_path_and_spares_the_hash(
+    photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed: list[int] = []
+    real = originals._content_hash
+    monkeypatch.setattr(originals, "_content_hash", lambda fd: hashed.append(fd) or real(fd))
     link = tmp_path / "link.jpg"
     os.symlink(photo, link)
     identity = identity_of(link)
@@ -68,13 +73,20 @@ def test_a_recorded_identity_pins_the_inode_and_the_real_path(photo: Path, tmp_p
     link.unlink()  # the link itself may go: the recorded real path is what is opened
     with open_indexed_file(expected) as fh:
         assert fh.read(4) == photo.read_bytes()[:4]
-    # An identical copy put in its place (same bytes, size and time, another inode) is another file.
+    assert hashed == []  # the same inode, size and time: no need to read the whole file
+    # An identical copy in its place (a restored backup: another inode) is served once its content matches.
     stat = photo.stat()
     copy = tmp_path / "copy.jpg"
     shutil.copyfile(photo, copy)
     os.replace(copy, photo)
     os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with pytest.raises(ItemNotFoundError, match="replaced by another file"):
+    with open_indexed_file(expected) as fh:
+        assert fh.read() == copy.parent.joinpath("photo.jpg").read_bytes()
+    assert len(hashed) == 1
+    # Another file forged to the same size and time is not.
+    photo.write_bytes(b"\0" * stat.st_size)
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ItemNotFoundError, match="not the file that was indexed"):
         open_indexed_file(expected)
     # A symlink at the recorded real path is never followed.
     photo.unlink()
