@@ -82,13 +82,12 @@ class ExpectedFile:
 
     @classmethod
     def of(cls, row: Any) -> "ExpectedFile":
-        """From a store row (``ItemRow``). The identity fields are read when the store has them.
+        """From a store row (``ItemRow``); its ``real_path``/``dev``/``inode`` when the store recorded them.
 
-        ``real_path``/``device``/``inode`` are not in ``items.sqlite`` yet; once a
-        schema migration adds them to ``ItemRow``, the inode check applies with no
-        change here.
+        Rows written before the store recorded a file's identity (or by a shard
+        made on another machine) have none: the content hash decides then.
         """
-        real, device, inode = (getattr(row, name, None) for name in ("real_path", "device", "inode"))
+        real, device, inode = (getattr(row, name, None) for name in ("real_path", "dev", "inode"))
         identity = FileIdentity(real, int(device), int(inode)) if real and device is not None and inode is not None else None
         return cls(item_id=int(row.id), path=str(row.path), size=row.size, mtime_ns=row.mtime_ns, hash=row.hash,
                    identity=identity)

@@ -67,7 +67,7 @@ def test_a_recorded_identity_pins_the_real_path_and_spares_the_hash(
     os.symlink(photo, link)
     identity = identity_of(link)
     assert identity == FileIdentity(str(photo.resolve()), photo.stat().st_dev, photo.stat().st_ino)
-    row = row_for(link, real_path=identity.real_path, device=identity.device, inode=identity.inode)
+    row = row_for(link, real_path=identity.real_path, dev=identity.device, inode=identity.inode)
     expected = ExpectedFile.of(row)
     assert expected.identity == identity
     link.unlink()  # the link itself may go: the recorded real path is what is opened
