@@ -23,7 +23,17 @@ import numpy as np
 
 from . import catalog
 from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
-from .errors import IndexLockedError, ItemNotFoundError, MMSearchError, ModelMismatchError, SourceError
+from .config import check_model_options
+from .errors import (
+    IndexExistsError,
+    IndexLockedError,
+    IndexNotFoundError,
+    InvalidQueryError,
+    ItemNotFoundError,
+    MMSearchError,
+    ModelMismatchError,
+    SourceError,
+)
 from .indexer import IndexReport, ProgressFn, SkipFn, update_index, update_texts
 from .query import QueryEncoder, QueryTerm, load_query_model
 from .search import Filters, Hit, search_vector
@@ -45,9 +55,10 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 __all__ = [
-    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "Index", "IndexInfo", "IndexReport", "ItemRow", "check_sources",
-    "classify_images", "create_index", "delete_index", "embed_to_shards", "list_indexes", "list_models",
-    "merge_shards", "open_index", "open_or_create_index", "parse_labels", "ray_engine",
+    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow",
+    "check_sources", "classify_images", "create_index", "delete_index", "drop_plan", "embed_to_shards",
+    "list_indexes", "list_models", "merge_shards", "open_index", "open_or_create_index", "parse_labels",
+    "ray_engine", "repair_index", "verify_index",
 ]
 
 
@@ -69,10 +80,19 @@ class IndexInfo:
     created_at: float
     updated_at: float
 
+    error: str | None = None  # set when the index cannot be opened: why (the other fields are then blank)
+
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return asdict(self)
+        data = asdict(self)
+        return data if self.error else {k: v for k, v in data.items() if k != "error"}
+
+    @classmethod
+    def broken(cls, folder: Path, error: str) -> "IndexInfo":
+        return cls(name=folder.name, path=str(folder), model="", fingerprint="", dim=0, images=0, texts=0, failed=0,
+                   size_bytes=catalog.folder_size(folder), ann={}, schema_version=0, created_at=0.0, updated_at=0.0,
+                   error=error)
 
 
 class Index:
@@ -86,6 +106,7 @@ class Index:
         self, store: IndexStore, encoder: "Encoder | None" = None, device: str = "cpu",
         precision: str = "fp32", threads: int | None = None,
     ) -> None:
+        check_model_options(device, precision)
         self.store = store
         self._device = device
         self._precision = precision
@@ -107,7 +128,8 @@ class Index:
 
     @property
     def name(self) -> str:
-        return self.store.manifest.name
+        """The index's name: its folder's."""
+        return self.store.name
 
     @property
     def path(self) -> Path:
@@ -133,7 +155,7 @@ class Index:
         m = self.store.manifest
         if encoder.dim != m.dim or encoder.fingerprint != m.fingerprint:
             raise ModelMismatchError(
-                f"index {m.name!r} was built with model {m.model!r} (fingerprint {m.fingerprint}), "
+                f"index {self.name!r} was built with model {m.model!r} (fingerprint {m.fingerprint}), "
                 f"but the model given is {encoder.spec!r} (fingerprint {encoder.fingerprint}): "
                 "query it with its own model, or index into a new --index"
             )
@@ -147,7 +169,7 @@ class Index:
         counts = self.store.counts()
         size = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
         return IndexInfo(
-            name=m.name, path=str(self.path), model=m.model, fingerprint=m.fingerprint, dim=m.dim,
+            name=self.name, path=str(self.path), model=m.model, fingerprint=m.fingerprint, dim=m.dim,
             images=counts["images"], texts=counts["texts"], failed=counts["failed"], size_bytes=size,
             ann=dict(m.ann), schema_version=m.schema_version, created_at=m.created_at, updated_at=m.updated_at,
         )
@@ -172,8 +194,8 @@ class Index:
         return dict(self.store.manifest.ann)
 
     def failed(self) -> list[tuple[str, str]]:
-        """(path, reason) of every file that could not be indexed."""
-        return self.store.failed_items()
+        """(path, reason) of every file that could not be indexed: undecodable ones, and what the walks skipped."""
+        return sorted(self.store.failed_items() + self.store.skipped_files())
 
     # -- items ------------------------------------------------------------------
 
@@ -187,9 +209,11 @@ class Index:
 
     def find_item(self, path_or_id: "PathLike | int") -> int:
         """The id of an indexed item, given its id, its file path or its text key."""
-        if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isdigit()):
+        if isinstance(path_or_id, bool) or not isinstance(path_or_id, (int, str, os.PathLike)):
+            raise InvalidQueryError(f"an item is named by its id or its path, not {type(path_or_id).__name__}")
+        if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isascii() and path_or_id.isdigit()):
             item_id = int(path_or_id)
-            if self.store.items_by_id([item_id]):
+            if 0 <= item_id < 2**63 and self.store.items_by_id([item_id]):
                 return item_id
             raise ItemNotFoundError(f"no item with id {item_id} in index {self.name!r}")
         key = os.path.abspath(os.path.expanduser(os.fspath(path_or_id)))
@@ -407,26 +431,39 @@ class Index:
     # -- maintenance: explicit removal, consistency check, repair ----------------
 
     def remove(
-        self, paths: PathLike | Sequence[PathLike], *, wait: bool = True, on_wait: Callable[[], None] | None = None
+        self, paths: PathLike | Sequence[PathLike], *, wait: bool = True, on_wait: Callable[[], None] | None = None,
+        dry_run: bool = False, on_plan: Callable[[list[str]], None] | None = None,
     ) -> dict[str, int]:
         """Drop the items at ``paths`` (files, or everything inside folders) -> items removed per path.
 
         The files themselves are never touched; paths need not exist any more.
+        ``on_plan`` gets the keys (paths) of the items about to go, under the
+        writer lock, before anything changes; ``dry_run`` stops there.
         """
         from .maintenance import remove_paths
 
         items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not items or any(not os.fspath(p).strip() for p in items):
+            # '' would mean the current folder: 'cd / && mmsearch remove ""' must not empty the index.
+            raise SourceError("name the files or folders whose items to remove (an empty path names nothing)")
         with self.store.writer_lock(wait=wait, on_wait=on_wait):
-            removed = remove_paths(self.store, items)
+            removed = remove_paths(self.store, items, dry_run=dry_run, on_plan=on_plan)
         self._vectors = None
         return removed
 
-    def prune(self, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> list[str]:
-        """Drop every image item whose file no longer exists (in any folder) -> the paths dropped."""
+    def prune(
+        self, *, wait: bool = True, on_wait: Callable[[], None] | None = None, dry_run: bool = False,
+        on_plan: Callable[[list[str]], None] | None = None,
+    ) -> list[str]:
+        """Drop every image item whose file no longer exists (in any folder) -> the paths dropped.
+
+        A file that cannot be checked (permission denied) is not gone: its item
+        stays. ``on_plan`` and ``dry_run`` as for :meth:`remove`.
+        """
         from .maintenance import prune_missing
 
         with self.store.writer_lock(wait=wait, on_wait=on_wait):
-            gone = prune_missing(self.store)
+            gone = prune_missing(self.store, dry_run=dry_run, on_plan=on_plan)
         self._vectors = None
         return gone
 
@@ -436,12 +473,15 @@ class Index:
 
         return verify_index(self.store, check_files=check_files)
 
-    def rebuild(self, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> "RepairReport":
-        """Repair the index and rebuild its FAISS file from the stored vectors (no re-encoding)."""
-        from .integrity import repair_index
+    def rebuild(
+        self, *, wait: bool = True, on_wait: Callable[[], None] | None = None, dry_run: bool = False,
+        on_plan: Callable[["RepairReport"], None] | None = None,
+    ) -> "RepairReport":
+        """Repair the index and rebuild its FAISS file from the stored vectors (no re-encoding); see :func:`repair_index`."""
+        from .integrity import repair_index as repair
 
         with self.store.writer_lock(wait=wait, on_wait=on_wait):
-            report = repair_index(self.store)
+            report = repair(self.store, dry_run=dry_run, on_plan=on_plan)
         self._vectors = None
         return report
 
@@ -484,7 +524,9 @@ def create_index(
     from .ann_lifecycle import make_policy
 
     policy = make_policy(ann, max_memory, target_recall)
+    check_model_options(device, precision)
     directory = catalog.index_path(name, root)
+    IndexStore.check_creatable(directory, name)  # before a model is loaded for nothing
     if encoder is None:
         encoder = load_query_model(model, index_root=directory.parent, device=device, precision=precision,
                                    threads=threads)
@@ -500,7 +542,7 @@ def open_or_create_index(
     encoder: "Encoder | None" = None, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
 ) -> Index:
     """Open ``name`` if it exists (checking ``model`` against it), else create it (``newly_created`` is then True)."""
-    if catalog.index_exists(name, root):
+    if catalog.looks_like_index(catalog.index_path(name, root)):
         index = open_index(name, root=root, encoder=encoder, device=device, precision=precision, threads=threads)
         if model is not None and encoder is None:
             from .model_spec import parse_model_spec
@@ -512,29 +554,120 @@ def open_or_create_index(
                     "leave out --model to update it, or choose another --index"
                 )
         return index
-    index = create_index(
-        name, model=model or DEFAULT_MODEL, root=root, encoder=encoder, device=device, precision=precision,
-        threads=threads,
-    )
+    try:
+        index = create_index(
+            name, model=model or DEFAULT_MODEL, root=root, encoder=encoder, device=device, precision=precision,
+            threads=threads,
+        )
+    except IndexExistsError:  # another process made it a moment ago: use theirs
+        return open_or_create_index(name, model=model, root=root, encoder=encoder, device=device,
+                                    precision=precision, threads=threads)
     index.newly_created = True
     return index
 
 
 def list_indexes(root: PathLike | None = None) -> list[IndexInfo]:
-    """Every index under the root, sorted by name (unreadable ones are left out)."""
+    """Every index under the root, sorted by name; one that cannot be opened has ``error`` set (why)."""
     infos = []
     for folder in catalog.index_folders(root):
         try:
             with open_index(folder.name, root=folder.parent) as index:
                 infos.append(index.info())
-        except Exception:  # noqa: BLE001 - a broken index must not hide the others; 'info NAME' explains it
-            continue
+        except MMSearchError as exc:  # a broken index must not hide the others
+            infos.append(IndexInfo.broken(folder, str(exc)))
+        except OSError as exc:
+            infos.append(IndexInfo.broken(folder, f"cannot read it: {exc.strerror or exc}"))
     return infos
 
 
-def delete_index(name: str, *, root: PathLike | None = None) -> None:
-    """Remove an index folder entirely, and its model's text-tower export when no other index uses it."""
-    catalog.remove_index_folder(name, root)
+@dataclass(frozen=True)
+class DropPlan:
+    """What ``delete_index`` removes: the index folder and, when it was the model's last index, its text export."""
+
+    name: str
+    path: str
+    items: int | None  # None when items.sqlite cannot be read
+    size_bytes: int
+    text_export: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def drop_plan(name: str, *, root: PathLike | None = None) -> DropPlan:
+    """What deleting index ``name`` would remove (reads only; also for an index too damaged to open)."""
+    directory = catalog.index_path(name, root)
+    if not catalog.looks_like_index(directory):
+        raise IndexNotFoundError(f"no index named {name!r} in {directory.parent}")
+    items: int | None = None
+    try:
+        store = IndexStore.open(directory, name=name, readonly=True, recover=True)
+        try:
+            items = store.counts()["items"]
+        finally:
+            store.close()
+    except (MMSearchError, OSError):
+        items = None
+    return DropPlan(name=name, path=str(directory), items=items, size_bytes=catalog.folder_size(directory),
+                    text_export=catalog.export_only_used_by(directory))
+
+
+def delete_index(name: str, *, root: PathLike | None = None, wait: bool = False,
+                 on_wait: Callable[[], None] | None = None) -> DropPlan:
+    """Remove an index folder entirely (and its model's text-tower export when no other index uses it).
+
+    Takes the writer lock first: an index that another process is writing is
+    not deleted (``IndexLockedError``, unless ``wait``). Works on an index
+    whose manifest is missing or damaged. Returns what was removed.
+    """
+    plan = drop_plan(name, root=root)
+    with catalog.writer_lock_of(catalog.index_path(name, root), wait=wait, on_wait=on_wait):
+        catalog.remove_index_folder(name, root)
+    return plan
+
+
+def verify_index(name: str = DEFAULT_INDEX_NAME, *, root: PathLike | None = None,
+                 check_files: bool = True) -> "VerifyReport":
+    """Check that manifest, items, vectors and FAISS agree (reads only); a damaged manifest is reported, not fatal."""
+    from .integrity import verify_index as verify
+
+    store = IndexStore.open(catalog.index_path(name, root), name=name, recover=True)
+    try:
+        return verify(store, check_files=check_files)
+    finally:
+        store.close()
+
+
+def repair_index(
+    name: str = DEFAULT_INDEX_NAME, *, root: PathLike | None = None, model: str | None = None,
+    device: str = "cpu", dry_run: bool = False, wait: bool = True, on_wait: Callable[[], None] | None = None,
+    on_plan: Callable[["RepairReport"], None] | None = None,
+) -> "RepairReport":
+    """Make index ``name`` consistent again (see :mod:`retrieval.integrity`), also one whose manifest is lost.
+
+    ``model`` names the model of an index whose items.sqlite does not record
+    one (made by an older mmsearch); it is loaded only to learn its
+    fingerprint and dimension. ``on_plan`` sees what will be dropped or
+    rewritten, under the writer lock, before anything changes; ``dry_run``
+    stops there.
+    """
+    from .integrity import repair_index as repair
+    from .store import ModelRecord
+
+    record = None
+    if model is not None:
+        from .encoder import load_encoder
+
+        encoder = load_encoder(model, device=device)
+        record = ModelRecord(encoder.spec, encoder.fingerprint, encoder.dim)
+    store = IndexStore.open(catalog.index_path(name, root), name=name, recover=True)
+    try:
+        with store.writer_lock(wait=wait, on_wait=on_wait):
+            return repair(store, model=record, dry_run=dry_run, on_plan=on_plan)
+    finally:
+        store.close()
 
 
 def check_sources(paths: Sequence[PathLike] = (), text_files: Sequence[PathLike] = ()) -> None:

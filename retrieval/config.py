@@ -13,7 +13,7 @@ INDEX_DIR_ENV = "MMSEARCH_INDEX_DIR"
 LIGHT_TEXT_ENV = "MMSEARCH_LIGHT_TEXT"
 DEFAULT_INDEX_NAME = "default"
 DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Index names become directory names: keep them portable and free of path tricks.
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -53,3 +53,17 @@ def validate_index_name(name: str) -> str:
             f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)"
         )
     return name
+
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_model_options(device: str, precision: str) -> None:
+    """Refuse an unknown ``--device`` or ``--precision`` at once, even when no model gets loaded (torch-free)."""
+    from .errors import ModelLoadError
+
+    if precision not in (*PRECISIONS, "auto"):
+        raise ModelLoadError(f"unknown precision {precision!r}: use auto or one of {', '.join(PRECISIONS)}")
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ModelLoadError(f"unknown device {device!r}: use auto, cpu, cuda or mps (cuda:N for one GPU)")

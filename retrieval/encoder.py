@@ -18,9 +18,10 @@ import open_clip
 import torch
 from PIL import Image
 
+from .config import PRECISIONS
 from .errors import ModelLoadError
 from .fast_paths import CausalTextTower, SplitPreprocess, lower_image_tower, lower_text_tower
-from .model_spec import LOCAL_CONFIG_NAME, ModelSpec, parse_model_spec
+from .model_spec import LOCAL_CONFIG_NAME, ModelSpec, parse_model_spec, read_local_config
 
 # Our own small architectures (tests, the offline demo) join open_clip's registry.
 _OWN_CONFIGS = Path(__file__).with_name("model_configs")
@@ -33,7 +34,6 @@ RANDOM_INIT_SEED = 0
 # for speed and are offered only because their embeddings keep a mean cosine
 # >= 0.99 to fp32 (measured by benchmarks/bench_index.py and bench_query.py,
 # and tested). "auto" picks one per machine. fp16 is for GPUs only.
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def default_precision(device: torch.device | str = "cpu") -> str:
@@ -330,11 +330,7 @@ def _model_config(parsed: ModelSpec) -> dict[str, Any]:
         return dict(open_clip.get_model_config(parsed.arch) or {})
     if parsed.kind == "local-dir":
         assert parsed.path is not None
-        try:
-            cfg = json.loads((parsed.path / LOCAL_CONFIG_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read {parsed.path / LOCAL_CONFIG_NAME}: {exc}") from exc
-        return dict(cfg.get("model_cfg", cfg))
+        return read_local_config(parsed.path)
     return {"hf-hub": parsed.repo}
 
 

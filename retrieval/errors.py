@@ -6,6 +6,22 @@ The library raises these; only the CLI (and the server) turn them into output.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """Text safe to print as one line: undecodable bytes as \\xNN, control characters (ESC, newline) escaped."""
+    if text.isascii() and text.isprintable():
+        return text
+    out = []
+    for c in text:
+        code = ord(c)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or 0xD800 <= code <= 0xDFFF or c in "\u2028\u2029":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 class MMSearchError(Exception):
     """Base class of every error mmsearch raises on purpose."""
 

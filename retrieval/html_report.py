@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .errors import MMSearchError
 from .search import Hit
 
 THUMB_SIDE = 256
@@ -74,9 +75,18 @@ figcaption {{ padding: .4rem .6rem; font-size: .8rem; color: #555; word-break: b
 
 
 def write_results_page(hits: Sequence[Hit], path: str | os.PathLike[str], title: str) -> Path:
-    """Write the page atomically and return its path."""
+    """Write the page atomically and return its path; ``MMSearchError`` says why it cannot be written."""
     out = Path(path)
+    if out.is_dir():
+        raise MMSearchError(f"--html {out} is a folder: give a file name, e.g. {out / 'results.html'}")
+    if not out.parent.is_dir():
+        raise MMSearchError(f"--html {out}: the folder {out.parent} does not exist")
+    page = render_results_page(hits, title).encode("utf-8", "backslashreplace")  # a non-UTF-8 name stays readable
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render_results_page(hits, title), encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        tmp.write_bytes(page)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MMSearchError(f"cannot write --html {out}: {exc.strerror or exc}") from exc
     return out

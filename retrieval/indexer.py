@@ -87,6 +87,8 @@ class UpdatePlan:
     report: IndexReport  # so far: unchanged, still-failed and the walk's skips
     started: float  # perf_counter() when the run began
     on_skip: SkipFn | None = None
+    roots: list[str] = field(default_factory=list)  # the scanned roots, as item keys
+    walk_skips: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) the walk could not take
 
     @property
     def is_empty(self) -> bool:
@@ -120,6 +122,9 @@ class FileOutcome:
     height: int = 0
     error: str | None = None
     reused: bool = False
+    dev: int | None = None  # the file's identity when it was read (see sources.FileEntry)
+    inode: int | None = None
+    real_path: str | None = None
 
 
 def root_key(root: str | os.PathLike[str]) -> str:
@@ -160,9 +165,11 @@ def plan_update(
     plan = UpdatePlan(todo=[], gone=[], known={}, report=IndexReport(), started=time.perf_counter(), on_skip=on_skip)
 
     def walk_skip(s: Skipped) -> None:
+        plan.walk_skips.append((s.path, s.reason))
         plan.skip(s.path, s.reason)
 
     abs_roots = [root_key(r) for r in roots]
+    plan.roots = abs_roots
     listed = list_files(abs_roots, exclude=exclude, on_skip=walk_skip)
     plan.known = known = store.file_states()
     unread = store.read_failures()  # a timeout or a permission since fixed: worth another try
@@ -179,12 +186,13 @@ def plan_update(
             continue
         plan.todo.append(entry)
     report = plan.report
-    # A folder that could not be listed this time (permissions, a flaky share)
-    # keeps its items: absence of evidence is not evidence of deletion.
+    # A folder that could not be listed this time (permissions, a flaky share), or a file
+    # that could not be read, keeps its items: absence of evidence is not evidence of deletion.
     unlisted = [p for p, reason in report.skipped if "cannot list folder" in reason]
+    unreadable = {p for p, reason in report.skipped if reason.startswith(("permission denied", "cannot read"))}
     plan.gone = [
         v[0] for k, v in known.items()
-        if k not in seen and _under(k, abs_roots) and not (unlisted and _under(k, unlisted))
+        if k not in seen and k not in unreadable and _under(k, abs_roots) and not (unlisted and _under(k, unlisted))
     ]
     if not listed and not plan.gone and report.failed == 0:
         shown = ", ".join(abs_roots)
@@ -194,7 +202,8 @@ def plan_update(
 
 
 def finish_unchanged(store: IndexStore, plan: UpdatePlan) -> IndexReport:
-    """Nothing changed: no transaction, no encoder call; only heal a stale FAISS file."""
+    """Nothing changed: no item transaction, no encoder call; only heal a stale FAISS file, note the walk's skips."""
+    store.replace_skips(plan.roots, plan.walk_skips)
     if not store.vector_index_is_current():
         store.load_vector_index(persist=True)
     plan.report.seconds = time.perf_counter() - plan.started
@@ -269,6 +278,7 @@ def apply_outcomes(
                     kind="image", key=key, path=key, size=out.size, mtime_ns=out.mtime_ns,
                     hash=out.hash, width=width or None, height=height or None,
                     error=None if vector is not None else (error or "unknown error"), vector=vector,
+                    dev=out.dev, inode=out.inode, real_path=out.real_path,
                 )
             )
         done += len(batch)
@@ -279,6 +289,7 @@ def apply_outcomes(
     # Removals last: a file that moved was matched by content above before its old row goes.
     report.removed = len(plan.gone)
     flush(plan.gone)
+    store.replace_skips(plan.roots, plan.walk_skips)
     store.save_vector_index(store.refresh_vector_index(index))
     report.seconds = time.perf_counter() - plan.started
     return report
@@ -399,14 +410,16 @@ def update_texts(
 def entry_of(out: FileOutcome) -> FileEntry:
     """The file an outcome is about, as the pipeline reads it (a URL stays a string)."""
     location: Path | str = out.key if is_url(out.key) else Path(out.key)
-    return FileEntry(location, out.size or 0, out.mtime_ns or 0)  # type: ignore[arg-type]
+    return FileEntry(location, out.size or 0, out.mtime_ns or 0, out.dev, out.inode, out.real_path)  # type: ignore[arg-type]
 
 
 def outcome_of(out: Embedded, key: str | None = None) -> FileOutcome:
     """An :class:`Embedded` (the local pipeline's result) as the store takes it."""
+    entry = out.entry
     return FileOutcome(
-        key=str(out.entry.path) if key is None else key, size=out.entry.size, mtime_ns=out.entry.mtime_ns,
+        key=str(entry.path) if key is None else key, size=entry.size, mtime_ns=entry.mtime_ns,
         hash=out.hash, vector=out.vector, width=out.width, height=out.height, error=out.error, reused=out.reused,
+        dev=entry.dev, inode=entry.inode, real_path=entry.real_path,
     )
 
 

@@ -39,8 +39,70 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        """A manifest from its JSON; ``IndexCorruptError`` names the first field that is missing or of the wrong type."""
+        for name, check, what in _FIELD_CHECKS:
+            if name not in data:
+                if name in _REQUIRED:
+                    raise IndexCorruptError(f"{MANIFEST} has no {name!r}")
+                continue
+            if not check(data[name]):
+                raise IndexCorruptError(f"{MANIFEST} field {name!r} is {data[name]!r}, not {what}")
+        problem = ann_problem(data.get("ann") or {})
+        if problem:
+            raise IndexCorruptError(f"{MANIFEST} field 'ann' {problem}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def ann_problem(ann: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest's ANN entry (the built index's config and the user's policy), or None."""
+    optional_int = lambda v: v is None or _is_int(v)  # noqa: E731
+    optional_number = lambda v: v is None or _is_number(v)  # noqa: E731
+    checks: dict[str, tuple[Any, str]] = {
+        "type": (lambda v: v in ("flat", "hnsw", "ivf", "ivfpq"), "an ANN kind"),
+        "factory": (lambda v: isinstance(v, str), "a FAISS description"),
+        "nlist": (optional_int, "a list count"), "pq_m": (optional_int, "a code size"),
+        "hnsw_m": (optional_int, "a link count"), "rule": (lambda v: isinstance(v, str), "a text"),
+        "search": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(x) for k, x in v.items()),
+                   "search parameters"),
+        "trained_on": (_is_int, "a count"), "built_for": (_is_int, "a count"), "generation": (_is_int, "a count"),
+        "ntotal": (_is_int, "a count"), "target_recall": (optional_number, "a recall"),
+        "measured_recall": (optional_number, "a recall"), "policy": (lambda v: isinstance(v, dict), "an object"),
+    }
+    for key, (check, what) in checks.items():
+        if key in ann and not check(ann[key]):
+            return f"has {key} {ann[key]!r}, not {what}"
+    policy = ann.get("policy") or {}
+    if "ann" in policy and policy["ann"] not in ("auto", "flat", "hnsw", "ivf", "ivfpq"):
+        return f"has the policy --ann {policy['ann']!r}"
+    if "max_memory" in policy and not (_is_int(policy["max_memory"]) and policy["max_memory"] > 0):
+        return f"has the policy --max-memory {policy['max_memory']!r}"
+    if "target_recall" in policy and not (_is_number(policy["target_recall"]) and 0 < policy["target_recall"] <= 1):
+        return f"has the policy --target-recall {policy['target_recall']!r}"
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v  # NaN is no time
+
+
+_REQUIRED = ("model", "fingerprint", "dim")
+_FIELD_CHECKS: tuple[tuple[str, Any, str], ...] = (
+    ("name", lambda v: isinstance(v, str), "a name"),
+    ("model", lambda v: isinstance(v, str) and bool(v.strip()), "a model spec"),
+    ("fingerprint", lambda v: isinstance(v, str) and bool(v.strip()), "a fingerprint"),
+    ("dim", lambda v: _is_int(v) and 0 < v <= 1_000_000, "a positive dimension"),
+    ("schema_version", _is_int, "a schema number"),
+    ("metric", lambda v: v == "inner_product", "'inner_product'"),
+    ("ann", lambda v: isinstance(v, dict), "an object"),
+    ("counts", lambda v: isinstance(v, dict), "an object"),
+    ("created_at", _is_number, "a time"),
+    ("updated_at", _is_number, "a time"),
+)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

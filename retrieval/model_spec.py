@@ -75,3 +75,33 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if not arch:
         raise ModelLoadError(f"bad model spec {spec!r}: expected ARCH:PRETRAINED")
     return ModelSpec(kind="builtin", arch=arch, pretrained=pretrained or None)
+
+
+def read_local_config(path: Path) -> dict:
+    """The open_clip model config of a local model folder (``model_cfg`` of its config file), checked.
+
+    Raises ``ModelLoadError`` naming what is wrong: unreadable, not JSON, or
+    not an open_clip config (``embed_dim``, ``vision_cfg``, ``text_cfg``).
+    """
+    import json
+
+    file = Path(path) / LOCAL_CONFIG_NAME
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {file}: {exc}") from exc
+    cfg = data.get("model_cfg", data) if isinstance(data, dict) else data
+    problem = None
+    if not isinstance(cfg, dict):
+        problem = f"its model config is {type(cfg).__name__}, not an object"
+    elif not (isinstance(cfg.get("embed_dim"), int) and not isinstance(cfg.get("embed_dim"), bool)
+              and cfg["embed_dim"] > 0):
+        problem = f"embed_dim is {cfg.get('embed_dim')!r}, not a positive whole number"
+    elif not isinstance(cfg.get("vision_cfg"), dict) or not isinstance(cfg.get("text_cfg"), dict):
+        problem = "it has no vision_cfg and text_cfg objects"
+    if problem:
+        raise ModelLoadError(
+            f"{file} is not an open_clip model config ({problem}); a model folder holds {LOCAL_CONFIG_NAME} "
+            "and weights as 'mmsearch train' writes them"
+        )
+    return dict(cfg)

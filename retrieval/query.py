@@ -15,6 +15,7 @@ that import it from this module).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -103,16 +104,27 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
     """Weighted sum of unit vectors, normalised; raises if nothing positive is asked for."""
     if not vectors:
         raise InvalidQueryError("empty query: give some words to search for, or an image")
+    for weight in weights:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise InvalidQueryError(f"a term's weight must be a finite number (got {weight!r})")
     if not any(w > 0 for w in weights):
         raise InvalidQueryError("a query needs at least one term with a positive weight")
-    total = np.zeros_like(np.asarray(vectors[0], dtype=np.float32))
+    # Only the weights' ratios matter (the sum is normalised): scaling them by the largest keeps
+    # float32 from overflowing on a weight like 1e30.
+    scale = max(abs(float(w)) for w in weights)
+    total = np.zeros_like(np.asarray(vectors[0], dtype=np.float64))
     for vec, weight in zip(vectors, weights):
-        v = np.asarray(vec, dtype=np.float32)
-        total += np.float32(weight) * v / max(float(np.linalg.norm(v)), 1e-12)
+        v = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if v.shape != total.shape:
+            raise InvalidQueryError(f"query vectors of different sizes ({v.shape[0]} and {total.shape[0]})")
+        norm = float(np.linalg.norm(v))
+        if not math.isfinite(norm) or norm < 1e-12:
+            raise InvalidQueryError("a query term has a zero or non-finite vector")
+        total += (float(weight) / scale) * v / norm
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
         raise InvalidQueryError("the query terms cancel each other out")
-    return total / norm
+    return (total / norm).astype(np.float32)
 
 
 def read_query_image(data: bytes, *, max_pixels: int) -> "Image.Image":
@@ -233,9 +245,13 @@ class QueryEncoder:
 
     def image(self, image: "PathLike | Image.Image") -> np.ndarray:
         """The unit vector of a query image (a path or a PIL image)."""
+        from PIL import Image
+
         if isinstance(image, (str, os.PathLike)):
             from .loading import load_image
 
+            if os.path.isdir(image):
+                raise ImageDecodeError(f"query image {os.fspath(image)} is a folder, not an image file")
             if not os.path.isfile(image):
                 raise ImageDecodeError(f"query image not found: {os.fspath(image)}")
             # A big JPEG is decoded at reduced size, as the indexer does (same vectors, ~3x less work).
@@ -243,6 +259,10 @@ class QueryEncoder:
             if loaded.image is None:
                 raise ImageDecodeError(f"cannot decode query image {os.fspath(image)}: {loaded.error}")
             image = loaded.image
+        if not isinstance(image, Image.Image):
+            raise InvalidQueryError(f"a query image is a file path or a PIL image, not {type(image).__name__}")
+        if image.width < 1 or image.height < 1:
+            raise ImageDecodeError(f"the query image is empty ({image.width}x{image.height} pixels)")
         return self.encoder.encode_images([image.convert("RGB")])[0]
 
     def item(self, item_id: int) -> np.ndarray:

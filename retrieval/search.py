@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
     from .ann import VectorIndex
     from .store import IndexStore, ItemRow
 
-Target = Literal["image", "text", "all"]
-TARGETS: tuple[str, ...] = ("image", "text", "all")
+Target = Literal["image", "text", "all", "auto"]
+# "auto" (what a command line gets without --target): images, or texts on an index that holds no image.
+TARGETS: tuple[str, ...] = ("image", "text", "all", "auto")
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,24 @@ class Hit:
 
 
 def _parse_date(value: str | datetime | None) -> float | None:
-    if value is None or isinstance(value, datetime):
-        return value.timestamp() if value else None
+    """POSIX seconds of a date (a naive one is local time); years far from now are fine (0001-01-01 too)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        if not isinstance(value, str):
+            raise InvalidQueryError(f"bad date {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidQueryError(f"bad date {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
     try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise InvalidQueryError(f"bad date {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+        return value.timestamp()
+    except (OverflowError, OSError, ValueError):
+        # The platform's local-time conversion covers only some years; far ones are read as UTC.
+        from datetime import timezone
+
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return (aware - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,12 @@ class Filters:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise InvalidQueryError(f"target must be image, text or all (got {self.target!r})")
+        if self.min_score is not None:
+            if isinstance(self.min_score, bool) or not isinstance(self.min_score, (int, float)) \
+                    or not math.isfinite(self.min_score):
+                raise InvalidQueryError(f"--min-score must be a number between -1 and 1 (got {self.min_score!r})")
+        if self.path_prefix is not None and not str(self.path_prefix).strip():
+            raise InvalidQueryError("--under needs a folder (an empty one names nothing)")
         object.__setattr__(self, "_after", _parse_date(self.modified_after))
         object.__setattr__(self, "_before", _parse_date(self.modified_before))
         types = tuple(t.strip().lower().lstrip(".") for t in self.file_types if t.strip())
@@ -84,14 +104,14 @@ class Filters:
     def parse(
         cls,
         *,
-        target: str | None = None,
+        target: str | None = None,  # None: "auto"
         min_score: float | None = None,
         under: str | None = None,
         glob: str | None = None,
         types: str | Sequence[str] | None = None,
         after: str | None = None,
         before: str | None = None,
-        default_target: str = "image",
+        default_target: str = "auto",
     ) -> "Filters":
         """Filters from the strings a command line, a query string or a form gives.
 
@@ -110,14 +130,22 @@ class Filters:
     def selects_paths(self) -> bool:
         return bool(self.path_prefix or self.path_glob or self.file_types or self._after or self._before)
 
+    def resolved(self, images: int, texts: int) -> "Filters":
+        """These filters with ``target="auto"`` settled for an index holding ``images`` and ``texts`` items."""
+        if self.target != "auto":
+            return self
+        from dataclasses import replace
+
+        return replace(self, target="text" if images == 0 and texts > 0 else "image")
+
     def accepts(self, row: "ItemRow") -> bool:
-        if self.target != "all" and row.kind != self.target:
+        if self.target not in ("all", "auto") and row.kind != self.target:
             return False
         if not self.selects_paths:
             return True
         if row.path is None:  # path-based filters exclude texts
             return False
-        if self.path_prefix and not row.path.startswith(os.path.abspath(os.path.expanduser(self.path_prefix))):
+        if self.path_prefix and not _is_under(row.path, self.path_prefix):
             return False
         if self.path_glob and not (
             fnmatch.fnmatch(row.path, self.path_glob) or fnmatch.fnmatch(os.path.basename(row.path), self.path_glob)
@@ -131,6 +159,12 @@ class Filters:
         if self._before is not None and mtime >= self._before:
             return False
         return True
+
+
+def _is_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it: a path match, so /a/2023 does not take /a/2023-old."""
+    base = os.path.abspath(os.path.expanduser(folder)).rstrip(os.sep)
+    return path == base or path.startswith(base + os.sep) or base == ""
 
 
 # -- ranking ------------------------------------------------------------------------
@@ -179,8 +213,12 @@ def search_vector(
     the index is exhausted), so ``k`` means k results after filtering. With
     ``dedup``, a hit whose cosine to a better hit is >= ``dedup`` is dropped.
     """
-    if k < 1:
-        raise InvalidQueryError(f"k must be at least 1 (got {k})")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidQueryError(f"k must be a whole number of at least 1 (got {k!r})")
+    if filters is not None and filters.target == "auto":
+        filters = filters.resolved(images=int(store.has_kind("image")), texts=int(store.has_kind("text")))
+    if dedup is not None and (isinstance(dedup, bool) or not isinstance(dedup, (int, float)) or not 0 <= dedup <= 1):
+        raise InvalidQueryError(f"dedup must be a cosine between 0 and 1 (got {dedup!r})")
     if vector.shape[-1] != store.manifest.dim:
         raise InvalidQueryError(
             f"query vector has {vector.shape[-1]} dimensions, the index has {store.manifest.dim}"

@@ -16,9 +16,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from . import config
-from .errors import SourceError
+from .errors import SourceError, printable
 
-__all__ = ["DEFAULT_EXCLUDES", "FileEntry", "Skipped", "iter_files"]
+__all__ = ["DEFAULT_EXCLUDES", "FileEntry", "Skipped", "file_is_gone", "iter_files"]
 
 # Never photos: Synology thumbnail folders, macOS zip debris and AppleDouble
 # resource forks ("._IMG_1.jpg", which carry an image extension but no image).
@@ -27,21 +27,36 @@ _ALWAYS_EXCLUDED: tuple[str, ...] = ("@eaDir", "__MACOSX", "._*")
 _HIDDEN: tuple[str, ...] = (".*",)
 DEFAULT_EXCLUDES: tuple[str, ...] = _ALWAYS_EXCLUDED + _HIDDEN
 
-NOT_UTF8 = "file name is not valid UTF-8 (rename it to index it)"
+# A valid-UTF-8 name using the private-use characters that stand for undecodable bytes in
+# items.sqlite (store_schema.to_db) could not be told apart from such a name: vanishingly rare.
+AMBIGUOUS_NAME = "file name uses private-use characters U+F0080..U+F00FF (rename it to index it)"
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    """An image file found by the walk (``path`` absolute, symlinks not resolved)."""
+    """An image file found by the walk (``path`` absolute, symlinks not resolved).
+
+    ``dev``/``inode`` identify the file the path leads to, and ``real_path`` is
+    where it really is when a symlink (of the file or a folder above it) was
+    followed (None: the path itself): the server later serves a file only while
+    it is still this one.
+    """
 
     path: Path
     size: int
     mtime_ns: int
+    dev: int | None = None
+    inode: int | None = None
+    real_path: str | None = None
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file or folder the walk could not take, with a one-line reason."""
+    """A file or folder the walk could not take, with a one-line reason.
+
+    ``path`` is the real path: a non-UTF-8 name keeps its bytes as lone
+    surrogates (escape it with :func:`printable` to show it).
+    """
 
     path: str
     reason: str
@@ -76,21 +91,27 @@ def iter_files(
     return walker.walk(root_paths)
 
 
+def file_is_gone(path: str) -> bool:
+    """Whether a file no longer exists; one that cannot be checked (permissions, I/O) is not gone."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # unreadable is not absent: its item stays
+    return False
+
+
 def _checked_root(root: str | os.PathLike[str]) -> str:
     path = os.path.abspath(os.fsdecode(root))
     try:
         os.stat(path)
     except FileNotFoundError:
         kind = "broken symlink" if os.path.islink(path) else "no such file or directory"
-        raise SourceError(f"{kind}: {_printable(path)}") from None
+        raise SourceError(f"{kind}: {printable(path)}") from None
     except OSError as exc:
-        raise SourceError(f"cannot read {_printable(path)}: {exc.strerror or exc}") from None
+        raise SourceError(f"cannot read {printable(path)}: {exc.strerror or exc}") from None
     return path
-
-
-def _printable(path: str) -> str:
-    """Undecodable bytes (surrogate escapes) shown as \\xNN so the text can be printed."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _may_be_dir(entry: os.DirEntry[str], ext: str) -> bool:
@@ -104,12 +125,10 @@ def _may_be_dir(entry: os.DirEntry[str], ext: str) -> bool:
         return True  # let _stat() report why
 
 
-def _has_bad_bytes(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return True  # os.fsdecode turned invalid bytes into lone surrogates
-    return False
+def _ambiguous(name: str) -> bool:
+    from .store_schema import is_ambiguous_path
+
+    return is_ambiguous_path(name)
 
 
 class _Walker:
@@ -128,7 +147,7 @@ class _Walker:
 
     def skip(self, path: str, reason: str) -> None:
         if self.on_skip is not None:
-            self.on_skip(Skipped(_printable(path), reason))
+            self.on_skip(Skipped(path, reason))
 
     def excluded(self, name: str, rel: str, is_dir: bool) -> bool:
         candidates = [name.lower(), rel.lower()]
@@ -146,35 +165,34 @@ class _Walker:
             st = os.stat(root)
             if stat.S_ISDIR(st.st_mode):
                 yield from self._walk_dir(root, st)
-            elif _has_bad_bytes(root):
-                self.skip(root, NOT_UTF8)
+            elif _ambiguous(root):
+                self.skip(root, AMBIGUOUS_NAME)
             elif not stat.S_ISREG(st.st_mode):
                 self.skip(root, "not a regular file")
             elif os.path.splitext(root)[1].lower() not in self.exts:
                 self.skip(root, "not an image file extension")
             else:
-                yield FileEntry(Path(root), st.st_size, st.st_mtime_ns)
+                real = os.path.realpath(root)
+                yield FileEntry(Path(root), st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
+                                real if real != root else None)
 
     def _walk_dir(self, root: str, root_st: os.stat_result) -> Iterator[FileEntry]:
-        if _has_bad_bytes(root):
-            self.skip(root, NOT_UTF8)
-            return
         key = (root_st.st_dev, root_st.st_ino)
         if key in self.walked:
-            self.skip(root, f"already walked as {_printable(self.walked[key])}")
-            return
+            return  # the same folder given twice (or through a link to it): walked once, nothing to report
         self.walked[key] = root
         # An explicit stack instead of recursion: deep trees cannot hit the
         # recursion limit. Each frame holds one sorted directory listing.
-        stack: list[tuple[Iterator[os.DirEntry[str]], str, tuple[int, int]]] = []
+        stack: list[tuple[Iterator[os.DirEntry[str]], str, tuple[int, int], str]] = []
         ancestors: set[tuple[int, int]] = set()
         listing = self._list(root)
         if listing is None:
             return
-        stack.append((iter(listing), "", key))
+        real_root = os.path.realpath(root)
+        stack.append((iter(listing), "", key, real_root))
         ancestors.add(key)
         while stack:
-            entries, rel_dir, dir_key = stack[-1]
+            entries, rel_dir, dir_key, real_dir = stack[-1]
             entry = next(entries, None)
             if entry is None:
                 stack.pop()
@@ -190,33 +208,33 @@ class _Walker:
             if stat.S_ISDIR(st.st_mode):
                 if self.excluded(entry.name, rel, is_dir=True):
                     continue
-                if _has_bad_bytes(entry.name):
-                    self.skip(entry.path, NOT_UTF8)
-                    continue
                 key = (st.st_dev, st.st_ino)
                 if key in ancestors:
-                    self.skip(entry.path, f"symlink loop (leads back to {_printable(self.walked[key])})")
+                    self.skip(entry.path, f"symlink loop (leads back to {self.walked[key]})")
                     continue
                 if key in self.walked:
-                    self.skip(entry.path, f"already walked as {_printable(self.walked[key])}")
-                    continue
+                    continue  # a link to a folder walked already: its files are indexed once, under that path
                 self.walked[key] = entry.path
                 listing = self._list(entry.path)
                 if listing is not None:
-                    stack.append((iter(listing), rel + "/", key))
+                    # Where the folder really is: only a symlink (rare) costs a realpath() call.
+                    real_sub = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_dir, entry.name)
+                    stack.append((iter(listing), rel + "/", key, real_sub))
                     ancestors.add(key)
                 continue
             if ext not in self.exts:
                 continue
             if self.excluded(entry.name, rel, is_dir=False):
                 continue
-            if _has_bad_bytes(entry.name):
-                self.skip(entry.path, NOT_UTF8)
+            if _ambiguous(entry.name):
+                self.skip(entry.path, AMBIGUOUS_NAME)
             elif not stat.S_ISREG(st.st_mode):
                 # A FIFO named x.jpg would block the decoder forever.
                 self.skip(entry.path, "not a regular file")
             else:
-                yield FileEntry(Path(entry.path), st.st_size, st.st_mtime_ns)
+                real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_dir, entry.name)
+                yield FileEntry(Path(entry.path), st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
+                                real if real != entry.path else None)
 
     def _list(self, path: str) -> list[os.DirEntry[str]] | None:
         """One directory's entries sorted by name, or None (reported) if it cannot be read."""

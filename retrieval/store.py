@@ -24,7 +24,10 @@ nothing (not even the FAISS cache) is written, and writing raises a clear error.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
+import tempfile
 import sqlite3
 import time
 import urllib.parse
@@ -48,10 +51,22 @@ from .manifest import (  # Manifest and MANIFEST are part of this module's publi
     MANIFEST,
     TEMP_SUFFIX,
     Manifest,
+    ann_problem,
     describe_write_error,
     older_schema_error,
     read_manifest,
     write_json_atomic,
+)
+
+from .store_schema import (  # noqa: F401 - MIGRATIONS and Migration are this module's names too (tests patch them)
+    ITEM_COLUMNS,
+    MIGRATIONS,
+    PAGE_SIZE,
+    PATH_COLUMNS,
+    SCHEMA_SQL,
+    Migration,
+    from_db,
+    to_db,
 )
 
 if TYPE_CHECKING:
@@ -62,42 +77,22 @@ FAISS_FILE = "index.faiss"
 LOCK_FILE = "write.lock"
 READ_LOCK_FILE = "read.lock"
 
-# Schema migrations: MIGRATIONS[v] upgrades items.sqlite from schema v to v + 1
-# inside one transaction (it must be idempotent: a crash before the manifest is
-# rewritten runs it again). An index older than the oldest key here is refused.
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: dict[int, Migration] = {}
+_ITEM_SELECT = "SELECT " + ", ".join(ITEM_COLUMNS) + " FROM items"
+_PATH_POSITIONS = tuple(i for i, c in enumerate(ITEM_COLUMNS) if c in PATH_COLUMNS)
 
-PAGE_SIZE = 16384  # sqlite page size of new indexes
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id        INTEGER PRIMARY KEY,
-    kind      TEXT NOT NULL CHECK (kind IN ('image', 'text')),
-    key       TEXT NOT NULL UNIQUE,      -- images: absolute path; texts: source-qualified id
-    path      TEXT,                      -- images: absolute path
-    text      TEXT,                      -- texts: the text itself
-    size      INTEGER,
-    mtime_ns  INTEGER,
-    hash      TEXT,                      -- content hash (blake2b-128) for rename/copy detection
-    width     INTEGER,
-    height    INTEGER,
-    status    TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-    error     TEXT,
-    meta      TEXT,                      -- JSON for extra fields
-    indexed_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_hash ON items(hash);
-CREATE TABLE IF NOT EXISTS vectors (
-    id  INTEGER PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE,
-    vec BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model that made an index's vectors: what both manifest.json and items.sqlite record."""
+
+    model: str
+    fingerprint: str
+    dim: int
 
 
 @dataclass(frozen=True)
 class ItemRow:
-    """One stored item, as a search hit or a listing needs it."""
+    """One stored item, as a search hit or a listing needs it (the columns of store_schema.ITEM_COLUMNS)."""
 
     id: int
     kind: str
@@ -112,11 +107,39 @@ class ItemRow:
     status: str
     error: str | None
     meta: str | None
+    dev: int | None = None
+    inode: int | None = None
+    real_path: str | None = None
+    parent_id: int | None = None
+    time: float | None = None
+    taken_at: str | None = None
+    taken_ts: float | None = None
+    local_ts: float | None = None
+    time_source: str | None = None
+    utc_offset_min: int | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+    gps_alt: float | None = None
+    place_city: str | None = None
+    place_region: str | None = None
+    place_country: str | None = None
+    place_cc: str | None = None
+    meta_version: int | None = None
+
+    @classmethod
+    def from_db(cls, values: tuple) -> "ItemRow":
+        row = list(values)
+        for i in _PATH_POSITIONS:
+            row[i] = from_db(row[i])
+        return cls(*row)
 
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to write; ``vector`` is None for a failed one."""
+    """An item to write; ``vector`` is None for a failed one (or for a video, whose frames carry the vectors)."""
 
     kind: str
     key: str
@@ -130,6 +153,32 @@ class NewItem:
     error: str | None = None
     meta: str | None = None
     vector: np.ndarray | None = None
+    dev: int | None = None
+    inode: int | None = None
+    real_path: str | None = None
+    parent_id: int | None = None
+    time: float | None = None
+    taken_at: str | None = None
+    taken_ts: float | None = None
+    local_ts: float | None = None
+    time_source: str | None = None
+    utc_offset_min: int | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+    gps_alt: float | None = None
+    place_city: str | None = None
+    place_region: str | None = None
+    place_country: str | None = None
+    place_cc: str | None = None
+    meta_version: int | None = None
+    ok_without_vector: bool = False  # a video: status ok, its frames hold the vectors
+
+
+# Columns an upsert writes (all but id), and the NewItem field each one takes.
+_WRITE_COLUMNS: tuple[str, ...] = tuple(c for c in ITEM_COLUMNS if c not in ("id", "status")) + ("status", "indexed_at")
 
 
 @contextmanager
@@ -153,6 +202,30 @@ def write_transaction(db: sqlite3.Connection, failure: Callable[[str], str]) -> 
         raise
 
 
+@contextmanager
+def writer_lock(directory: Path, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold index ``directory``'s single-writer lock (flock on write.lock); ``wait=False`` fails at once if taken."""
+    try:
+        fh = open(directory / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise MMSearchError(f"cannot write to index directory {directory}: {describe_write_error(exc)}") from exc
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise IndexLockedError(
+                    f"index {directory.name!r} is being written by another process; "
+                    "try again later (or leave out --no-wait to wait for it)"
+                ) from None
+            if on_wait:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
 class IndexStore:
     """One index directory. Open with :meth:`create` or :meth:`open`.
 
@@ -164,64 +237,146 @@ class IndexStore:
         self.directory = directory
         self.manifest = manifest
         self.readonly = readonly
+        self.manifest_problems: list[str] = []  # set by open(recover=True): what is wrong with manifest.json
         self._db: sqlite3.Connection | None = None
+
+    @property
+    def name(self) -> str:
+        """The index's name: its folder's (a copied or renamed folder is known by its new name)."""
+        return self.directory.name
 
     # -- opening ----------------------------------------------------------------
 
-    @classmethod
-    def create(cls, directory: Path, *, name: str, model: str, fingerprint: str, dim: int) -> "IndexStore":
+    @staticmethod
+    def check_creatable(directory: Path, name: str) -> None:
+        """Raise unless a new index can be made at ``directory`` (cheap: callers check before loading a model)."""
         if (directory / MANIFEST).exists():
             raise IndexExistsError(f"index {name!r} already exists at {directory}")
+        if (directory / ITEMS_DB).exists():
+            # A folder with items but no manifest: an index whose manifest was lost. Creating
+            # over it would mix another model's vectors with these (or reuse them as unchanged).
+            raise IndexCorruptError(
+                f"index {name!r} at {directory} has items but no manifest.json: run 'mmsearch repair --index {name}' "
+                f"to rebuild the manifest from items.sqlite, or 'mmsearch drop {name}' to start again"
+            )
+
+    @classmethod
+    def create(cls, directory: Path, *, name: str, model: str, fingerprint: str, dim: int) -> "IndexStore":
+        """Make a new, empty index folder, atomically: readers see no index, or a whole one.
+
+        The folder is built under a temporary name (items.sqlite with the model
+        recorded, then manifest.json) and renamed into place; if another
+        process made the index meanwhile, ``IndexExistsError``.
+        """
+        cls.check_creatable(directory, name)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            building = Path(tempfile.mkdtemp(prefix=f".{directory.name}.creating-", dir=directory.parent))
         except OSError as exc:
             raise MMSearchError(f"cannot create index directory {directory}: {exc.strerror or exc}") from exc
-        store = cls(directory, Manifest(name=name, model=model, fingerprint=fingerprint, dim=dim))
+        umask = os.umask(0)
+        os.umask(umask)
         try:
-            store.connect()  # creates the tables
-            store.write_manifest()  # last: a directory without a manifest is not an index yet
+            os.chmod(building, 0o777 & ~umask)  # mkdtemp makes it private; an index is as readable as its parent
+            store = cls(building, Manifest(name=name, model=model, fingerprint=fingerprint, dim=dim))
+            store._db = store._connect_writable(create=True)
+            store.record_model(ModelRecord(model, fingerprint, dim))
+            store.manifest.updated_at = time.time()
+            write_json_atomic(building / MANIFEST, asdict(store.manifest))
+            store.close()  # sqlite's files must not move while open
+            try:
+                os.rename(building, directory)  # replaces an empty folder, fails on a full one
+            except OSError as exc:
+                if directory.is_dir() and any(directory.iterdir()):
+                    raise IndexExistsError(f"index {name!r} was just created by another process") from exc
+                raise
         except OSError as exc:
             raise MMSearchError(f"cannot write to index directory {directory}: {describe_write_error(exc)}") from exc
+        finally:
+            if building.exists():
+                shutil.rmtree(building, ignore_errors=True)
+        store.directory = directory
         return store
 
     @classmethod
-    def open(cls, directory: Path, *, name: str, readonly: bool | None = None) -> "IndexStore":
+    def open(
+        cls, directory: Path, *, name: str, readonly: bool | None = None, recover: bool = False
+    ) -> "IndexStore":
         """Open an existing index; ``readonly=None`` picks read-only when the directory is not writable.
 
         An index written by an older schema is migrated forward (under the
-        writer lock) or refused with what to do; a newer one is refused.
+        writer lock) or refused with what to do; a newer one is refused. A
+        missing or damaged manifest.json, or one that disagrees with the model
+        items.sqlite records, raises ``IndexCorruptError`` naming ``mmsearch
+        repair``; with ``recover`` the store opens anyway (``manifest_problems``
+        says what is wrong) so that verify can report it and repair can fix it.
         """
         path = directory / MANIFEST
-        if not path.is_file():
+        if not path.is_file() and not (directory / ITEMS_DB).is_file():
             raise IndexNotFoundError(
                 f"no index named {name!r} in {directory.parent} (create it with 'mmsearch index FOLDER --index {name}')"
             )
-        data = read_manifest(path)
-        version = data.get("schema_version")
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise older_schema_error(name, "unknown" if version is None else version)
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"index {name!r} was written by a newer mmsearch (schema {version}, this one reads {SCHEMA_VERSION}): "
-                "upgrade mmsearch to use it"
-            )
-        try:
-            manifest = Manifest.from_dict(data)
-        except TypeError as exc:
-            raise IndexCorruptError(f"{path} is missing fields: {exc}") from exc
-        if not isinstance(manifest.dim, int) or manifest.dim <= 0:
-            raise IndexCorruptError(f"{path} has an invalid dimension {manifest.dim!r}; rebuild the index")
         if not (directory / ITEMS_DB).is_file():
-            raise IndexCorruptError(f"index {name!r} has no {ITEMS_DB}; rebuild it with 'mmsearch index'")
+            raise IndexCorruptError(
+                f"index {name!r} has no {ITEMS_DB} (its items and vectors): nothing to repair; "
+                f"'mmsearch drop {name}' removes the folder, then 'mmsearch index FOLDER --index {name}' starts again"
+            )
+        problems: list[str] = []
+        manifest: Manifest | None = None
+        version: int | None = None
+        if not path.is_file():
+            problems.append(f"{MANIFEST} is missing")
+        else:
+            try:
+                data = read_manifest(path)
+                version = data.get("schema_version")
+                if isinstance(version, bool) or not isinstance(version, int):
+                    raise older_schema_error(name, "unknown" if version is None else version)
+                if version > SCHEMA_VERSION:
+                    raise SchemaVersionError(
+                        f"index {name!r} was written by a newer mmsearch (schema {version}, this one reads "
+                        f"{SCHEMA_VERSION}): upgrade mmsearch to use it"
+                    )
+                manifest = Manifest.from_dict(data)
+            except IndexCorruptError as exc:
+                problems.append(str(exc))
+        if problems and not recover:
+            raise IndexCorruptError(
+                f"index {name!r}: {problems[0]}: run 'mmsearch repair --index {name}' "
+                "(it rebuilds the manifest from items.sqlite; nothing is re-encoded)"
+            )
         if readonly is None:
             readonly = not os.access(directory, os.W_OK)
-        store = cls(directory, manifest, readonly=readonly)
+        store = cls(directory, manifest or Manifest(name=name, model="", fingerprint="", dim=0), readonly=readonly)
+        store.manifest_problems = problems
+        if version is None:
+            version = store._schema_of_db()
         if version < SCHEMA_VERSION:
             store._migrate(version)
+        if manifest is None:
+            recorded = store.recorded_model()
+            if recorded is not None:  # what a rebuilt manifest would say
+                store.manifest.model, store.manifest.fingerprint, store.manifest.dim = (
+                    recorded.model, recorded.fingerprint, recorded.dim)
+            return store
+        mismatch = store.model_mismatch()
+        if mismatch:
+            if not recover:
+                store.close()
+                raise IndexCorruptError(
+                    f"index {name!r}: {mismatch}: run 'mmsearch repair --index {name}' "
+                    "(the model items.sqlite records wins; no vector is dropped)"
+                )
+            store.manifest_problems.append(mismatch)
         return store
 
+    def _schema_of_db(self) -> int:
+        """The schema items.sqlite itself is in (when no manifest says), from its columns."""
+        columns = {row[1] for row in self.connect().execute("PRAGMA table_info(items)")}
+        return SCHEMA_VERSION if "real_path" in columns else 1
+
     def _migrate(self, version: int) -> None:
-        name = self.manifest.name
+        name = self.name
         if any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
             raise older_schema_error(name, version)
         if self.readonly:
@@ -230,21 +385,37 @@ class IndexStore:
                 f"{self.directory} is read-only: open it once with write access (e.g. 'mmsearch verify --index {name}')"
             )
         with self.writer_lock():
-            current = read_manifest(self.directory / MANIFEST).get("schema_version", version)
+            current = version
+            if (self.directory / MANIFEST).is_file():
+                try:
+                    current = int(read_manifest(self.directory / MANIFEST).get("schema_version", version))
+                except (IndexCorruptError, TypeError, ValueError):
+                    current = version
             db = self.connect()
-            for v in range(int(current), SCHEMA_VERSION):
-                with write_transaction(db, lambda why: f"could not upgrade index {name!r} from schema {v}: "
-                                                       f"{why}; it is unchanged"):
-                    MIGRATIONS[v](db)
+            # A migration may rebuild a table: with foreign keys on, dropping the old items table
+            # would cascade into the vectors. They are checked again before each commit.
+            db.execute("PRAGMA foreign_keys=OFF")
+            try:
+                for v in range(current, SCHEMA_VERSION):
+                    with write_transaction(db, lambda why: f"could not upgrade index {name!r} from schema {v}: "
+                                                           f"{why}; it is unchanged"):
+                        MIGRATIONS[v](db)
+                        if db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                            raise IndexCorruptError(f"upgrading index {name!r} from schema {v} broke its references")
+            finally:
+                db.execute("PRAGMA foreign_keys=ON")
+            if self.recorded_model() is None and self.manifest.fingerprint:
+                self._record_model_from_manifest()
             self.manifest.schema_version = SCHEMA_VERSION
-            self.write_manifest()
+            if (self.directory / MANIFEST).is_file() and not self.manifest_problems:
+                self.write_manifest()
 
     def connect(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = self._connect_readonly() if self.readonly else self._connect_writable()
         return self._db
 
-    def _connect_writable(self) -> sqlite3.Connection:
+    def _connect_writable(self, create: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.directory / ITEMS_DB, timeout=60, isolation_level=None)
         try:
             # WAL: readers see the last committed state while a writer works.
@@ -252,18 +423,25 @@ class IndexStore:
             # power cut may lose the last commits but never corrupts; kill -9 loses nothing.
             # 16 KiB pages, set before the first table exists (a no-op on an existing file): a
             # 512-d vector row is ~2 KiB, so 4 KiB pages hold one row and waste half the file.
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            if create:
+                db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
+            if create:
+                db.executescript(SCHEMA_SQL)
+            else:
+                db.execute("SELECT value FROM meta WHERE key='generation'").fetchall()  # a damaged file fails here
         except sqlite3.DatabaseError as exc:
             db.close()
             if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
                 # The file or its directory refused writes: answer queries anyway.
                 self.readonly = True
                 return self._connect_readonly()
-            raise IndexCorruptError(f"cannot open {self.directory / ITEMS_DB}: {exc}") from exc
+            raise IndexCorruptError(
+                f"cannot open {self.directory / ITEMS_DB}: {exc} (if it is damaged, 'mmsearch verify --index "
+                f"{self.name}' says how)"
+            ) from exc
         return db
 
     def _connect_readonly(self) -> sqlite3.Connection:
@@ -317,7 +495,7 @@ class IndexStore:
     def _require_writable(self) -> None:
         if self.readonly:
             raise MMSearchError(
-                f"index {self.manifest.name!r} is read-only here ({self.directory} is not writable): "
+                f"index {self.name!r} is read-only here ({self.directory} is not writable): "
                 "queries work, but changing it needs write access"
             )
 
@@ -329,14 +507,64 @@ class IndexStore:
         write_json_atomic(self.directory / MANIFEST, asdict(self.manifest))
 
     def reload_manifest(self) -> Manifest:
-        """Re-read manifest.json (another process may have rewritten it) and return it."""
-        data = read_manifest(self.directory / MANIFEST)
+        """Re-read manifest.json (another process may have rewritten it) and return it.
+
+        A store opened to recover a damaged manifest keeps the one it made up.
+        """
+        if self.manifest_problems:
+            return self.manifest
         try:
-            fresh = Manifest.from_dict(data)
-        except TypeError as exc:
-            raise IndexCorruptError(f"{self.directory / MANIFEST} is missing fields: {exc}") from exc
+            fresh = Manifest.from_dict(read_manifest(self.directory / MANIFEST))
+        except IndexCorruptError as exc:
+            raise IndexCorruptError(f"index {self.name!r}: {exc}: run 'mmsearch repair --index {self.name}'") from exc
         self.manifest.ann, self.manifest.counts, self.manifest.updated_at = fresh.ann, fresh.counts, fresh.updated_at
         return self.manifest
+
+    # -- the model items.sqlite records ----------------------------------------
+
+    def recorded_model(self) -> ModelRecord | None:
+        """The model items.sqlite says made its vectors (None in an index from before schema 2 not yet repaired)."""
+        rows = dict(self.connect().execute("SELECT key, value FROM meta WHERE key IN ('model', 'fingerprint', 'dim')"))
+        try:
+            record = ModelRecord(str(rows["model"]), str(rows["fingerprint"]), int(rows["dim"]))
+        except (KeyError, ValueError):
+            return None
+        return record if record.model and record.fingerprint and record.dim > 0 else None
+
+    def record_model(self, record: ModelRecord) -> None:
+        """Write the model's spec, fingerprint and dimension into items.sqlite (one transaction)."""
+        self._require_writable()
+        failure = lambda why: f"could not record the model of index {self.name!r}: {why}"  # noqa: E731
+        with write_transaction(self.connect(), failure) as db:
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [("model", record.model), ("fingerprint", record.fingerprint), ("dim", str(record.dim))],
+            )
+
+    def stored_vector_dims(self) -> dict[int, int]:
+        """Dimension -> how many stored vectors have it (a healthy index has one key)."""
+        rows = self.connect().execute("SELECT length(vec) / 4, COUNT(*) FROM vectors GROUP BY length(vec)")
+        return {int(dim): int(n) for dim, n in rows}
+
+    def _record_model_from_manifest(self) -> None:
+        """Schema-1 indexes: trust the manifest's model when the stored vectors agree with its dimension."""
+        dims = self.stored_vector_dims()
+        m = self.manifest
+        if isinstance(m.dim, int) and m.dim > 0 and set(dims) <= {m.dim}:
+            self.record_model(ModelRecord(m.model, m.fingerprint, m.dim))
+
+    def model_mismatch(self) -> str | None:
+        """How manifest.json and items.sqlite disagree about the model, or None."""
+        recorded = self.recorded_model()
+        m = self.manifest
+        if recorded is None:
+            return None
+        if (m.model, m.fingerprint, m.dim) != (recorded.model, recorded.fingerprint, recorded.dim):
+            return (
+                f"manifest.json says model {m.model!r} (fingerprint {m.fingerprint}, {m.dim}-d) but items.sqlite "
+                f"was written by {recorded.model!r} (fingerprint {recorded.fingerprint}, {recorded.dim}-d)"
+            )
+        return None
 
     @property
     def generation(self) -> int:
@@ -349,27 +577,8 @@ class IndexStore:
     def writer_lock(self, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold the single-writer lock; ``wait=False`` fails at once if it is taken."""
         self._require_writable()
-        try:
-            fh = open(self.directory / LOCK_FILE, "a+")
-        except OSError as exc:
-            raise MMSearchError(
-                f"cannot write to index directory {self.directory}: {describe_write_error(exc)}"
-            ) from exc
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise IndexLockedError(
-                        f"index {self.manifest.name!r} is being written by another process; "
-                        "try again later (or leave out --no-wait to wait for it)"
-                    ) from None
-                if on_wait:
-                    on_wait()
-                fcntl.flock(fh, fcntl.LOCK_EX)
+        with writer_lock(self.directory, wait=wait, on_wait=on_wait):
             yield
-        finally:
-            fh.close()  # releases the lock
 
     @contextmanager
     def _read_lock(self, *, exclusive: bool) -> Iterator[None]:
@@ -406,7 +615,7 @@ class IndexStore:
         rows = self.connect().execute(
             "SELECT key, id, size, mtime_ns, hash, status FROM items WHERE kind='image'"
         )
-        return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        return {from_db(r[0]): (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     def read_failures(self) -> set[str]:
         """Keys of image items that failed because they could not be read (not because of their content)."""
@@ -417,7 +626,7 @@ class IndexStore:
             f"SELECT key FROM items WHERE kind='image' AND status='failed' AND ({where})",
             [prefix + "%" for prefix in READ_ERROR_PREFIXES],
         )
-        return {r[0] for r in rows}
+        return {from_db(r[0]) for r in rows}
 
     def items_by_id(self, ids: list[int]) -> dict[int, ItemRow]:
         if not ids:
@@ -427,31 +636,23 @@ class IndexStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in db.execute(
-                "SELECT id, kind, key, path, text, size, mtime_ns, hash, width, height, status, error, meta "
-                f"FROM items WHERE id IN ({marks})",
-                chunk,
-            ):
-                out[row[0]] = ItemRow(*row)
+            for row in db.execute(f"{_ITEM_SELECT} WHERE id IN ({marks})", chunk):
+                out[row[0]] = ItemRow.from_db(row)
         return out
 
     def item_by_key(self, key: str) -> ItemRow | None:
-        row = self.connect().execute(
-            "SELECT id, kind, key, path, text, size, mtime_ns, hash, width, height, status, error, meta "
-            "FROM items WHERE key=?",
-            (key,),
-        ).fetchone()
-        return ItemRow(*row) if row else None
+        row = self.connect().execute(f"{_ITEM_SELECT} WHERE key=?", (to_db(key),)).fetchone()
+        return ItemRow.from_db(row) if row else None
 
     def ids_under(self, paths: list[str]) -> dict[str, list[int]]:
         """path -> ids of the image items at that path or inside that folder."""
         db = self.connect()
         out: dict[str, list[int]] = {}
         for path in paths:
-            prefix = path.rstrip(os.sep) + os.sep
+            key, prefix = to_db(path), to_db(path.rstrip(os.sep) + os.sep)
             rows = db.execute(
-                "SELECT id FROM items WHERE kind='image' AND (key=? OR substr(key, 1, ?)=?)",
-                (path, len(prefix), prefix),
+                "SELECT id FROM items WHERE kind IN ('image', 'video') AND (key=? OR substr(key, 1, ?)=?)",
+                (key, len(prefix), prefix),
             )
             out[path] = [r[0] for r in rows]
         return out
@@ -489,9 +690,9 @@ class IndexStore:
         """key -> (id, content hash) of the text items whose key starts with ``key_prefix``."""
         rows = self.connect().execute(
             "SELECT key, id, hash FROM items WHERE kind='text' AND substr(key, 1, ?) = ?",
-            (len(key_prefix), key_prefix),
+            (len(to_db(key_prefix)), to_db(key_prefix)),
         )
-        return {key: (item_id, digest) for key, item_id, digest in rows}
+        return {from_db(key): (item_id, digest) for key, item_id, digest in rows}
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, vectors float32 (n, dim)) of every embedded item, from one snapshot."""
@@ -504,13 +705,19 @@ class IndexStore:
             for item_id, blob in db.execute("SELECT id, vec FROM vectors ORDER BY id"):
                 if len(blob) != 4 * dim:
                     raise IndexCorruptError(
-                        f"index {self.manifest.name!r}: the stored vector of item {item_id} has "
+                        f"index {self.name!r}: the stored vector of item {item_id} has "
                         f"{len(blob) // 4} dimensions, not {dim}; run 'mmsearch repair'"
                     )
                 ids[filled] = item_id
                 vecs[filled] = np.frombuffer(blob, dtype=np.float32)
                 filled += 1
         return ids[:filled], vecs[:filled]
+
+    def has_kind(self, kind: str) -> bool:
+        """Whether the index holds at least one searchable item of this kind."""
+        row = self.connect().execute(
+            "SELECT EXISTS(SELECT 1 FROM items WHERE kind=? AND status='ok')", (kind,)).fetchone()
+        return bool(row[0])
 
     def counts(self) -> dict[str, int]:
         db = self.connect()
@@ -524,9 +731,30 @@ class IndexStore:
         counts["items"] = counts["images"] + counts["texts"]
         return counts
 
+    def replace_skips(self, roots: list[str], skips: list[tuple[str, str]]) -> None:
+        """Record what the last walk of ``roots`` could not take (replacing what an earlier walk of them noted)."""
+        if self.readonly:
+            return
+        failure = lambda why: f"could not note the skipped files of index {self.name!r}: {why}"  # noqa: E731
+        now = time.time()
+        with write_transaction(self.connect(), failure) as db:
+            for root in roots:
+                prefix = to_db(root.rstrip(os.sep) + os.sep)
+                db.execute("DELETE FROM skips WHERE path = ? OR substr(path, 1, ?) = ?",
+                           (to_db(root), len(prefix), prefix))
+            db.executemany(
+                "INSERT INTO skips (path, reason, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET reason = excluded.reason, seen_at = excluded.seen_at",
+                [(to_db(path), reason, now) for path, reason in skips],
+            )
+
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """(path, reason) of what the walks could not take (unreadable files, loops, FIFOs, ...)."""
+        return [(from_db(r[0]), r[1]) for r in self.connect().execute("SELECT path, reason FROM skips ORDER BY path")]
+
     def failed_items(self) -> list[tuple[str, str]]:
         return [
-            (r[0], r[1] or "")
+            (from_db(r[0]), r[1] or "")
             for r in self.connect().execute("SELECT key, error FROM items WHERE status='failed' ORDER BY key")
         ]
 
@@ -571,32 +799,70 @@ class IndexStore:
         return row[0] if row else None
 
     def image_keys(self) -> list[str]:
-        return [r[0] for r in self.connect().execute("SELECT key FROM items WHERE kind = 'image'")]
+        return [from_db(r[0]) for r in self.connect().execute("SELECT key FROM items WHERE kind IN ('image', 'video')")]
+
+    def untrusted_rows(self, vector_ids: list[int]) -> tuple[list[int], list[int]]:
+        """What a repair drops: (item ids, stray vector ids).
+
+        The items of ``vector_ids`` (vectors found bad), ok items without a
+        vector, and vectors without an ok item (strays).
+        """
+        db = self.connect()
+        bad = set(vector_ids)
+        items = set()
+        for start in range(0, len(vector_ids), 500):
+            chunk = vector_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            items |= {r[0] for r in db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)}
+        items |= {r[0] for r in db.execute(
+            "SELECT id FROM items WHERE status = 'ok' AND kind != 'video' AND id NOT IN (SELECT id FROM vectors)")}
+        strays = (bad - items) | {r[0] for r in db.execute(
+            "SELECT id FROM vectors WHERE id NOT IN (SELECT id FROM items WHERE status = 'ok')")}
+        return sorted(items), sorted(strays - items)
+
+    def count_untrusted(self, vector_ids: list[int]) -> tuple[int, int]:
+        items, strays = self.untrusted_rows(vector_ids)
+        return len(items), len(strays)
+
+    def describe_untrusted(self, vector_ids: list[int]) -> list[str]:
+        """What a repair would drop, in words: each item's path or text key, and stray vectors by id."""
+        items, strays = self.untrusted_rows(vector_ids)
+        rows = self.items_by_id(items)
+        return [rows[i].key if i in rows else f"item {i}" for i in items] + [f"stray vector {i}" for i in strays]
 
     def drop_untrusted(self, vector_ids: list[int], failure: Callable[[str], str]) -> tuple[int, int]:
-        """Delete the given vectors (and their items), ok items without a vector and vectors without an ok item.
-
-        One transaction; returns (items dropped, stray vectors dropped). ``failure``
-        words an sqlite error (see :func:`write_transaction`).
-        """
+        """Delete what :meth:`untrusted_rows` names, in one transaction -> (items dropped, stray vectors dropped)."""
         self._require_writable()
-        items = strays = 0
+        items, strays = self.untrusted_rows(vector_ids)
+        if not items and not strays:
+            return 0, 0
         with write_transaction(self.connect(), failure) as db:
-            for item_id in vector_ids:
+            for item_id in items:
                 db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
-                if db.execute("DELETE FROM items WHERE id=?", (item_id,)).rowcount:
-                    items += 1
-                else:
-                    strays += 1
-            items += db.execute(
-                "DELETE FROM items WHERE status = 'ok' AND id NOT IN (SELECT id FROM vectors)"
-            ).rowcount
-            strays += db.execute(
-                "DELETE FROM vectors WHERE id NOT IN (SELECT id FROM items WHERE status = 'ok')"
-            ).rowcount
-            if items or strays:
-                self.bump_generation(db)
-        return items, strays
+                db.execute("DELETE FROM items WHERE id=?", (item_id,))
+            for item_id in strays:
+                db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
+            self.bump_generation(db)
+        return len(items), len(strays)
+
+    def rebuild_manifest(self, model: ModelRecord) -> None:
+        """Write manifest.json anew for ``model``, keeping what the old one said of the ANN policy when readable."""
+        self._require_writable()
+        old = self.manifest
+        ann: dict[str, Any] = {}
+        if not self.manifest_problems or (self.directory / MANIFEST).is_file():
+            try:
+                ann = {"policy": dict((read_manifest(self.directory / MANIFEST).get("ann") or {}).get("policy") or {})}
+                if ann_problem(ann):
+                    ann = {}
+            except (IndexCorruptError, AttributeError, TypeError):
+                ann = {}
+        self.manifest = Manifest(
+            name=self.name, model=model.model, fingerprint=model.fingerprint, dim=model.dim,
+            ann={**ann, "generation": -1}, created_at=old.created_at if old.created_at else time.time(),
+        )
+        self.manifest_problems = []
+        self.write_manifest()
 
     # -- writing ----------------------------------------------------------------
 
@@ -615,41 +881,36 @@ class IndexStore:
         now = time.time()
         added: list[int] = []
         dropped: list[int] = list(deletes)
-        failure = (lambda why: f"could not write to index {self.manifest.name!r}: {why} "
+        failure = (lambda why: f"could not write to index {self.name!r}: {why} "
                    "(the index keeps everything committed before this)")
         with write_transaction(db, failure):
             for item_id in deletes:
                 db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
                 db.execute("DELETE FROM items WHERE id=?", (item_id,))
             for it in upserts:
-                status = "ok" if it.vector is not None else "failed"
-                old = db.execute("SELECT id FROM items WHERE key=?", (it.key,)).fetchone()
-                values = (
-                    it.kind, it.key, it.path, it.text, it.size, it.mtime_ns, it.hash,
-                    it.width, it.height, status, it.error, it.meta, now,
+                status = "ok" if it.vector is not None or it.ok_without_vector else "failed"
+                old = db.execute("SELECT id FROM items WHERE key=?", (to_db(it.key),)).fetchone()
+                values = tuple(
+                    status if c == "status" else now if c == "indexed_at"
+                    else to_db(getattr(it, c)) if c in PATH_COLUMNS else getattr(it, c)
+                    for c in _WRITE_COLUMNS
                 )
                 if old:
                     item_id = old[0]
-                    db.execute(
-                        "UPDATE items SET kind=?, key=?, path=?, text=?, size=?, mtime_ns=?, hash=?, width=?, "
-                        "height=?, status=?, error=?, meta=?, indexed_at=? WHERE id=?",
-                        (*values, item_id),
-                    )
+                    assignments = ", ".join(f"{c}=?" for c in _WRITE_COLUMNS)
+                    db.execute(f"UPDATE items SET {assignments} WHERE id=?", (*values, item_id))
                     db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
                     dropped.append(item_id)
                 else:
-                    cur = db.execute(
-                        "INSERT INTO items (kind, key, path, text, size, mtime_ns, hash, width, height, status, "
-                        "error, meta, indexed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        values,
-                    )
+                    marks = ",".join("?" * len(_WRITE_COLUMNS))
+                    cur = db.execute(f"INSERT INTO items ({', '.join(_WRITE_COLUMNS)}) VALUES ({marks})", values)
                     item_id = int(cur.lastrowid)
                 if it.vector is not None:
                     vec = np.ascontiguousarray(it.vector, dtype=np.float32).reshape(-1)
                     if vec.shape[0] != self.manifest.dim:
                         raise IndexCorruptError(
                             f"refusing to store a {vec.shape[0]}-d vector in {self.manifest.dim}-d index "
-                            f"{self.manifest.name!r}"
+                            f"{self.name!r}"
                         )
                     db.execute("INSERT INTO vectors (id, vec) VALUES (?, ?)", (item_id, vec.tobytes()))
                     added.append(item_id)
@@ -690,10 +951,17 @@ class IndexStore:
             ann = self.reload_manifest().ann
             if path.is_file() and ann.get("generation") == generation:
                 # mmap (readers): the codes stay in the page cache, shared between processes.
-                index = VectorIndex.load(path, self.manifest.dim, AnnConfig.from_dict(ann), mmap=mmap)
-                count = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-                if ann_count_agrees(index, count):
-                    return index
+                try:
+                    index = VectorIndex.load(path, self.manifest.dim, AnnConfig.from_dict(ann), mmap=mmap)
+                except IndexCorruptError as exc:
+                    # index.faiss is a cache of the stored vectors: a damaged one is rebuilt, not fatal.
+                    logging.getLogger(__name__).warning(
+                        "%s; rebuilding it from the stored vectors ('mmsearch repair --index %s' rewrites it)",
+                        exc, self.name)
+                else:
+                    count = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+                    if ann_count_agrees(index, count):
+                        return index
             ids, vectors = self.all_vectors()
         index = self._build_vector_index(ids, vectors)
         if persist and not self.readonly:
@@ -751,7 +1019,7 @@ class IndexStore:
         except (OSError, RuntimeError) as exc:  # faiss reports write errors as RuntimeError
             reason = describe_write_error(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
             raise MMSearchError(
-                f"could not write index {self.manifest.name!r} ({reason}); "
+                f"could not write index {self.name!r} ({reason}); "
                 "the items committed so far are safe and the next run finishes the job"
             ) from exc
 

@@ -60,6 +60,9 @@ def parse_labels(raw: str | None = None, labels_file: str | os.PathLike[str] | N
                 labels += [line.strip() for line in fh]
         except OSError as exc:
             raise InvalidQueryError(f"cannot read labels file {labels_file}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError:
+            raise InvalidQueryError(
+                f"labels file {labels_file} is not UTF-8 text (one label per line)") from None
     labels = list(dict.fromkeys(label for label in labels if label))
     if len(labels) < 2:
         raise InvalidQueryError("give at least two labels, e.g. --labels 'cat,dog,car'")

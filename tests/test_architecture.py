@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light"},
+    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
+     "store_schema"},
     {"loading", "sources", "originals"},  # what files exist; decoding them; opening them to serve
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side

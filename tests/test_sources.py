@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.errors import SourceError
-from retrieval.sources import DEFAULT_EXCLUDES, FileEntry, Skipped, iter_files
+from retrieval.sources import AMBIGUOUS_NAME, DEFAULT_EXCLUDES, FileEntry, Skipped, iter_files
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -115,10 +115,14 @@ def test_symlinked_directory_is_followed_once(tmp_path: Path) -> None:
     found, skipped = walk([tmp_path / "photos"])
     assert found == ["link/e.jpg", "p.jpg"]
     assert skipped == []
-    # Walking the parent meets `elsewhere` twice (directly and via the link): once is enough.
+    # Walking the parent meets `elsewhere` twice (directly and via the link): once is enough, and
+    # not a failure to report (the file is indexed, under its first path).
     found, skipped = walk([tmp_path])
     assert found == ["elsewhere/e.jpg", "photos/p.jpg"]
-    assert [s.reason.split(" as ")[0] for s in skipped] == ["already walked"]
+    assert skipped == []
+    # The same folder given twice is walked once, silently ('index DIR DIR' reported "1 failed").
+    found, skipped = walk([tmp_path / "photos", tmp_path / "photos"])
+    assert found == ["link/e.jpg", "p.jpg"] and skipped == []
 
 
 def test_broken_symlink_reported(tmp_path: Path) -> None:
@@ -162,7 +166,7 @@ def test_unlistable_directory_reported_via_fake(tmp_path: Path, monkeypatch: pyt
     assert skipped == [Skipped(str(tmp_path / "locked"), "permission denied (cannot list folder)")]
 
 
-def test_non_utf8_filename_reported(tmp_path: Path) -> None:
+def test_non_utf8_filename_is_walked_with_its_real_bytes(tmp_path: Path) -> None:
     touch(tmp_path / "good.jpg")
     bad = os.path.join(bytes(tmp_path), b"bad\xff.jpg")
     try:
@@ -171,11 +175,18 @@ def test_non_utf8_filename_reported(tmp_path: Path) -> None:
     except OSError:
         pytest.skip("this file system refuses non-UTF-8 names")
     found, skipped = walk([tmp_path])
+    assert skipped == []
+    assert sorted(found) == sorted(["good.jpg", os.fsdecode(b"bad\xff.jpg")])
+    entries = list(iter_files([tmp_path]))
+    assert os.fsencode(str(next(e.path for e in entries if "bad" in str(e.path)))) == bad  # the real bytes
+
+
+def test_a_name_that_could_not_round_trip_is_a_reported_skip(tmp_path: Path) -> None:
+    touch(tmp_path / "good.jpg")
+    touch(tmp_path / "odd\U000f0080.jpg")  # valid UTF-8, but the private-use stand-in of byte 0x80
+    found, skipped = walk([tmp_path])
     assert found == ["good.jpg"]
-    assert len(skipped) == 1
-    assert skipped[0].reason == "file name is not valid UTF-8 (rename it to index it)"
-    assert skipped[0].path == str(tmp_path) + "/bad\\xff.jpg"
-    skipped[0].path.encode("utf-8")  # printable
+    assert [s.reason for s in skipped] == [AMBIGUOUS_NAME]
 
 
 def test_fifo_with_image_name_is_skipped(tmp_path: Path) -> None:

@@ -11,24 +11,48 @@ becomes one line on stderr and exit code 1.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated, Any
 
-import click
 import typer
+
+# Typer ships its own copy of click; its exceptions (not the click package's) are what it raises.
+from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
-from ..errors import MMSearchError
+from ..errors import MMSearchError, printable
 from . import indexing, inspecting, maintenance, scaling, searching, serving, training
 
 
 class _Group(TyperGroup):
-    """Turns library errors into a message on stderr and exit code 1, for every command."""
+    """Turns library errors and usage errors into one ``error:`` line on stderr and exit code 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()  # 'mmsearch' alone: the help, as before
+            sys.exit(0)
+        except click_errors.UsageError as exc:
+            # click's own form is three lines and exit 2; ours is one line and exit 1 everywhere.
+            where = f"'{exc.ctx.command_path} --help'" if exc.ctx is not None else "'mmsearch --help'"
+            typer.echo(f"error: {printable(exc.format_message())} (see {where})", err=True)
+            sys.exit(1)
+        except click_errors.ClickException as exc:
+            typer.echo(f"error: {printable(exc.format_message())}", err=True)
+            sys.exit(1)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except MMSearchError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {printable(str(exc))}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: what was committed so far is kept", err=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -10,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
+from ..errors import printable
 from .options import (
     AddressOpt,
     AnnOpt,
@@ -26,6 +26,8 @@ from .options import (
     PrecisionOpt,
     TargetRecallOpt,
     ThreadsOpt,
+    echo_json,
+    out,
     waiting,
 )
 
@@ -110,7 +112,7 @@ def index(
 
         def on_skip(path: str, reason: str) -> None:
             if not quiet:
-                console.print(f"skipped: {path}: {reason}", markup=False, soft_wrap=True)
+                console.print(printable(f"skipped: {path}: {reason}"), markup=False, soft_wrap=True)
 
         with idx.discard_if_left_empty():
             try:
@@ -137,9 +139,9 @@ def index(
         total = len(idx)
     assert report is not None
     if json_out:
-        typer.echo(json.dumps({"index": index_name, "items": total, **report.as_dict()}, indent=2))
+        echo_json({"index": index_name, "items": total, **report.as_dict()})
         return
-    typer.echo(
+    out(
         f"index {index_name!r}: {report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged, {report.reused} reused, {report.failed} failed "
         f"({total} items) in {report.seconds:.1f}s, {report.images_per_second:.1f} images/s"

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from ..config import DEFAULT_INDEX_NAME
-from .options import IndexDirOpt, IndexOpt, JsonOpt, human_size, open_named_index, print_rows
+from .options import (
+    DryRunOpt,
+    IndexDirOpt,
+    IndexOpt,
+    JsonOpt,
+    NoWaitOpt,
+    echo_json,
+    human_size,
+    open_named_index,
+    out,
+    print_rows,
+    waiting,
+)
 
 
 def info(
@@ -22,28 +33,28 @@ def info(
         data = idx.info()
         failures = idx.failed() if failed else []
     if json_out:
-        out = data.as_dict()
+        shown = data.as_dict()
         if failed:
-            out["failed_files"] = [{"path": p, "reason": r} for p, r in failures]
-        typer.echo(json.dumps(out, indent=2))
+            shown["failed_files"] = [{"path": p, "reason": r} for p, r in failures]
+        echo_json(shown)
         return
-    typer.echo(f"index:    {data.name}  ({data.path})")
-    typer.echo(f"model:    {data.model}  (fingerprint {data.fingerprint}, {data.dim}-d)")
-    typer.echo(f"items:    {data.images} images, {data.texts} texts, {data.failed} failed")
-    typer.echo(f"size:     {human_size(data.size_bytes)}")
+    out(f"index:    {data.name}  ({data.path})")
+    out(f"model:    {data.model}  (fingerprint {data.fingerprint}, {data.dim}-d)")
+    out(f"items:    {data.images} images, {data.texts} texts, {data.failed} failed")
+    out(f"size:     {human_size(data.size_bytes)}")
     ann = data.ann
-    typer.echo(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
+    out(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
     if ann.get("search"):
         params = ", ".join(f"{k}={v}" for k, v in ann["search"].items())
-        typer.echo(f"          search {params}; recall@10 {ann.get('measured_recall')} (target {ann.get('target_recall')})")
+        out(f"          search {params}; recall@10 {ann.get('measured_recall')} (target {ann.get('target_recall')})")
     policy = ann.get("policy") or {}
     if policy:
-        typer.echo(
+        out(
             f"          policy --ann {policy.get('ann')} --max-memory {human_size(policy.get('max_memory', 0))} "
             f"--target-recall {policy.get('target_recall')}"
         )
     for path, reason in failures:
-        typer.echo(f"failed:   {path}: {reason}")
+        out(f"failed:   {path}: {reason}")
 
 
 def list_(index_dir: IndexDirOpt = None, json_out: JsonOpt = False) -> None:
@@ -53,7 +64,8 @@ def list_(index_dir: IndexDirOpt = None, json_out: JsonOpt = False) -> None:
     print_rows(
         list_indexes(index_dir), as_json=json_out, empty="no indexes yet: create one with 'mmsearch index FOLDER'",
         header=f"{'name':<20} {'items':>8} {'size':>10}  model",
-        line=lambda i: f"{i.name:<20} {i.images + i.texts:>8} {human_size(i.size_bytes):>10}  {i.model}",
+        line=lambda i: f"{i.name:<20} {'?' if i.error else i.images + i.texts:>8} {human_size(i.size_bytes):>10}  "
+                       + (f"cannot be opened: {i.error}" if i.error else i.model),
     )
 
 
@@ -61,14 +73,24 @@ def drop(
     index_name: Annotated[str, typer.Argument(help="Index to delete.")],
     index_dir: IndexDirOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: DryRunOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
-    """Delete an index (your image files are never touched)."""
-    from ..api import delete_index
+    """Delete an index (your image files are never touched); not while another process writes it."""
+    from ..api import delete_index, drop_plan
 
-    if not yes and not typer.confirm(f"delete index {index_name!r}?", err=True):
+    plan = drop_plan(index_name, root=index_dir)
+    items = "an unreadable number of" if plan.items is None else str(plan.items)
+    what = f"index {index_name!r}: the folder {plan.path} ({items} items, {human_size(plan.size_bytes)})"
+    if plan.text_export:
+        what += f" and its model's text export {plan.text_export}"
+    if dry_run:
+        out(f"would delete {what}")
+        return
+    if not yes and not typer.confirm(f"delete {what}?", err=True):
         raise typer.Exit(1)
-    delete_index(index_name, root=index_dir)
-    typer.echo(f"deleted index {index_name!r}")
+    delete_index(index_name, root=index_dir, wait=not no_wait, on_wait=waiting(index_name))
+    out(f"deleted index {index_name!r}")
 
 
 def models(
@@ -78,7 +100,7 @@ def models(
     from ..api import list_models
 
     for name in list_models(pretrained=pretrained):
-        typer.echo(name)
+        out(name)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from ..errors import printable
+
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Name of the index.")]
 IndexDirOpt = Annotated[
     Optional[Path],
@@ -24,6 +26,7 @@ IndexDirOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process writes the index.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-file messages.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would be removed, change nothing.")]
 PrecisionOpt = Annotated[
     str,
     typer.Option(
@@ -148,9 +151,20 @@ def with_result_options(command: Callable[..., None]) -> Callable[..., None]:
 # -- printers -------------------------------------------------------------------------
 
 
+def out(line: str) -> None:
+    """One line of results on stdout, made printable (a non-UTF-8 file name or an ESC in it is escaped)."""
+    typer.echo(printable(line))
+
+
 def err(message: str) -> None:
-    """One line on stderr (diagnostics, progress notes; never results)."""
-    typer.echo(message, err=True)
+    """One line on stderr (diagnostics, progress notes; never results), made printable."""
+    typer.echo(printable(message), err=True)
+
+
+def echo_json(data: Any, *, compact: bool = False) -> None:
+    """JSON on stdout (``compact``: one line); a non-UTF-8 file name keeps its bytes as \\udcXX escapes."""
+    text = json.dumps(data, indent=None if compact else 2, ensure_ascii=False)
+    typer.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def waiting(name: str) -> Callable[[], None]:
@@ -184,14 +198,14 @@ def print_rows(rows: list[Any], *, as_json: bool, empty: str, header: str, line:
                to_json: Callable[[Any], Any] = lambda r: r.as_dict()) -> None:
     """A listing on stdout: JSON for machines, else a header and one line per row (``empty`` on stderr if none)."""
     if as_json:
-        typer.echo(json.dumps([to_json(r) for r in rows], indent=2, ensure_ascii=False))
+        echo_json([to_json(r) for r in rows])
         return
     if not rows:
         err(empty)
         return
-    typer.echo(header)
+    out(header)
     for row in rows:
-        typer.echo(line(row))
+        out(line(row))
 
 
 def human_size(n: float) -> str:

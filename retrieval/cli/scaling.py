@@ -6,7 +6,6 @@ Thin adapters over :func:`retrieval.api.embed_to_shards` and :func:`retrieval.ap
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -42,10 +41,10 @@ def merge(
     )
     report = result.report
     if json_out:
-        typer.echo(json.dumps({"index": index_name, "items": result.items, "shards": result.shards,
-                               "created": result.created, **report.as_dict()}, indent=2))
+        opt.echo_json({"index": index_name, "items": result.items, "shards": result.shards,
+                       "created": result.created, **report.as_dict()})
         return
-    typer.echo(
+    opt.out(
         f"index {index_name!r}: merged {result.shards} shards: {report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {report.reused} reused, {report.failed} failed "
         f"({result.items} items) in {report.seconds:.1f}s"
@@ -75,9 +74,9 @@ def embed(
         device=device, precision=precision, on_skip=opt.skip_printer(quiet),
     )
     if json_out:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        opt.echo_json(result.as_dict())
         return
-    typer.echo(
+    opt.out(
         f"wrote {len(result.files)} shards to {output}: {result.embedded} embedded, {result.failed} failed "
         f"({result.model}) in {result.seconds:.1f}s"
     )

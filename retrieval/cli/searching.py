@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -17,8 +16,10 @@ from .options import (
     PrecisionOpt,
     ResultOptions,
     ThreadsOpt,
+    echo_json,
     err,
     open_named_index,
+    out,
     print_rows,
     with_result_options,
 )
@@ -32,7 +33,7 @@ def _emit(hits: list[Any], results: ResultOptions, title: str) -> None:
         err(f"wrote {written}")
     if results.paths_only and not results.json_out:
         for h in hits:
-            typer.echo(h.path if h.path is not None else h.text)
+            out(h.path if h.path is not None else h.text)
         return
     print_rows(hits, as_json=results.json_out, empty="no results", header=f"{'rank':>4}  {'score':>6}  item",
                line=lambda h: f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
@@ -119,11 +120,11 @@ def classify(
     names = parse_labels(labels, labels_file)
     predictions = classify_images(images, names, model=model, index=index_name, root=index_dir)
     if json_out:
-        typer.echo(json.dumps([p.as_dict() for p in predictions], indent=2, ensure_ascii=False))
+        echo_json([p.as_dict() for p in predictions])
         return
     for p in predictions:
         shown = ", ".join(f"{label} {prob:.1%}" for label, prob in p.labels[:top])
-        typer.echo(f"{p.source}: {shown}")
+        out(f"{p.source}: {shown}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,12 +7,13 @@ that registering them costs ``mmsearch --help`` nothing. Library errors
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from .options import echo_json, err, out
 
 
 class LossName(str, Enum):
@@ -48,7 +49,7 @@ def _read(data: Path, images: Path | None, image_column: str | None, caption_col
 
     pairs = read_pairs(data, images_dir=images, image_column=image_column, caption_column=caption_column)
     if not quiet:
-        typer.echo(pairs.summary(), err=True)
+        err(pairs.summary())
     return pairs
 
 
@@ -134,13 +135,13 @@ def train(
         "skipped_rows": pairs.skipped_rows, "skipped_images": pairs.skipped_images,
     }
     if as_json:
-        typer.echo(json.dumps(summary))
+        echo_json(summary, compact=True)
         return
-    typer.echo(f"trained {result.epochs_run} epoch(s), {result.steps} steps, "
-               f"{result.samples_per_s:.0f} samples/s, {result.train_seconds:.0f} s (stopped by {result.stopped_by})")
+    out(f"trained {result.epochs_run} epoch(s), {result.steps} steps, "
+        f"{result.samples_per_s:.0f} samples/s, {result.train_seconds:.0f} s (stopped by {result.stopped_by})")
     if result.best:
-        typer.echo(f"best epoch {result.best_epoch}: {_metrics_line(result.best)}")
-    typer.echo(f"model saved to {result.out_dir} (use it with --model {result.out_dir})")
+        out(f"best epoch {result.best_epoch}: {_metrics_line(result.best)}")
+    out(f"model saved to {result.out_dir} (use it with --model {result.out_dir})")
 
 
 def evaluate(
@@ -165,7 +166,10 @@ def evaluate(
     pairs = _read(data, images, image_column, caption_column)
     metrics = evaluate_model(model, pairs, split=split, batch_size=batch_size, val_fraction=val_fraction,
                              seed=seed, device=device)
-    typer.echo(json.dumps(metrics.to_dict()) if as_json else format_metrics(metrics))
+    if as_json:
+        echo_json(metrics.to_dict(), compact=True)
+    else:
+        typer.echo(format_metrics(metrics))
 
 
 def synth(
@@ -185,12 +189,12 @@ def synth(
                                    captions_per_image=captions_per_image)
     counts = dict(Counter(item.split for item in catalogue.items))
     if as_json:
-        typer.echo(json.dumps({"root": str(out_dir), "n_images": n_images, "splits": counts,
-                               "captions_csv": str(catalogue.captions_csv)}))
+        echo_json({"root": str(out_dir), "n_images": n_images, "splits": counts,
+                   "captions_csv": str(catalogue.captions_csv)}, compact=True)
         return
     splits = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test", "unseen"))
-    typer.echo(f"wrote {n_images} pictures to {out_dir} ({splits})")
-    typer.echo(f"train with: mmsearch train {catalogue.captions_csv} --out models/mine")
+    out(f"wrote {n_images} pictures to {out_dir} ({splits})")
+    out(f"train with: mmsearch train {catalogue.captions_csv} --out models/mine")
 
 
 def register(app: typer.Typer) -> None:

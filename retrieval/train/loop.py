@@ -146,18 +146,68 @@ def fit(data: PairData, out_dir: str | Path, cfg: TrainCfg | None = None,
     ``best``/``last`` metrics and the history's validation are rank 0's to report.
     """
     cfg = cfg or TrainCfg()
+    check_cfg(cfg)
+    out = Path(out_dir)
+    split = split_items(data.items, cfg.val_fraction, cfg.seed, cfg.max_val_items)  # the same on every rank
+    if len(split.train) < 2:
+        raise DataError(f"only {len(split.train)} training image(s) in {data.source}: need at least 2")
+    created = _prepare_out_dir(out)
+    env = dist_env.setup(cfg.device)
+    try:
+        return _fit(data, out, cfg, split, env, progress)
+    except BaseException:
+        if created and env.is_main:
+            _remove_if_empty(out)  # a run that failed before writing anything leaves no empty folder
+        raise
+    finally:
+        dist_env.teardown(env)
+
+
+def check_cfg(cfg: TrainCfg) -> None:
+    """Refuse settings that cannot train (a NaN or negative learning rate, a negative weight decay, ...)."""
+    def bad(name: str, value: object, what: str) -> MMSearchError:
+        return MMSearchError(f"{name} must be {what} (got {value!r})")
+
     if cfg.loss not in ("clip", "siglip"):
         raise MMSearchError(f"unknown loss {cfg.loss!r}: use clip or siglip")
     if cfg.batch_size < 2:
         raise MMSearchError("--batch-size must be at least 2: a contrastive loss needs negatives")
-    split = split_items(data.items, cfg.val_fraction, cfg.seed, cfg.max_val_items)  # the same on every rank
-    if len(split.train) < 2:
-        raise DataError(f"only {len(split.train)} training image(s) in {data.source}: need at least 2")
-    env = dist_env.setup(cfg.device)
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise bad("--lr", cfg.lr, "a positive number")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise bad("--weight-decay", cfg.weight_decay, "zero or a positive number")
+    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
+        raise bad("--warmup", cfg.warmup_steps, "zero or more steps")
+    if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise bad("--grad-clip", cfg.grad_clip, "zero (off) or a positive number")
+    if cfg.max_minutes is not None and not (math.isfinite(cfg.max_minutes) and cfg.max_minutes > 0):
+        raise bad("--max-minutes", cfg.max_minutes, "a positive number")
+    if not (math.isfinite(cfg.val_fraction) and 0 <= cfg.val_fraction < 1):
+        raise bad("--val-fraction", cfg.val_fraction, "at least 0 and below 1")
+
+
+def _prepare_out_dir(out: Path) -> bool:
+    """Make sure ``out`` can hold a model; True when this call created it."""
+    if out.exists() and not out.is_dir():
+        raise MMSearchError(f"--out {out} is a file, not a folder: give a folder for the model")
+    existed = out.exists()
     try:
-        return _fit(data, Path(out_dir), cfg, split, env, progress)
-    finally:
-        dist_env.teardown(env)
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if not existed:
+            _remove_if_empty(out)
+        raise MMSearchError(f"cannot write the model into --out {out}: {exc.strerror or exc}") from exc
+    return not existed
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (a checkpoint was written) or already gone
 
 
 def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
