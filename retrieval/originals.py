@@ -87,8 +87,10 @@ class ExpectedFile:
         Rows written before the store recorded a file's identity (or by a shard
         made on another machine) have none: the content hash decides then.
         """
-        real, device, inode = (getattr(row, name, None) for name in ("real_path", "dev", "inode"))
-        identity = FileIdentity(real, int(device), int(inode)) if real and device is not None and inode is not None else None
+        device, inode = getattr(row, "dev", None), getattr(row, "inode", None)
+        # The store writes real_path only when it differs from the path (the path went through a symlink).
+        real = getattr(row, "real_path", None) or row.path
+        identity = FileIdentity(str(real), int(device), int(inode)) if device is not None and inode is not None else None
         return cls(item_id=int(row.id), path=str(row.path), size=row.size, mtime_ns=row.mtime_ns, hash=row.hash,
                    identity=identity)
 

@@ -116,3 +116,16 @@ def test_the_content_check_can_be_left_to_whoever_made_something_earlier(photo: 
         assert fh.read(1) == b"\0"
     with pytest.raises(ItemNotFoundError, match="not the file that was indexed"):
         open_indexed_file(expected)
+
+
+def test_without_a_recorded_identity_the_content_decides(photo: Path, tmp_path: Path) -> None:
+    expected = ExpectedFile.of(row_for(photo))  # a row of a store that did not record dev/inode
+    assert expected.identity is None
+    stat = photo.stat()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:x:0:0:" + b"s" * (stat.st_size - 11))
+    os.utime(secret, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    photo.unlink()
+    os.symlink(secret, photo)  # followed (the link may have been there at index time), then judged by content
+    with pytest.raises(ItemNotFoundError, match="not the file that was indexed"):
+        open_indexed_file(expected)

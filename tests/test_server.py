@@ -439,7 +439,9 @@ def test_a_forged_size_and_time_or_a_hard_link_is_not_served(swappable) -> None:
     os.utime(secret, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     green.unlink()
     os.symlink(secret, green)
-    assert_refused(c.get(f"/api/items/{ids['green.png']}/original"), "not the file that was indexed")
+    swapped = c.get(f"/api/items/{ids['green.png']}/original")
+    assert_refused(swapped)  # the store recorded its inode: "a symbolic link now"; an older store: by content
+    assert "symbolic link" in swapped.json()["message"] or "not the file that was indexed" in swapped.json()["message"]
     green.unlink()
     os.link(secret, green)  # a hard link: no symlink to notice, the content tells
     assert_refused(c.get(f"/api/items/{ids['green.png']}/original"), "not the file that was indexed")
@@ -471,10 +473,15 @@ def test_a_symlink_that_was_indexed_is_still_served(swappable) -> None:
     assert linked.headers["content-type"] == "image/png" and linked.headers["content-length"] == str(len(linked.content))
     assert 'filename="linked.png"' in linked.headers["content-disposition"]
     assert c.get(f"/api/items/{ids['linked.png']}/thumbnail").headers["content-type"] == "image/jpeg"
-    # Pointed elsewhere after indexing: refused like any replaced file.
+    # Pointed elsewhere after indexing: what is served is still the file that was indexed (opened at the
+    # real path the store recorded), never what the link points at now.
+    target = (folder / "linked.png").resolve().read_bytes()
     (folder / "linked.png").unlink()
     os.symlink(swappable["secret"], folder / "linked.png")
-    assert_refused(c.get(f"/api/items/{ids['linked.png']}/original"))
+    again = c.get(f"/api/items/{ids['linked.png']}/original")
+    assert again.status_code == 200 and again.content == target and b"root:" not in again.content
+    (swappable["folder"].parent / "elsewhere" / "linked-target.png").unlink()
+    assert_refused(c.get(f"/api/items/{ids['linked.png']}/original"), "is gone")
 
 
 # -- uploads: bounded decoding, the Origin rule, form limits --------------------------------------
