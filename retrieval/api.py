@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .engine_ray import RayCfg
     from .integrity import RepairReport, VerifyReport
     from .merge import MergeResult
+    from .originals import VerifiedFiles
     from .shard_embed import EmbedResult
     from .thumbnails import ThumbnailCache
     from .zeroshot import Prediction
@@ -114,6 +115,7 @@ class Index:
         self._vectors_generation = -1
         self._thumbnails: "ThumbnailCache | None" = None
         self._thumbnails_lock = threading.Lock()
+        self._verified: "VerifiedFiles | None" = None  # files whose content hash was checked (open_original)
         self.newly_created = False  # set by open_or_create_index when it made the index
         if encoder is not None:
             self._check_encoder(encoder)
@@ -224,22 +226,58 @@ class Index:
             raise ItemNotFoundError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
         return row.id
 
+    def open_original(self, item: "ItemRow | int") -> tuple[BinaryIO, ItemRow]:
+        """The file of an image item, open for reading, only while it is still the file that was indexed.
+
+        Opened without following a symlink put in its place, checked on the open
+        descriptor (a regular file of the recorded size and time) and by its
+        content hash (once per unchanged file); see :mod:`retrieval.originals`.
+        Raises ``ItemNotFoundError`` with the reason for a text, an item that
+        failed, or a file that is gone, changed or replaced. Given a row (not an
+        id) it does not touch the store, so any thread may call it. The caller
+        closes the file.
+        """
+        return self._open_checked(item, check_content=True)
+
+    def _open_checked(self, item: "ItemRow | int", *, check_content: bool) -> tuple[BinaryIO, ItemRow]:
+        from .originals import ExpectedFile, VerifiedFiles, open_indexed_file
+
+        row = self.item(item) if isinstance(item, int) else item
+        if row is None:
+            raise ItemNotFoundError(f"no item with id {item} in index {self.name!r}")
+        if row.kind != "image" or row.path is None:
+            raise ItemNotFoundError(f"item {row.id} is a text, it has no image")
+        if row.status != "ok":
+            raise ItemNotFoundError(f"item {row.id} could not be indexed: {row.error}")
+        if self._verified is None:
+            with self._thumbnails_lock:
+                if self._verified is None:
+                    self._verified = VerifiedFiles()
+        expected = ExpectedFile.of(row)
+        return open_indexed_file(expected, self._verified, check_content=check_content), row
+
     def thumbnail(self, item: ItemRow, size: int | None = None) -> Path:
         """A JPEG thumbnail of an image item (longest side ``size``), made once and cached in the index folder.
 
-        Raises ``ImageDecodeError`` when the file can no longer be read. Safe to
-        call from several threads at once.
+        Served only while the item's file is still the file that was indexed (the
+        rule of :meth:`open_original`) and made from that open file; a thumbnail
+        made earlier is served after the cheap part of the check (the content was
+        checked when it was made). Raises ``ItemNotFoundError`` when the file is
+        not the one indexed, ``ImageDecodeError`` when it can no longer be
+        decoded. Safe to call from several threads at once.
         """
         from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
 
-        if item.kind != "image" or item.path is None:
-            raise ItemNotFoundError(f"item {item.id} is a text, it has no image")
         if self._thumbnails is None:
             with self._thumbnails_lock:
                 if self._thumbnails is None:
                     self._thumbnails = ThumbnailCache.for_index(self.path)
         key = item.hash or f"id{item.id}-{item.mtime_ns}"
-        return self._thumbnails.get(item.path, key, size or DEFAULT_THUMB_SIZE)
+        size = size or DEFAULT_THUMB_SIZE
+        made = self._thumbnails.path_for(key, size).is_file()
+        source, row = self._open_checked(item, check_content=not made)
+        with source:
+            return self._thumbnails.get(source, key, size, name=row.path)
 
     # -- writing ----------------------------------------------------------------
 

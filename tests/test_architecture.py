@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
      "store_schema"},
-    {"loading", "sources"},  # what files exist; decoding them
+    {"loading", "sources", "originals"},  # what files exist; decoding them; opening them to serve
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
     {"search", "ann", "ann_policy", "ann_lifecycle"},  # vectors: ANN, tuning, ranking
@@ -34,16 +34,18 @@ LAYERS: list[set[str]] = [
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
     {"api"},  # the door
-    {"html_report", "server_guard", "server"},  # faces
+    {"html_report", "server_guard", "server_files", "server_http", "server", "server_clip_retrieval", "immich_models",
+     "immich_ml"},  # faces
     {"cli", "cli.options", "cli.indexing", "cli.searching", "cli.inspecting", "cli.maintenance", "cli.serving", "cli.scaling",
      "cli.training", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
 MODEL_SIDE = {"encoder", "fast_paths", "text_export"}
 DOOR = {"api", "query", "search", "errors", "config"}
-FACE_HELPERS = {"html_report", "thumbnails", "server_guard"}
-FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server"}
-EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}}
+FACE_HELPERS = {"html_report", "thumbnails", "server_guard", "server_files", "server_http", "immich_models"}
+FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server", "server_clip_retrieval", "immich_ml"}
+# The immich stand-in serves a model's raw embeddings, with no index: the model loader is its door.
+EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}, "immich_ml": {"encoder"}}
 
 
 def _module_name(path: Path) -> str:
