@@ -21,7 +21,7 @@ The table's first line shows the library's shape.
 
 Measured: two neighbour searches (``retrieval.duplicates.ivf_neighbours``,
 numpy matrix products over a coarse partition, and a FAISS IVF range search,
-the function proposed for ``retrieval.ann``) and the two groupings, each
+``retrieval.ann.range_pairs``, what ``mmsearch duplicates`` uses) and the two groupings, each
 timed on its own; then per planted family,
 whether all its members landed in one group (family recall), and per group,
 whether it holds exactly one family (purity; a group with an unplanted
@@ -42,6 +42,7 @@ import time
 import numpy as np
 from _common import emit_json, machine, print_table
 
+from retrieval.ann import range_pairs
 from retrieval.duplicates import (
     ItemFacts,
     exact_neighbours,
@@ -52,46 +53,6 @@ from retrieval.synthetic_vectors import clustered_unit_vectors
 
 COPIES = {"resized": 0.995, "re-encoded": 0.985, "cropped": 0.965}
 BURST_COS = (0.955, 0.985)  # each frame's cosine to the first: the same moment, a little changed
-
-
-def faiss_range_neighbours(
-    vectors: np.ndarray, threshold: float, *, nprobe: int = 16, flat_below: int = 20_000, batch: int = 8192
-) -> np.ndarray:
-    """All (i, j) pairs with inner product >= threshold, by a FAISS range search.
-
-    The function proposed for ``retrieval/ann.py`` (the only module that may
-    import faiss). Below ``flat_below`` vectors the search is exact; above,
-    an IVF index with ~2*sqrt(n) lists (trained on at most 64 points per list)
-    is probed ``nprobe`` lists deep. Near-duplicates sit a small angle apart,
-    so they almost always share a list or a neighbouring one; a pair missed
-    from one side is often found from the other (pairs are returned once,
-    i < j, whichever side found them).
-    """
-    import faiss
-
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = x.shape
-    if n < flat_below:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = int(min(65536, max(64, 2 * math.sqrt(n))))
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        sample = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-        index.cp.niter = 10
-        index.train(sample)
-        index.nprobe = min(nprobe, nlist)
-    index.add(x)
-    found = []
-    for start in range(0, n, batch):
-        lims, _, ids = index.range_search(x[start:start + batch], float(threshold))
-        queries = np.repeat(np.arange(start, start + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
-        ids = ids.astype(np.int64)
-        keep = ids != queries
-        found.append(np.stack([np.minimum(queries[keep], ids[keep]), np.maximum(queries[keep], ids[keep])], 1))
-    pairs = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
-    return np.unique(pairs, axis=0)
 
 
 def _toward(v: np.ndarray, other: np.ndarray, cos: float) -> np.ndarray:
@@ -214,7 +175,7 @@ def main() -> None:
         exact_pairs = {tuple(p) for p in exact_neighbours(vectors, args.threshold).tolist()}
     searches = {
         "numpy-ivf": lambda: ivf_neighbours(vectors, args.threshold),
-        "faiss-range": lambda: faiss_range_neighbours(vectors, args.threshold, nprobe=args.nprobe),
+        "faiss-range": lambda: range_pairs(vectors, args.threshold, nprobe=args.nprobe),
     }
     for search_name, search in searches.items():
         t0 = time.perf_counter()

@@ -73,6 +73,7 @@ class ItemFacts:
     hash: str | None = None
     size: int | None = None
     path: str | None = None
+    taken_at: str | None = None  # the capture time as recorded (ISO 8601), for reports
 
     @property
     def pixels(self) -> int:
@@ -94,7 +95,8 @@ class DuplicateMember:
     def as_dict(self) -> dict[str, Any]:
         f = self.facts
         return {
-            "id": f.id, "path": f.path, "width": f.width, "height": f.height, "taken_ts": f.taken_ts,
+            "id": f.id, "path": f.path, "width": f.width, "height": f.height, "taken_at": f.taken_at,
+            "taken_ts": f.taken_ts,
             "size": f.size, "hash": f.hash, "similarity": round(self.similarity, 6),
             "exact_copy_of": self.exact_copy_of,
         }

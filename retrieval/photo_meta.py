@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, Literal
 
 from PIL import Image
 
-from .photo_tags import TagReader, exif_coord, is_below_sea_level, number, xmp_coord
+from .photo_tags import TagReader, exif_coord, is_below_sea_level, jxl_metadata_image, number, xmp_coord
 from .photo_time import (
     Stamp,
     clean_text,
@@ -56,14 +56,21 @@ from .photo_time import (
 )
 
 __all__ = [
+    "META_VERSION",
     "TIME_SOURCES",
     "PhotoMeta",
     "TimeSource",
     "camera_matches",
+    "file_time_meta",
     "metadata_from_image",
     "normalise_camera",
     "read_photo_metadata",
 ]
+
+# Which reader filled an item's metadata columns (items.sqlite ``meta_version``). Raise it when
+# this module learns to read more (a new tag, a fixed parse): the next 'mmsearch index' then
+# reads every item with an older version again, from its file, without re-encoding it.
+META_VERSION = 1
 
 TimeSource = Literal["exif-original", "xmp", "iptc", "exif-digitized", "gps", "exif-datetime", "file-mtime"]
 TIME_SOURCES: tuple[str, ...] = (
@@ -167,9 +174,9 @@ def read_photo_metadata(
 ) -> PhotoMeta:
     """Metadata of an image file (path, bytes or binary file object); never raises for a bad file.
 
-    For a path, ``mtime_ns`` defaults to the file's own. Used to back-fill items
-    indexed before metadata was stored: it reads headers only (JPEG XL, whose
-    plugin decodes on open, is skipped above the decoder's pixel limit).
+    For a path, ``mtime_ns`` defaults to the file's own. Reads headers only,
+    never pixels: JPEG XL, whose plugin decodes the whole picture on open, is
+    read from its container's metadata boxes instead.
     """
     from .loading import register_format_plugins
 
@@ -190,21 +197,34 @@ def read_photo_metadata(
 
 
 def _read_stream(stream: BinaryIO, mtime_ns: int | None) -> PhotoMeta:
-    from .jxl import CODESTREAM_SIGNATURE, CONTAINER_SIGNATURE, jpeg_xl_size
-    from .loading import DEFAULT_MAX_PIXELS
+    from .jxl import CODESTREAM_SIGNATURE, CONTAINER_SIGNATURE
 
     try:
         start = stream.tell()
         head = stream.read(1 << 16)
         stream.seek(start)
-        if head.startswith((CODESTREAM_SIGNATURE, CONTAINER_SIGNATURE)):
-            size = jpeg_xl_size(head)
-            if size is None or size[0] * size[1] > DEFAULT_MAX_PIXELS:
+        if head.startswith(CODESTREAM_SIGNATURE):
+            return _from_mtime(PhotoMeta(), mtime_ns)  # a bare codestream has no room for EXIF or XMP
+        if head.startswith(CONTAINER_SIGNATURE):
+            # The JPEG XL plugin decodes the picture in Image.open: read the metadata boxes instead.
+            stand_in = jxl_metadata_image(stream)
+            if stand_in is None:
                 return _from_mtime(PhotoMeta(), mtime_ns)
+            return metadata_from_image(stand_in, mtime_ns=mtime_ns)
         with Image.open(stream) as img:
             return metadata_from_image(img, mtime_ns=mtime_ns)
     except Exception:  # noqa: BLE001 - not an image, truncated, a decompression bomb: no metadata
         return _from_mtime(PhotoMeta(), mtime_ns)
+
+
+def file_time_meta(meta: PhotoMeta, mtime_ns: int | None) -> PhotoMeta:
+    """``meta`` with its capture time replaced by the file time ``mtime_ns`` (marked ``file-mtime``).
+
+    For a copy that takes its metadata from a content twin: when the twin's
+    time was its own file time, the copy's is its own file time, not the twin's.
+    """
+    cleared = replace(meta, taken_at=None, taken_ts=None, time_source=None, utc_offset_min=None, offset_source=None)
+    return _from_mtime(cleared, mtime_ns)
 
 
 def camera_matches(query: str, make: str | None, model: str | None) -> bool:

@@ -21,7 +21,7 @@ from PIL import Image
 from .photo_time import clean_text
 from .xmp import NS, XmpProperties, parse_xmp
 
-__all__ = ["TagReader", "exif_coord", "is_below_sea_level", "number", "xmp_coord"]
+__all__ = ["TagReader", "exif_coord", "is_below_sea_level", "jxl_metadata_image", "number", "xmp_coord"]
 
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _IPTC_RESOURCE = 0x0404  # Photoshop image resource holding IPTC IIM data
@@ -144,6 +144,69 @@ def _xmp_packet(img: Image.Image) -> bytes | str | None:
     if isinstance(packet, tuple) and packet:
         packet = packet[0]
     return packet if isinstance(packet, (bytes, str)) else None
+
+
+_JXL_SIGNATURE_BOX = 12  # the container's first box: size 12, type "JXL ", 4 bytes of signature
+
+
+def jxl_metadata_image(stream: Any) -> Image.Image | None:
+    """A 1x1 stand-in image carrying the EXIF and XMP of a JPEG XL container, for :class:`TagReader`.
+
+    pillow-jxl-plugin decodes the whole picture inside ``Image.open``, so its
+    metadata is read here from the container's ``Exif`` and ``xml `` boxes
+    instead, walking box headers and skipping the codestream (no pixel is
+    decoded). Brotli-compressed boxes (``brob``) are skipped: reading them
+    would need another package. None when the stream holds neither box. The
+    stream is put back where it was.
+    """
+    start = stream.tell()
+    found: dict[bytes, bytes] = {}
+    try:
+        pos = start
+        for _ in range(100_000):
+            stream.seek(pos)
+            head = stream.read(8)
+            if len(head) < 8:
+                break
+            size, kind = struct.unpack(">I4s", head)
+            header = 8
+            if size == 1:  # a 64-bit size follows
+                extended = stream.read(8)
+                if len(extended) < 8:
+                    break
+                size, header = struct.unpack(">Q", extended)[0], 16
+            body = (size - header) if size else None  # 0: the box runs to the end of the file
+            if kind in (b"Exif", b"xml ") and kind not in found:
+                limit = _MAX_EXIF_BYTES if kind == b"Exif" else 4 << 20
+                if body is not None and body > limit:
+                    pass  # too large to be the metadata we want
+                else:
+                    found[kind] = stream.read(limit if body is None else body)
+            if size == 0 or size < header or len(found) == 2:
+                break
+            pos += size
+    except (OSError, ValueError, struct.error, OverflowError):
+        pass
+    finally:
+        try:
+            stream.seek(start)
+        except (OSError, ValueError):
+            pass
+    if not found:
+        return None
+    img = Image.new("L", (1, 1))
+    exif = found.get(b"Exif")
+    if exif is not None:
+        if exif.startswith(b"Exif\x00\x00"):
+            exif = exif[6:]
+        elif not exif.startswith((b"MM\x00*", b"II*\x00")) and len(exif) >= 4:
+            # The standard box: a 4-byte offset to the TIFF header first (some writers leave it out).
+            exif = exif[4 + int.from_bytes(exif[:4], "big"):]
+        if exif.startswith((b"MM\x00*", b"II*\x00")):
+            img.info["exif"] = b"Exif\x00\x00" + exif
+    if found.get(b"xml "):
+        img.info["xmp"] = found[b"xml "]
+    return img
 
 
 def _iptc_bytes(img: Image.Image) -> bytes:

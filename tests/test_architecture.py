@@ -25,23 +25,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
      "store_schema"},
-    {"loading", "sources"},  # what files exist; decoding them
+    {"loading", "sources", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer", "places"},  # files, pixels, metadata, places
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
-    {"search", "ann", "ann_policy", "ann_lifecycle"},  # vectors: ANN, tuning, ranking
+    {"search", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking, grouping
     {"store"},  # the index folder
-    {"indexer", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index, its caches
+    {"indexer", "photo_store", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
     {"api"},  # the door
-    {"html_report", "server_guard", "server"},  # faces
-    {"cli", "cli.options", "cli.indexing", "cli.searching", "cli.inspecting", "cli.maintenance", "cli.serving", "cli.scaling",
+    {"html_report", "duplicates_report", "server_guard", "server"},  # faces
+    {"cli", "cli.options", "cli.indexing", "cli.searching", "cli.inspecting", "cli.duplicates", "cli.maintenance",
+     "cli.serving", "cli.scaling",
      "cli.training", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
 MODEL_SIDE = {"encoder", "fast_paths", "text_export"}
 DOOR = {"api", "query", "search", "errors", "config"}
-FACE_HELPERS = {"html_report", "thumbnails", "server_guard"}
+FACE_HELPERS = {"html_report", "duplicates_report", "thumbnails", "server_guard"}
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server"}
 EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}}
 

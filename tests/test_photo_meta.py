@@ -335,6 +335,24 @@ def test_the_same_metadata_from_every_format_without_decoding_pixels(fmt):
                                                           pytest.approx(-43.1729, abs=1e-6), pytest.approx(12.0))
 
 
+def test_jpeg_xl_metadata_comes_from_its_boxes_without_decoding(monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("pillow_jxl")
+    exif = make_exif(**PHONE)
+    plugin_written = encode("JXL", exif)  # raw TIFF in the Exif box, as pillow-jxl-plugin writes it
+    tiff = exif.tobytes()
+    tiff = tiff[6:] if tiff.startswith(b"Exif\x00\x00") else tiff
+    box = (0).to_bytes(4, "big") + tiff  # the standard form: the TIFF header offset first
+    standard = (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + struct.pack(">I4s", 8 + len(box), b"Exif") + box
+                + struct.pack(">I4s", 12, b"jxlc") + b"\xff\x0a\x00\x00")
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the JPEG XL plugin decodes in Image.open"))
+    for data in (plugin_written, standard):
+        meta = read_photo_metadata(data)
+        assert meta.taken_at == "2022-08-14T19:45:12-03:00" and meta.camera_model == "iPhone 12 Pro"
+        assert meta.gps_lat == pytest.approx(-22.9068, abs=1e-6)
+    bare = read_photo_metadata(b"\xff\x0a" + bytes(64), mtime_ns=1_700_000_000_000_000_000)
+    assert bare.time_source == "file-mtime"
+
+
 def test_png_xmp_in_itxt():
     xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
            b'<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreateDate="2016-04-01T08:00:00Z"/>'
