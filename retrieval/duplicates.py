@@ -4,10 +4,10 @@ Near-duplicates are found from the image vectors: resized, re-encoded and
 slightly cropped copies, edits and burst shots have embeddings within a small
 angle of each other, while different photos of the same kind of scene do not.
 The pairs closer than a threshold come from a ``neighbours`` callable:
-:func:`ivf_neighbours` (numpy: a coarse k-means partition, each vector compared
-with the cells nearest to it by matrix products), or a FAISS range search
-from ``retrieval.ann``; this module never imports faiss. The grouping itself
-costs time in the number of close pairs, not in n².
+:func:`retrieval.ann.range_pairs` (an inverted-file range search, what
+``Index.duplicates`` uses) or :func:`exact_neighbours` (all pairs, for tests
+and small sets); this module never imports faiss. The grouping itself costs
+time in the number of close pairs, not in n².
 
 Grouping. Joining every close pair (union-find, ``connected``) keeps a burst
 together however long it is, but it chains: in a dense part of the space
@@ -169,79 +169,6 @@ def find_duplicates(
     else:
         labels = _connected(n, pairs)
     return _groups(labels, x, facts)
-
-
-def ivf_neighbours(
-    vectors: np.ndarray,
-    threshold: float,
-    *,
-    nlist: int | None = None,
-    nprobe: int | None = None,
-    seed: int = 0,
-    block: int = 4096,
-) -> np.ndarray:
-    """Pairs with cosine >= ``threshold``, found through a coarse partition, with BLAS doing the work.
-
-    An inverted-file search turned inside out: k-means (on a sample) splits the
-    vectors into ``nlist`` cells; each vector is compared with the members of
-    its ``nprobe`` nearest cells, cell by cell, as one matrix product per
-    cell. That scans ``nprobe / nlist`` of all pairs (1/12 by default) at
-    matrix-multiply speed, where FAISS's IVF range search scans vector by
-    vector. A pair is found when either vector's probes reach the other's
-    cell: near-duplicates, a small angle apart, almost always are (recall of
-    true pairs 0.99+ in benchmarks/bench_duplicates.py). Deterministic for a
-    given ``seed``. Below 4,096 vectors every pair is compared.
-    """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(x)
-    if n < 4096:
-        return exact_neighbours(x, threshold, block=block)
-    nlist = nlist or int(np.clip(round(math.sqrt(n)), 16, 4096))
-    nprobe = min(nlist, nprobe or max(8, nlist // 12))
-    centroids = _kmeans(x, nlist, seed=seed)
-    home = np.empty(n, dtype=np.int64)
-    probes = np.empty((n, nprobe), dtype=np.int64)
-    for start in range(0, n, 16384):
-        sims = x[start:start + 16384] @ centroids.T
-        home[start:start + 16384] = np.argmax(sims, axis=1)
-        probes[start:start + 16384] = np.argpartition(-sims, nprobe - 1, axis=1)[:, :nprobe]
-    members_order = np.argsort(home, kind="stable")
-    members_start = np.searchsorted(home[members_order], np.arange(nlist + 1))
-    probe_cells = probes.ravel()
-    probe_order = np.argsort(probe_cells, kind="stable")
-    probers = np.repeat(np.arange(n, dtype=np.int64), nprobe)[probe_order]
-    probers_start = np.searchsorted(probe_cells[probe_order], np.arange(nlist + 1))
-    found: list[np.ndarray] = []
-    for cell in range(nlist):
-        members = members_order[members_start[cell]:members_start[cell + 1]]
-        queries = probers[probers_start[cell]:probers_start[cell + 1]]
-        if len(members) == 0 or len(queries) == 0:
-            continue
-        base = x[members]
-        for start in range(0, len(queries), block):
-            q = queries[start:start + block]
-            rows, cols = np.nonzero(x[q] @ base.T >= threshold)
-            i, j = q[rows], members[cols]
-            keep = i != j
-            found.append(np.stack([np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep])], axis=1))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found), axis=0)
-
-
-def _kmeans(x: np.ndarray, k: int, *, seed: int, iters: int = 8, per_centroid: int = 40) -> np.ndarray:
-    """Spherical k-means on a sample (a coarse partition only needs to be roughly balanced)."""
-    rng = np.random.default_rng(seed)
-    sample = x[rng.choice(len(x), size=min(len(x), per_centroid * k), replace=False)]
-    centroids = sample[rng.choice(len(sample), size=k, replace=False)].copy()
-    for _ in range(iters):
-        assign = np.argmax(sample @ centroids.T, axis=1)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assign, sample)
-        empty = ~np.any(sums, axis=1)
-        sums[empty] = sample[rng.choice(len(sample), size=int(empty.sum()), replace=False)]  # reseed empty cells
-        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return centroids.astype(np.float32)
 
 
 def exact_neighbours(vectors: np.ndarray, threshold: float, *, block: int = 2048) -> np.ndarray:

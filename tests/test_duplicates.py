@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from retrieval.ann import range_pairs
 from retrieval.duplicates import (
     ItemFacts,
     exact_neighbours,
     find_duplicates,
-    ivf_neighbours,
     keep_order,
 )
 from retrieval.errors import InvalidQueryError
@@ -139,18 +139,21 @@ def test_messy_neighbour_output_gives_the_same_groups():
     assert ids(find_duplicates(x, lib.facts, messy)) == ids(clean) == [[0, 1, 2]]
 
 
-def test_ivf_neighbours_finds_the_close_pairs():
+def test_range_pairs_finds_the_close_pairs():
     x = clustered_unit_vectors(6000, DIM, n_clusters=60, cone=1.3, spread=1.2, seed=4)
     rng = np.random.default_rng(4)
     planted = np.stack([toward(x[i], x[rng.integers(6000)], 0.97) for i in rng.choice(6000, 300, replace=False)])
     x = np.concatenate([x, planted])
     exact = {tuple(p) for p in exact_neighbours(x, 0.95).tolist()}
-    found = ivf_neighbours(x, 0.95)
+    found = range_pairs(x, 0.95)
     assert found.dtype == np.int64 and (found[:, 0] < found[:, 1]).all()
     found_set = {tuple(p) for p in found.tolist()}
     assert found_set <= exact  # everything returned is a true pair
     assert len(found_set) / len(exact) >= 0.99
-    assert ivf_neighbours(x, 0.95).tolist() == found.tolist()  # deterministic
+    assert range_pairs(x, 0.95).tolist() == found.tolist()  # deterministic
+    small = x[:500]
+    assert range_pairs(small, 0.95).tolist() == exact_neighbours(small, 0.95).tolist()  # exact below 4096
+    assert range_pairs(x[:1], 0.95).shape == (0, 2)
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [({"threshold": 0.0}, "threshold"), ({"threshold": 1.5}, "threshold"),
