@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 import numpy as np
 
 from .errors import InvalidQueryError
+from .photo_filters import PhotoConditions, parse_flag, parse_km, photo_info
 
 if TYPE_CHECKING:
     from .ann import VectorIndex
@@ -35,8 +36,6 @@ TARGETS: tuple[str, ...] = ("image", "text", "all", "auto")
 # (newest first; photos with no known time last, by score). See sort_hits.
 Sort = Literal["score", "taken"]
 SORTS: tuple[str, ...] = ("score", "taken")
-NEAR_DEFAULT_KM = 25.0  # --near without --within: a city and its surroundings
-_MAX_KM = 20_038.0  # half the Earth's circumference: every point is within this of every other
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Hit:
     path: str | None = None
     text: str | None = None
     meta: dict[str, Any] | None = None
-    photo: dict[str, Any] | None = None  # capture time, camera, position and place (see photo_info)
+    photo: dict[str, Any] | None = None  # capture time, camera, position, place (photo_filters.photo_info)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -81,57 +80,6 @@ def _parse_date(value: str | datetime | None) -> float | None:
         return (aware - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds()
 
 
-def photo_info(row: "ItemRow") -> dict[str, Any] | None:
-    """What a result shows of a photo's capture metadata (only what is known); None for texts and unread items.
-
-    ``taken_at`` is ISO 8601 as recorded (with its UTC offset when known),
-    ``time_source`` says where it came from (``file-mtime``: no date in the
-    file), ``place`` is "City, Region, Country" (parts unknown or repeated left out).
-    """
-    if row.kind != "image" or row.meta_version is None:
-        return None
-    camera = " ".join(p for p in (row.camera_make, row.camera_model) if p) or None
-    parts: list[str] = []
-    for part in (row.place_city, row.place_region, row.place_country):
-        if part and (not parts or part.casefold() != parts[-1].casefold()):
-            parts.append(part)
-    info = {
-        "taken_at": row.taken_at, "taken_ts": row.taken_ts, "time_source": row.time_source,
-        "utc_offset_min": row.utc_offset_min, "camera": camera, "camera_make": row.camera_make,
-        "camera_model": row.camera_model, "lens": row.lens, "gps_lat": row.gps_lat, "gps_lon": row.gps_lon,
-        "gps_alt": row.gps_alt, "place": ", ".join(parts) or None, "place_city": row.place_city,
-        "place_region": row.place_region, "place_country": row.place_country, "place_cc": row.place_cc,
-    }
-    return {k: v for k, v in info.items() if v is not None}
-
-
-def _parse_flag(value: bool | str | None, name: str) -> bool | None:
-    """A yes/no condition from a command line, a query string or a form ("true", "0", "no", ...)."""
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("", "any"):
-        return None
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InvalidQueryError(f"bad {name} {value!r}: use true or false")
-
-
-def _parse_km(value: float | str | None) -> float | None:
-    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value  # type: ignore[return-value]
-    if isinstance(value, str):
-        if not value.strip():
-            return None
-        try:
-            return float(value.strip().lower().removesuffix("km").strip())
-        except ValueError:
-            pass
-    raise InvalidQueryError(f"bad distance {value!r}: give kilometres, e.g. 25")
-
-
 @dataclass(frozen=True)
 class Filters:
     """Conditions every hit must meet; ``k`` counts results after filtering.
@@ -149,7 +97,8 @@ class Filters:
     - ``camera``: every word occurs in "make model", any case ("iphone 12");
     - ``has_gps``: True, only photos with a position; False, only those without.
 
-    Photo conditions exclude texts. Bad values raise ``InvalidQueryError`` naming the value.
+    Photo conditions (:mod:`retrieval.photo_filters`) exclude texts. Bad values
+    raise ``InvalidQueryError`` naming the value.
     """
 
     target: Target = "image"
@@ -168,10 +117,7 @@ class Filters:
     has_gps: bool | None = None
     _after: float | None = field(default=None, init=False, repr=False, compare=False)
     _before: float | None = field(default=None, init=False, repr=False, compare=False)
-    _taken_after: float | None = field(default=None, init=False, repr=False, compare=False)
-    _taken_before: float | None = field(default=None, init=False, repr=False, compare=False)
-    _place: Any = field(default=None, init=False, repr=False, compare=False)  # places.PlaceQuery
-    _near: tuple[float, float, float] | None = field(default=None, init=False, repr=False, compare=False)
+    _photo: PhotoConditions | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -186,40 +132,11 @@ class Filters:
         object.__setattr__(self, "_before", _parse_date(self.modified_before))
         types = tuple(t.strip().lower().lstrip(".") for t in self.file_types if t.strip())
         object.__setattr__(self, "file_types", types)
-        self._check_photo_conditions()
-
-    def _check_photo_conditions(self) -> None:
-        """Parse the photo conditions once (dates, place names, the --near point); bad values name themselves."""
-        from .photo_time import parse_time_bound
-
-        after = parse_time_bound(self.taken_after, name="capture date (taken after)")
-        before = parse_time_bound(self.taken_before, name="capture date (taken before)")
-        if after is not None and before is not None and after >= before:
-            raise InvalidQueryError(
-                f"taken after {self.taken_after!s} and before {self.taken_before!s} is an empty range: "
-                "the first date must come before the second"
-            )
-        object.__setattr__(self, "_taken_after", after)
-        object.__setattr__(self, "_taken_before", before)
-        if self.place is not None:
-            from .places import resolve_place
-
-            object.__setattr__(self, "_place", resolve_place(self.place))
-        if self.within_km is not None:
-            km = self.within_km
-            if isinstance(km, bool) or not isinstance(km, (int, float)) or not (0 < km <= _MAX_KM):
-                raise InvalidQueryError(f"bad distance {km!r}: give kilometres above 0 (e.g. --within 25)")
-            if self.near is None:
-                raise InvalidQueryError("--within needs --near: a place to measure the distance from")
-        if self.near is not None:
-            from .places import locate
-
-            lat, lon, _ = locate(self.near)
-            object.__setattr__(self, "_near", (lat, lon, float(self.within_km or NEAR_DEFAULT_KM)))
-        if self.camera is not None and not str(self.camera).strip():
-            raise InvalidQueryError("empty camera name: give a make or model, e.g. --camera iphone")
-        if self.has_gps is not None and not isinstance(self.has_gps, bool):
-            raise InvalidQueryError(f"has_gps must be True, False or None (got {self.has_gps!r})")
+        photo = PhotoConditions.parse(
+            taken_after=self.taken_after, taken_before=self.taken_before, place=self.place, near=self.near,
+            within_km=self.within_km, camera=self.camera, has_gps=self.has_gps,
+        )
+        object.__setattr__(self, "_photo", photo)
 
     @classmethod
     def parse(
@@ -254,8 +171,8 @@ class Filters:
             file_types=tuple(t for raw in raw_types for t in raw.split(",")),
             modified_after=after or None, modified_before=before or None,
             taken_after=taken_after or None, taken_before=taken_before or None, place=place or None,
-            near=near or None, within_km=_parse_km(within), camera=camera or None,
-            has_gps=_parse_flag(has_gps, "has_gps"),
+            near=near or None, within_km=parse_km(within), camera=camera or None,
+            has_gps=parse_flag(has_gps, "has_gps"),
         )
 
     @property
@@ -265,8 +182,7 @@ class Filters:
     @property
     def selects_photos(self) -> bool:
         """Whether a condition on the photos' own metadata is set (such conditions exclude texts)."""
-        return (self._taken_after is not None or self._taken_before is not None or self._place is not None
-                or self._near is not None or self.camera is not None or self.has_gps is not None)
+        return self._photo is not None
 
     def resolved(self, images: int, texts: int) -> "Filters":
         """These filters with ``target="auto"`` settled for an index holding ``images`` and ``texts`` items."""
@@ -279,7 +195,7 @@ class Filters:
     def accepts(self, row: "ItemRow") -> bool:
         if self.target not in ("all", "auto") and row.kind != self.target:
             return False
-        if self.selects_photos and not self._accepts_photo(row):
+        if self._photo is not None and not self._photo.accepts(row):
             return False
         if not self.selects_paths:
             return True
@@ -298,37 +214,6 @@ class Filters:
             return False
         if self._before is not None and mtime >= self._before:
             return False
-        return True
-
-
-    def _accepts_photo(self, row: "ItemRow") -> bool:
-        if row.kind != "image":
-            return False
-        if self._taken_after is not None or self._taken_before is not None:
-            if row.local_ts is None:
-                return False
-            if self._taken_after is not None and row.local_ts < self._taken_after:
-                return False
-            if self._taken_before is not None and row.local_ts >= self._taken_before:
-                return False
-        has_position = row.gps_lat is not None and row.gps_lon is not None
-        if self.has_gps is not None and has_position != self.has_gps:
-            return False
-        if self._near is not None:
-            from .places import distance_km
-
-            lat, lon, km = self._near
-            if not has_position or distance_km(row.gps_lat, row.gps_lon, lat, lon) > km:  # type: ignore[arg-type]
-                return False
-        if self._place is not None and not self._place.matches_fields(
-            row.place_city, row.place_region, row.place_cc, row.gps_lat, row.gps_lon
-        ):
-            return False
-        if self.camera is not None:
-            from .photo_meta import camera_matches
-
-            if not camera_matches(self.camera, row.camera_make, row.camera_model):
-                return False
         return True
 
 

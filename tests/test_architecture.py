@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"loading", "sources", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer", "places"},  # files, pixels, metadata, places
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
-    {"search", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking, grouping
+    {"search", "photo_filters", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking, grouping
     {"store"},  # the index folder
     {"indexer", "photo_store", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere

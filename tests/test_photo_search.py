@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 import retrieval
