@@ -189,7 +189,8 @@ def exact_neighbours(vectors: np.ndarray, threshold: float, *, block: int = 2048
 
 def _edges(x: np.ndarray, facts: Sequence[ItemFacts], neighbours: Neighbours, threshold: float) -> np.ndarray:
     """Unique (i < j) pairs: the callable's, re-scored exactly, plus every same-hash pair's star."""
-    found = np.asarray(neighbours(x, threshold), dtype=np.int64).reshape(-1, 2)
+    # Asked a hair below the threshold: float32 round-off puts identical vectors at 0.99999994.
+    found = np.asarray(neighbours(x, threshold - 1e-6), dtype=np.int64).reshape(-1, 2)
     found = found[(found[:, 0] != found[:, 1]) & (found >= 0).all(axis=1) & (found < len(facts)).all(axis=1)]
     if len(found):
         cos = np.einsum("ij,ij->i", x[found[:, 0]], x[found[:, 1]])

@@ -169,3 +169,12 @@ def test_nothing_to_group():
     assert find_duplicates(np.zeros((1, 4), dtype=np.float32), [ItemFacts(0)], exact_neighbours) == []
     with pytest.raises(ValueError):
         find_duplicates(np.eye(3, dtype=np.float32), [ItemFacts(0)], exact_neighbours)
+
+
+def test_threshold_one_groups_identical_vectors_despite_float_round_off():
+    v = np.random.default_rng(9).standard_normal(DIM).astype(np.float32)
+    v /= np.linalg.norm(v)
+    other = np.random.default_rng(10).standard_normal(DIM).astype(np.float32)
+    x = np.stack([v, v.copy(), other / np.linalg.norm(other)])
+    facts = [ItemFacts(i, 100, 100, hash=f"h{i}") for i in range(3)]  # not byte copies: only the vectors agree
+    assert ids(find_duplicates(x, facts, range_pairs, threshold=1.0)) == [[0, 1]]
