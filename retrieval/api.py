@@ -37,12 +37,13 @@ from .errors import (
 from .indexer import IndexReport, ProgressFn, SkipFn, update_index, update_texts
 from .query import QueryEncoder, QueryTerm, load_query_model
 from .search import Filters, Hit, search_vector
-from .store import IndexStore, ItemRow
+from .store import IndexStore, ItemRow, PhotoStats
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .ann import VectorIndex
+    from .duplicates import DuplicateGroup
     from .encoder import Encoder
     from .engine_ray import RayCfg
     from .integrity import RepairReport, VerifyReport
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 __all__ = [
-    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow",
+    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow", "PhotoStats",
     "check_sources", "classify_images", "create_index", "delete_index", "drop_plan", "embed_to_shards",
     "list_indexes", "list_models", "merge_shards", "open_index", "open_or_create_index", "parse_labels",
     "ray_engine", "repair_index", "verify_index",
@@ -81,6 +82,8 @@ class IndexInfo:
     updated_at: float
 
     error: str | None = None  # set when the index cannot be opened: why (the other fields are then blank)
+    photos: PhotoStats | None = None  # capture dates, positions, places and cameras of the images
+
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -172,6 +175,7 @@ class Index:
             name=self.name, path=str(self.path), model=m.model, fingerprint=m.fingerprint, dim=m.dim,
             images=counts["images"], texts=counts["texts"], failed=counts["failed"], size_bytes=size,
             ann=dict(m.ann), schema_version=m.schema_version, created_at=m.created_at, updated_at=m.updated_at,
+            photos=self.store.photo_stats(),
         )
 
     def configure_ann(
@@ -392,41 +396,71 @@ class Index:
 
     def search_vector(
         self, vector: np.ndarray, k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
-        exclude_ids: frozenset[int] = frozenset(),
+        exclude_ids: frozenset[int] = frozenset(), sort: str = "score",
     ) -> list[Hit]:
         """Items nearest to a vector in the index's space, best first.
 
         Without ``filters`` only images are returned; ``Filters(target="text")``
-        or ``"all"`` returns indexed texts too.
+        or ``"all"`` returns indexed texts too. ``sort="taken"`` shows the same
+        k best matches newest capture first (see :func:`retrieval.search.sort_hits`).
         """
         return search_vector(
             self.store, self._vector_index(), np.asarray(vector, dtype=np.float32), k,
-            filters=filters or Filters(), dedup=dedup, exclude_ids=exclude_ids,
+            filters=filters or Filters(), dedup=dedup, exclude_ids=exclude_ids, sort=sort,
         )
 
-    def search_text(self, text: str, k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+    def search_text(
+        self, text: str, k: int = 10, *, filters: Filters | None = None, sort: str = "score"
+    ) -> list[Hit]:
         """Items that best match a text, best first."""
-        return self.search_vector(self.embed_text(text), k, filters=filters)
+        return self.search_vector(self.embed_text(text), k, filters=filters, sort=sort)
 
-    def search_image(self, image: "PathLike | Image.Image", k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+    def search_image(
+        self, image: "PathLike | Image.Image", k: int = 10, *, filters: Filters | None = None, sort: str = "score"
+    ) -> list[Hit]:
         """Items that look most like an image (a path or a PIL image), best first."""
-        return self.search_vector(self.embed_image(image), k, filters=filters)
+        return self.search_vector(self.embed_image(image), k, filters=filters, sort=sort)
 
     def search(
-        self, terms: Sequence[QueryTerm], k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
+        self, terms: Sequence[QueryTerm], k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """A combined query, e.g. ``[QueryTerm.image("shoe.jpg"), QueryTerm.text("red", 2), QueryTerm.text("leather", -1)]``."""
-        return self.search_vector(self.embed_terms(terms), k, filters=filters, dedup=dedup)
+        return self.search_vector(self.embed_terms(terms), k, filters=filters, dedup=dedup, sort=sort)
 
     def similar(
-        self, path_or_id: "PathLike | int", k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
+        self, path_or_id: "PathLike | int", k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """"More like this": neighbours of an indexed item, from its stored vector (no re-encoding)."""
         item_id = self.find_item(path_or_id)
         vector = self.store.vector(item_id)
         if vector is None:
             raise ItemNotFoundError(f"item {item_id} has no stored vector")
-        return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset({item_id}))
+        return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset({item_id}), sort=sort)
+
+    def duplicates(self, threshold: float = 0.95, *, filters: Filters | None = None) -> list["DuplicateGroup"]:
+        """Groups of near-identical photos, the copy to keep first; nothing is ever deleted.
+
+        Photos whose vectors have cosine >= ``threshold`` (resized, re-encoded and
+        lightly cropped copies, edits, bursts) are grouped from their stored
+        vectors, by a FAISS range search (:func:`retrieval.ann.range_pairs`), not
+        by comparing every pair; see :func:`retrieval.duplicates.find_duplicates`
+        for the grouping. The copy to keep has the most pixels, then the earliest
+        capture, then the larger file. Members with the same bytes as an earlier
+        one have ``exact_copy_of`` set. ``filters`` (paths, dates, places...)
+        narrow the photos compared. Largest groups first.
+        """
+        from .ann import range_pairs
+        from .duplicates import ItemFacts, find_duplicates
+
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise InvalidQueryError(f"duplicate threshold must be a cosine in (0, 1], got {threshold!r}")
+        chosen = filters or Filters(target="image")
+        rows = [r for r in self.store.image_rows() if chosen.accepts(r)]
+        vectors = self.store.vectors_of([r.id for r in rows]) if rows else np.zeros((0, self.store.manifest.dim))
+        facts = [ItemFacts(r.id, r.width, r.height, r.taken_ts, r.hash, r.size, r.path, r.taken_at) for r in rows]
+        return find_duplicates(vectors, facts, range_pairs, threshold=float(threshold))
 
     # -- maintenance: explicit removal, consistency check, repair ----------------
 

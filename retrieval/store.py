@@ -32,7 +32,7 @@ import sqlite3
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -78,6 +78,8 @@ LOCK_FILE = "write.lock"
 READ_LOCK_FILE = "read.lock"
 
 _ITEM_SELECT = "SELECT " + ", ".join(ITEM_COLUMNS) + " FROM items"
+# An image's capture metadata (see retrieval.photo_store), written by the indexer and the back-fill.
+PHOTO_COLUMNS: tuple[str, ...] = ITEM_COLUMNS[ITEM_COLUMNS.index("taken_at"):ITEM_COLUMNS.index("meta_version") + 1]
 _PATH_POSITIONS = tuple(i for i, c in enumerate(ITEM_COLUMNS) if c in PATH_COLUMNS)
 
 
@@ -175,6 +177,30 @@ class NewItem:
     place_cc: str | None = None
     meta_version: int | None = None
     ok_without_vector: bool = False  # a video: status ok, its frames hold the vectors
+
+
+@dataclass(frozen=True)
+class PhotoStats:
+    """What an index's photos say about themselves, for ``mmsearch info``.
+
+    Counts are of searchable image items. A capture time is one the file's
+    metadata gives (EXIF, XMP, IPTC, GPS); ``file_time_only`` items are dated by
+    their file's modification time alone. ``first_taken``/``last_taken`` are
+    dates (YYYY-MM-DD) on the photos' own clocks. ``cameras`` and ``countries``
+    map a name to its number of photos, most first. ``not_read`` photos have no
+    metadata yet: the next ``mmsearch index`` of their folder reads it.
+    """
+
+    images: int = 0
+    with_capture_time: int = 0
+    file_time_only: int = 0
+    first_taken: str | None = None
+    last_taken: str | None = None
+    with_gps: int = 0
+    with_place: int = 0
+    not_read: int = 0
+    cameras: dict[str, int] = field(default_factory=dict)
+    countries: dict[str, int] = field(default_factory=dict)
 
 
 # Columns an upsert writes (all but id), and the NewItem field each one takes.
@@ -794,6 +820,96 @@ class IndexStore:
                 counts["images" if kind == "image" else "texts"] += n
         counts["items"] = counts["images"] + counts["texts"]
         return counts
+
+    # -- capture metadata (retrieval.photo_store) ----------------------------------
+
+    def metadata_backlog(self, version: int) -> set[str]:
+        """Keys of searchable image items whose metadata was never read, or read by a reader older than ``version``."""
+        rows = self.connect().execute(
+            "SELECT key FROM items WHERE kind='image' AND status='ok' AND (meta_version IS NULL OR meta_version < ?)",
+            (version,),
+        )
+        return {from_db(r[0]) for r in rows}
+
+    def photo_of_hash(self, content_hash: str, version: int) -> dict[str, Any] | None:
+        """The metadata columns of an image item with this content, read by reader ``version`` or newer; or None."""
+        listed = ", ".join(PHOTO_COLUMNS)
+        row = self.connect().execute(
+            f"SELECT {listed} FROM items WHERE hash=? AND kind='image' AND meta_version >= ? LIMIT 1",
+            (content_hash, version),
+        ).fetchone()
+        return dict(zip(PHOTO_COLUMNS, row)) if row else None
+
+    def write_photo_metadata(self, rows: list[tuple[str, dict[str, Any]]]) -> int:
+        """Set the metadata columns of image items, by key, in one transaction -> rows changed.
+
+        Columns missing from a row's dict are cleared, so a re-read replaces all
+        an older reader wrote. Vectors are untouched, so the generation (and the
+        FAISS file) stays as it is.
+        """
+        if not rows:
+            return 0
+        self._require_writable()
+        assignments = ", ".join(f"{c}=?" for c in PHOTO_COLUMNS)
+        failure = (lambda why: f"could not write photo metadata to index {self.name!r}: {why} "  # noqa: E731
+                   "(the index keeps everything committed before this)")
+        changed = 0
+        with write_transaction(self.connect(), failure) as db:
+            for key, columns in rows:
+                cur = db.execute(
+                    f"UPDATE items SET {assignments} WHERE key=? AND kind='image'",
+                    (*(columns.get(c) for c in PHOTO_COLUMNS), to_db(key)),
+                )
+                changed += cur.rowcount
+        return changed
+
+    def photo_stats(self) -> PhotoStats:
+        """Counts of capture times, positions, places and cameras over the searchable images."""
+        from datetime import datetime, timezone
+
+        db = self.connect()
+        with self.snapshot():
+            (images, dated, file_dated, first, last, gps, placed, unread) = db.execute(
+                "SELECT COUNT(*), "
+                "SUM(taken_ts IS NOT NULL AND time_source != 'file-mtime'), SUM(time_source = 'file-mtime'), "
+                "MIN(CASE WHEN time_source != 'file-mtime' THEN local_ts END), "
+                "MAX(CASE WHEN time_source != 'file-mtime' THEN local_ts END), "
+                "SUM(gps_lat IS NOT NULL), SUM(place_cc IS NOT NULL), SUM(meta_version IS NULL) "
+                "FROM items WHERE kind='image' AND status='ok'"
+            ).fetchone()
+            cameras: dict[str, int] = {}
+            for make, model, n in db.execute(
+                "SELECT camera_make, camera_model, COUNT(*) FROM items WHERE kind='image' AND status='ok' "
+                "AND (camera_make IS NOT NULL OR camera_model IS NOT NULL) GROUP BY camera_make, camera_model"
+            ):
+                name = " ".join(p for p in (make, model) if p)
+                cameras[name] = cameras.get(name, 0) + n
+            countries = dict(db.execute(
+                "SELECT place_country, COUNT(*) FROM items WHERE kind='image' AND status='ok' "
+                "AND place_country IS NOT NULL GROUP BY place_country"
+            ).fetchall())
+
+        def day(ts: float | None) -> str | None:
+            if ts is None:
+                return None
+            try:
+                return datetime.fromtimestamp(ts, tz=timezone.utc).date().isoformat()
+            except (OverflowError, OSError, ValueError):
+                return None
+
+        def most_first(counts: dict[str, int]) -> dict[str, int]:
+            return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+        return PhotoStats(
+            images=images or 0, with_capture_time=dated or 0, file_time_only=file_dated or 0,
+            first_taken=day(first), last_taken=day(last), with_gps=gps or 0, with_place=placed or 0,
+            not_read=unread or 0, cameras=most_first(cameras), countries=most_first(countries),
+        )
+
+    def image_rows(self) -> list[ItemRow]:
+        """Every searchable image item, by id (duplicate grouping reads them all at once)."""
+        return [ItemRow.from_db(r) for r in self.connect().execute(
+            f"{_ITEM_SELECT} WHERE kind='image' AND status='ok' ORDER BY id")]
 
     def replace_skips(self, roots: list[str], skips: list[tuple[str, str]]) -> None:
         """Record what the last walk of ``roots`` could not take (replacing what an earlier walk of them noted)."""
