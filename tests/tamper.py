@@ -14,7 +14,6 @@ Shared by tests/test_tamper.py (a sample, fast) and benchmarks/bench_reliability
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import sqlite3

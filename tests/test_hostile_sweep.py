@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import retrieval
 from retrieval.cli import app
-from retrieval.errors import ImageDecodeError, IndexCorruptError, IndexLockedError, InvalidQueryError, MMSearchError
+from retrieval.errors import ImageDecodeError, IndexLockedError, InvalidQueryError, MMSearchError
 
 from .conftest import TINY_MODEL, make_image, one_line_error
 from .crash_harness import make_small_images
