@@ -5,6 +5,8 @@ The library raises these; only the CLI (and the server) turn them into output.
 
 from __future__ import annotations
 
+import os
+
 
 def printable(text: str) -> str:
     """Text safe to print as one line: undecodable bytes as \\xNN, control characters (ESC, newline) escaped."""
@@ -64,6 +66,19 @@ class ItemNotFoundError(InvalidQueryError):
 
 class ImageDecodeError(MMSearchError):
     """An image given as a query could not be decoded."""
+
+
+class VideoDecodeError(MMSearchError):
+    """A video file could not be opened or no frame of it could be decoded.
+
+    ``path`` is the file, ``reason`` one line for the person reading it (the
+    same text an index records for a skipped file).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
 
 
 class SourceError(MMSearchError):

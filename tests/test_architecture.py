@@ -26,7 +26,8 @@ LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
      "store_schema"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",
-     "places"},  # what files exist; decoding them; their metadata and places; opening them to serve
+     "places", "video", "video_decode", "video_frames", "video_select", "video_pixels", "video_meta", "video_hash"},
+    # what files exist; decoding them (pictures, video frames); their metadata and places; opening them to serve
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
     {"search", "photo_filters", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking
