@@ -46,13 +46,16 @@ from .video_decode import (
     frame_seconds,
     keyframe_interval,
     open_video,
+    VideoSource,
     sample_aspect,
+    source_name,
     start_time,
     tag,
     video_stream,
 )
+from .video_files import VIDEO_EXTENSIONS, is_video_path
 from .video_frames import SEEK_MIN_JUMP_S, SampledFrame, VideoFrames
-from .video_meta import GeoPoint, read_container_metadata
+from .video_meta import ContainerMetadata, GeoPoint, read_container_metadata
 from .video_pixels import (
     TRC_HLG,
     TRC_PQ,
@@ -76,13 +79,6 @@ __all__ = [
     "sample_frames",
 ]
 
-# Containers phones, cameras and editors write. (.ts is left out: it is far more often TypeScript.)
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2",  # ISO base media: phones, cameras, screen recorders
-    ".mkv", ".webm",  # Matroska
-    ".avi", ".mts", ".m2ts",  # older cameras, AVCHD camcorders
-    ".mpg", ".mpeg", ".wmv", ".asf", ".flv", ".ogv", ".dv",
-})
 _PROBE_MAX_PACKETS = 2000
 _FRAME_AT_MAX_PACKETS = 3000  # a seek lands at most one group of pictures early; more means a broken index
 
@@ -118,17 +114,13 @@ class VideoInfo:
     make: str | None
     model: str | None
     tags: dict[str, str] = field(default_factory=dict)
-
-
-def is_video_path(path: str | Path) -> bool:
-    """True when the file name has one of :data:`VIDEO_EXTENSIONS`."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    capture: ContainerMetadata = field(default_factory=ContainerMetadata)  # what ``created`` ... ``model`` came from
 
 
 # -- probe ------------------------------------------------------------------------------
 
 
-def probe_video(path: str | Path) -> VideoInfo:
+def probe_video(path: VideoSource) -> VideoInfo:
     """Read a video's facts: duration, displayed size, rotation, codec, HDR, capture metadata.
 
     Decodes the first frame (the rotation lives in its side data, and it
@@ -137,7 +129,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     """
     with open_video(path) as container:
         stream = video_stream(container, path)
-        first = _first_frame(container, stream, path)
+        first = _first_frame(container, stream, source_name(path))
         tag_orientation = orientation_from_tag(tag(stream.metadata, "rotate"))
         orientation = frame_orientation(first) or tag_orientation
         width, height = target_size(first.width, first.height, sample_aspect(stream), min_side=1 << 30)
@@ -148,7 +140,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         tags = {**{k: str(v) for k, v in stream.metadata.items()}, **{k: str(v) for k, v in container.metadata.items()}}
         meta = read_container_metadata(container.metadata, stream.metadata)
         return VideoInfo(
-            path=str(path), container=container.format.name, codec=stream.codec_context.name,
+            path=source_name(path), container=container.format.name, codec=stream.codec_context.name,
             duration=duration_of(container, stream), width=width, height=height,
             rotation=orientation.rotation, mirrored=orientation.mirrored,
             fps=float(rate) if rate else None, pixel_format=first.format.name,
@@ -156,6 +148,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             hdr="pq" if trc == TRC_PQ else "hlg" if trc == TRC_HLG else None,
             keyframe_interval=keyframe_interval(container, stream), has_audio=bool(container.streams.audio),
             created=meta.created, location=meta.location, make=meta.make, model=meta.model, tags=tags,
+            capture=meta,
         )
 
 
@@ -182,7 +175,7 @@ def _first_frame(container: av.container.InputContainer, stream: av.video.stream
 # -- sampling ---------------------------------------------------------------------------
 
 
-def sample_frames(path: str | Path, sampling: FrameSampling | None = None) -> VideoFrames:
+def sample_frames(path: VideoSource, sampling: FrameSampling | None = None) -> VideoFrames:
     """The frames of ``path`` worth embedding, in time order (see the module docstring).
 
     Opens the file now, so a file that is not a video raises
@@ -197,7 +190,7 @@ def sample_frames(path: str | Path, sampling: FrameSampling | None = None) -> Vi
 
 
 
-def frame_at(path: str | Path, time: float, min_side: int = 256) -> Image.Image:
+def frame_at(path: VideoSource, time: float, min_side: int = 256) -> Image.Image:
     """The picture shown at ``time`` seconds (upright, 8-bit sRGB, short side about ``min_side``).
 
     For thumbnails and for ``similar`` from a moment: seeks to the keyframe
@@ -242,5 +235,5 @@ def frame_at(path: str | Path, time: float, min_side: int = 256) -> Image.Image:
         except av.FFmpegError:
             pass  # the data breaks off: the last frame read is the best there is
         if shown is None:
-            raise VideoDecodeError(path, f"no frame could be decoded near {time:.2f} s")
+            raise VideoDecodeError(source_name(path), f"no frame could be decoded near {time:.2f} s")
         return converter.image(shown)

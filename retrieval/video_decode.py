@@ -15,11 +15,12 @@ and at the end a verdict, ``truncated``, with one line per problem.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Iterator
 from fractions import Fraction
 from itertools import pairwise
-from pathlib import Path
+from typing import BinaryIO, Union
 
 import av
 from av.stream import Disposition
@@ -33,8 +34,10 @@ __all__ = [
     "duration_of",
     "frame_seconds",
     "keyframe_interval",
+    "VideoSource",
     "open_video",
     "sample_aspect",
+    "source_name",
     "start_time",
     "tag",
     "video_stream",
@@ -47,14 +50,26 @@ _MAX_RESYNCS = 3
 _RESYNC_STEP_S = 1.0
 
 
-def open_video(path: str | Path) -> av.container.InputContainer:
-    """Open a file for reading with PyAV; every failure is a :class:`VideoDecodeError`."""
+VideoSource = Union[str, "os.PathLike[str]", BinaryIO]  # a path, or a seekable binary file (an fsspec or checked file)
+
+
+def source_name(source: VideoSource) -> str:
+    """How messages name a video source: its path, or the name of a file object."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    name = getattr(source, "name", None) or getattr(source, "path", None)
+    return name if isinstance(name, str) else "<video stream>"
+
+
+def open_video(source: VideoSource) -> av.container.InputContainer:
+    """Open a video for reading with PyAV (a path or a seekable binary file); every failure is a :class:`VideoDecodeError`."""
     try:
-        return av.open(str(path), mode="r", metadata_errors="replace")
+        target = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
+        return av.open(target, mode="r", metadata_errors="replace")
     except Exception as exc:  # noqa: BLE001 - PyAV raises FFmpegError, OSError and more; each becomes one reason
-        if isinstance(exc, av.error.InvalidDataError) and _is_iso_media(path):
-            raise VideoDecodeError(path, _INCOMPLETE_ISO) from exc
-        raise VideoDecodeError(path, describe_error(exc, opening=True)) from exc
+        if isinstance(exc, av.error.InvalidDataError) and _is_iso_media(source):
+            raise VideoDecodeError(source_name(source), _INCOMPLETE_ISO) from exc
+        raise VideoDecodeError(source_name(source), describe_error(exc, opening=True)) from exc
 
 
 _INCOMPLETE_ISO = (
@@ -62,20 +77,26 @@ _INCOMPLETE_ISO = (
 )
 
 
-def _is_iso_media(path: str | Path) -> bool:
+def _is_iso_media(source: VideoSource) -> bool:
     """An ISO base media file (MP4, MOV, 3GP) by its first box, whatever its name."""
     try:
-        with open(path, "rb") as f:
+        if not isinstance(source, (str, os.PathLike)):
+            source.seek(0)
+            head = source.read(12)
+            source.seek(0)
+            return head[4:8] == b"ftyp"
+        with open(source, "rb") as f:
             return f.read(12)[4:8] == b"ftyp"
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a closed file object
         return False
 
 
-def video_stream(container: av.container.InputContainer, path: str | Path) -> av.video.stream.VideoStream:
+def video_stream(container: av.container.InputContainer, source: VideoSource) -> av.video.stream.VideoStream:
     """The main picture stream: not cover art; the default one first, then the largest."""
+    path = source_name(source)
     candidates = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
     if not candidates:
-        if not container.streams.audio and _is_iso_media(path):
+        if not container.streams.audio and _is_iso_media(source):
             raise VideoDecodeError(path, _INCOMPLETE_ISO)
         kind = "audio only" if container.streams.audio else "no streams FFmpeg can read"
         raise VideoDecodeError(path, f"not a video (no video stream; {kind})")

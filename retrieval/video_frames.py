@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import av
 from PIL import Image
@@ -29,7 +28,9 @@ from .video_decode import (
     frame_seconds,
     keyframe_interval,
     open_video,
+    VideoSource,
     sample_aspect,
+    source_name,
     start_time,
     tag,
     video_stream,
@@ -65,8 +66,8 @@ class VideoFrames(Iterator[SampledFrame]):
     chose), ``all_flat``.
     """
 
-    def __init__(self, path: str | Path, sampling: FrameSampling | None = None) -> None:
-        self.path = str(path)
+    def __init__(self, path: VideoSource, sampling: FrameSampling | None = None) -> None:
+        self.path = source_name(path)
         self.sampling = sampling or FrameSampling()
         self.truncated = False
         self.problems: list[str] = []

@@ -15,10 +15,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["ContainerMetadata", "GeoPoint", "parse_capture_time", "parse_iso6709", "read_container_metadata"]
+if TYPE_CHECKING:
+    from .photo_meta import PhotoMeta
+
+__all__ = [
+    "ContainerMetadata", "GeoPoint", "capture_meta", "parse_capture_time", "parse_iso6709", "read_container_metadata",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class ContainerMetadata:
     location: GeoPoint | None = None
     make: str | None = None
     model: str | None = None
+    utc_only: bool = False  # the time is UTC because the tag says nothing else (creation_time), not a local offset
 
 
 # Most specific first: Apple's date carries the local UTC offset, creation_time is UTC only.
@@ -57,11 +64,54 @@ def read_container_metadata(*tag_dicts: Mapping[str, str]) -> ContainerMetadata:
     removed; the first dict that has a readable value wins.
     """
     tags = _normalise(tag_dicts)
-    created = next((t for k in _TIME_KEYS if (t := parse_capture_time(tags.get(k, ""))) is not None), None)
+    created, utc_only = None, False
+    for key in _TIME_KEYS:
+        created = parse_capture_time(tags.get(key, ""))
+        if created is not None:
+            # Apple's creationdate carries the local offset; the others are UTC ('Z') by definition.
+            utc_only = key != "com.apple.quicktime.creationdate"
+            break
     location = next((g for k in _LOCATION_KEYS if (g := parse_iso6709(tags.get(k, ""))) is not None), None)
     make = next((v for k in _MAKE_KEYS if (v := _clean(tags.get(k))) is not None), None)
     model = next((v for k in _MODEL_KEYS if (v := _clean(tags.get(k))) is not None), None)
-    return ContainerMetadata(created=created, location=location, make=make, model=model)
+    return ContainerMetadata(created=created, location=location, make=make, model=model, utc_only=utc_only)
+
+
+def capture_meta(meta: ContainerMetadata, mtime_ns: int | None = None) -> PhotoMeta:
+    """A video's capture facts in the form photos store them (the same item columns and filters).
+
+    A time with its offset (Apple's tag) keeps its wall clock and offset; a UTC
+    time (QuickTime's ``creation_time``) is shown on this machine's clock, as
+    file times are (the camera's own zone is not recorded); a time with no zone
+    is a wall clock with an unknown offset. No time at all: the file's
+    modification time (``time_source`` ``file-mtime``), as for photos.
+    """
+    from .photo_meta import PhotoMeta, file_time_meta, normalise_camera
+    from .photo_time import Stamp
+
+    make, model = normalise_camera(meta.make, meta.model)
+    out = PhotoMeta(camera_make=make, camera_model=model)
+    if meta.location is not None:
+        out = replace(out, gps_lat=meta.location.latitude, gps_lon=meta.location.longitude,
+                      gps_alt=meta.location.altitude)
+    created = meta.created
+    if created is None:
+        return file_time_meta(out, mtime_ns)
+    offset_source: str | None = "container"
+    try:
+        if created.tzinfo is None:
+            stamp, offset_source = Stamp(created, None), None
+        elif created.utcoffset() == timedelta(0) and meta.utc_only:
+            local = created.astimezone()  # this machine's zone, as for file times
+            minutes = int((local.utcoffset() or timedelta(0)).total_seconds() // 60)
+            stamp, offset_source = Stamp(local.replace(tzinfo=None), minutes), "local-clock"
+        else:
+            minutes = int((created.utcoffset() or timedelta(0)).total_seconds() // 60)
+            stamp = Stamp(created.replace(tzinfo=None), minutes)
+        return replace(out, taken_at=stamp.iso(), taken_ts=stamp.ts, time_source="video-container",
+                       utc_offset_min=stamp.offset_min, offset_source=offset_source)
+    except (OverflowError, OSError, ValueError):  # a year the platform cannot place in time
+        return file_time_meta(out, mtime_ns)
 
 
 def _normalise(tag_dicts: tuple[Mapping[str, str], ...]) -> dict[str, str]:

@@ -26,13 +26,14 @@ LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
      "store_schema"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",
-     "places", "video", "video_decode", "video_frames", "video_select", "video_pixels", "video_meta", "video_hash"},
+     "places", "video", "video_decode", "video_frames", "video_select", "video_pixels", "video_meta", "video_files"},
     # what files exist; decoding them (pictures, video frames); their metadata and places; opening them to serve
-    {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
+    {"embed", "urls", "video_embed"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
     {"search", "photo_filters", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking
     {"store", "store_salvage"},  # the index folder
-    {"indexer", "photo_store", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index
+    {"indexer", "photo_store", "video_index", "maintenance", "integrity", "catalog", "shards", "thumbnails"},
+    # changing an index
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
     {"api"},  # the door
