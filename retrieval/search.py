@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import InvalidQueryError
 from .photo_filters import PhotoConditions, parse_flag, parse_km, photo_info
+from .video_files import format_clock, format_seconds
 
 if TYPE_CHECKING:
     from .ann import VectorIndex
@@ -70,6 +71,16 @@ class Hit:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         return {k: v for k, v in data.items() if v is not None}
+
+    @property
+    def clock(self) -> str | None:
+        """A video hit's moment as people read it (``01:23.2``); None for other hits."""
+        return format_clock(self.time) if self.kind == "video" and self.time is not None else None
+
+    @property
+    def fragment(self) -> str:
+        """A video hit's moment as a media fragment for its file's URL (``#t=83.2``); ``""`` for other hits."""
+        return f"#t={format_seconds(self.time)}" if self.kind == "video" and self.time is not None else ""
 
 
 # -- filters ------------------------------------------------------------------------

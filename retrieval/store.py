@@ -1016,9 +1016,8 @@ class IndexStore:
         items |= {r[0] for r in db.execute(
             "SELECT v.id FROM items v WHERE v.kind = 'video' AND v.status = 'ok' "
             "AND NOT EXISTS (SELECT 1 FROM items f WHERE f.parent_id = v.id AND f.kind = 'frame')")}
-        videos = {r[0] for r in db.execute("SELECT DISTINCT parent_id FROM items WHERE kind = 'frame' "
-                                           "AND parent_id IS NOT NULL")}
-        dropped_parents = {p for p in self._parents_of(db, items) if p in videos}
+        parents = self._parents_of(db, items)
+        dropped_parents = set(self.items_by_id(sorted(parents))) if parents else set()
         items |= dropped_parents
         for frames in self.frames_of_videos(sorted(dropped_parents)).values():
             items |= {frame_id for frame_id, _ in frames}

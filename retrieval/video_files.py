@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 __all__ = [
-    "FINGERPRINT_PREFIX", "VIDEO_EXTENSIONS", "format_seconds", "frame_key", "is_video_path", "split_moment",
+    "FINGERPRINT_PREFIX", "VIDEO_EXTENSIONS", "format_clock", "format_seconds", "frame_key", "is_video_path",
+    "split_moment",
     "video_fingerprint", "video_fingerprint_fd",
 ]
 
@@ -134,3 +135,13 @@ def split_moment(text: str) -> tuple[str, float] | None:
     if not seconds >= 0 or seconds == float("inf") or any(v < 0 for v in values):
         return None
     return path, seconds
+
+
+def format_clock(seconds: float) -> str:
+    """A time in a video as people read it: ``01:23.2``, ``1:02:03`` (tenths only when there are some)."""
+    tenths = round(float(seconds) * 10)
+    whole, tenth = divmod(tenths, 10)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+    return f"{text}.{tenth}" if tenth else text

@@ -37,7 +37,7 @@ LAYERS: list[set[str]] = [
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
     {"api"},  # the door
-    {"html_report", "duplicates_report", "server_guard", "server_files", "server_http", "server",
+    {"html_report", "duplicates_report", "server_guard", "server_files", "server_ranges", "server_http", "server",
      "server_clip_retrieval", "immich_models", "immich_ml"},  # faces
     {"cli", "cli.options", "cli.indexing", "cli.searching", "cli.inspecting", "cli.duplicates", "cli.maintenance",
      "cli.serving", "cli.scaling",
@@ -46,7 +46,8 @@ LAYERS: list[set[str]] = [
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
 MODEL_SIDE = {"encoder", "fast_paths", "text_export"}
 DOOR = {"api", "query", "search", "errors", "config"}
-FACE_HELPERS = {"html_report", "duplicates_report", "thumbnails", "server_guard", "server_files", "server_http",
+FACE_HELPERS = {"html_report", "duplicates_report", "thumbnails", "server_guard", "server_files", "server_ranges",
+                "server_http",
                 "immich_models"}
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server", "server_clip_retrieval", "immich_ml"}
 # The immich stand-in serves a model's raw embeddings, with no index: the model loader is its door.

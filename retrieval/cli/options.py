@@ -42,7 +42,10 @@ ThreadsOpt = Annotated[
 ExcludeOpt = Annotated[
     Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
 ]
-BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per encoder batch.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images (or video frames) per encoder batch.")]
+NoVideoOpt = Annotated[
+    bool, typer.Option("--no-video", help="Leave videos out (those already indexed stay as they are).")
+]
 AnnOpt = Annotated[
     Optional[str],
     typer.Option("--ann", help="ANN index: auto (by size and --max-memory), flat, hnsw, ivf or ivfpq [default: auto]."),
@@ -81,7 +84,10 @@ TargetOpt = Annotated[
 MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine.")]
 UnderOpt = Annotated[Optional[str], typer.Option("--under", help="Only files under this folder.")]
 GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="Only files whose path or name matches this glob.")]
-TypeOpt = Annotated[Optional[str], typer.Option("--type", help="Only these file types, e.g. 'jpg,png'.")]
+TypeOpt = Annotated[
+    Optional[str],
+    typer.Option("--type", help="Only these file types, e.g. 'jpg,png', or kinds: 'video' (videos only), 'image' (photos only)."),
+]
 AfterOpt = Annotated[Optional[str], typer.Option("--after", help="Only files modified on/after this date (YYYY-MM-DD).")]
 BeforeOpt = Annotated[Optional[str], typer.Option("--before", help="Only files modified before this date (YYYY-MM-DD).")]
 TakenAfterOpt = Annotated[
