@@ -245,7 +245,9 @@ class VideoPipeline:
             queue.extend((prepared, i) for i in range(len(prepared.pixels)))
             self.stats.decode_seconds += prepared.decode_seconds
 
-        def encode(final: bool) -> None:
+        def encode(final: bool) -> Iterator[EmbeddedVideo]:
+            # Each video goes as soon as its last frame is embedded: a kill loses the video being
+            # embedded, not the ones that finished in the same stretch of batches.
             while len(queue) >= self.batch_size or (final and queue):
                 chunk, queue[:] = queue[: self.batch_size], queue[self.batch_size:]
                 started = time.perf_counter()
@@ -254,6 +256,7 @@ class VideoPipeline:
                 for (p, i), vector in zip(chunk, vectors):
                     p.vectors[i] = np.asarray(vector, dtype=np.float32)
                     p.pixels[i] = None  # the pixels are not needed any more
+                yield from ready()
 
         def ready() -> Iterator[EmbeddedVideo]:
             while waiting and all(v is not None for v in waiting[0].vectors):
@@ -265,13 +268,13 @@ class VideoPipeline:
                 pending.append(pool.submit(self.prepare, entry))
                 while len(pending) > window:
                     take(pending.popleft().result())
-                    encode(final=False)
+                    yield from encode(final=False)
                     yield from ready()
             while pending:
                 take(pending.popleft().result())
-                encode(final=not pending)
+                yield from encode(final=not pending)
                 yield from ready()
-            encode(final=True)
+            yield from encode(final=True)
             yield from ready()
 
     def _embedded(self, p: _Prepared) -> EmbeddedVideo:
