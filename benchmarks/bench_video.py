@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_video.py                       # 60 s 1080p30 H.264, generated once
     .venv/bin/python benchmarks/bench_video.py --model ViT-B-32-256  # + the image tower on the sampled frames
     .venv/bin/python benchmarks/bench_video.py --size 320x180 --seconds 6 --intervals 1,4   # quick check
+    .venv/bin/python benchmarks/bench_video.py --index-model ViT-B-32 --strategies ""   # indexing throughput only
 
 What it measures, all in one process so the ratios hold on a busy machine:
 
@@ -18,6 +19,11 @@ What it measures, all in one process so the ratios hold on a busy machine:
 * with ``--model``: the image tower (random weights, the real model's
   shapes) on the kept frames, so the table says what dominates per minute of
   video, decoding or the model.
+* with ``--index-model``: ``mmsearch index`` itself (``indexer.update_index``
+  with the default sampling) over ``--index-videos`` distinct test videos:
+  seconds of video indexed per second, frames embedded per minute of video,
+  and where the time went (sampling, summed over the decoding threads, versus
+  the model). ``mmsearch-tiny`` makes the model nearly free: decoding alone.
 
 Test videos are textured, moving, noisy 1080p scenes with cuts (from the
 sample photos when present), encoded at phone bitrates, cached by name under
@@ -196,6 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-naive", action="store_true", help="skip the decode-everything + PIL baseline")
     ap.add_argument("--model", help="also time this model's image tower on the kept frames (e.g. ViT-B-32-256)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated videos are kept")
+    ap.add_argument("--index-model", help="also index the test videos with this model (e.g. ViT-B-32, random weights)")
+    ap.add_argument("--index-videos", type=int, default=4, help="distinct videos per indexing run [4]")
+    ap.add_argument("--index-gop", type=float, default=1.0, help="keyframe spacing of those videos, seconds [1]")
+    ap.add_argument("--batch-size", type=int, default=32, help="frames per encoder batch when indexing [32]")
+    ap.add_argument("--workers", type=int, default=0, help="video decoding threads when indexing (0: default)")
     ap.add_argument("--json", help="also write the JSON result to this file")
     args = ap.parse_args(argv)
 
@@ -205,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "size": args.size, "seconds": args.seconds, "fps": args.fps,
                               "min_side": args.min_side, "videos": {}}
     sample_images: list[Any] = []
-    for gop in (float(v) for v in args.gops.split(",") if v):
+    for gop in (float(v) for v in args.gops.split(",") if v and strategies):
         name = f"pan_{width}x{height}_{args.seconds:g}s_{args.fps}fps_gop{gop:g}s.mp4"
         t0 = time.perf_counter()
         path = make_test_video(args.cache / name, (width, height), args.seconds, args.fps, gop)
@@ -252,8 +263,58 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["model_s_per_min"] = model_per_min
         print_table(f"seconds per minute of video, auto strategy, model {args.model} ({per_frame * 1000:.1f} ms/frame)",
                     ["gop", "interval s", "frames / min", "decode s", "model s", "dominates"], rows)
+    if args.index_model:
+        result["index"] = index_throughput(args, (width, height))
     emit_json(result, args.json)
     return result
+
+
+def index_throughput(args: argparse.Namespace, size: tuple[int, int]) -> dict[str, Any]:
+    """``update_index`` over distinct generated videos: video seconds per second, frames per minute, decode vs model."""
+    import os
+
+    from retrieval.encoder import load_encoder
+    from retrieval.indexer import update_index
+    from retrieval.store import IndexStore
+
+    width, height = size
+    videos = []
+    for i in range(args.index_videos):
+        seconds = args.seconds + i  # a second more each: distinct files (the same bytes would be reused)
+        name = f"pan_{width}x{height}_{seconds:g}s_{args.fps}fps_gop{args.index_gop:g}s.mp4"
+        videos.append(make_test_video(args.cache / name, size, seconds, args.fps, args.index_gop))
+    encoder = load_encoder(args.index_model)
+    with tempfile.TemporaryDirectory(prefix="mmsearch-bench-index-") as tmp:
+        folder = Path(tmp) / "videos"
+        folder.mkdir()
+        for video in videos:
+            os.symlink(video, folder / video.name)
+        store = IndexStore.create(Path(tmp) / "index", name="bench", model=encoder.spec,
+                                  fingerprint=encoder.fingerprint, dim=encoder.dim)
+        try:
+            with store.writer_lock():
+                t0 = time.perf_counter()
+                report = update_index(store, encoder, [folder], batch_size=args.batch_size, workers=args.workers,
+                                      read_metadata=True)
+                wall = time.perf_counter() - t0
+        finally:
+            store.close()
+    video_s = report.video_seconds
+    out = {
+        "model": args.index_model, "videos": report.videos, "video_seconds": video_s, "frames": report.frames,
+        "wall_s": wall, "video_s_per_s": video_s / wall if wall else 0.0,
+        "frames_per_min": report.frames * 60.0 / video_s if video_s else 0.0,
+        "decode_s": report.video_decode_seconds, "model_s": report.video_model_seconds,
+        "failed": report.failed, "batch_size": args.batch_size, "workers": args.workers,
+        "gop_s": args.index_gop,
+    }
+    out["dominates"] = "decode" if out["decode_s"] > out["model_s"] else "model"
+    print_table(f"mmsearch index: {report.videos} videos {width}x{height}, {video_s:.0f} s of video, "
+                f"model {args.index_model}",
+                ["video s / s", "frames / min", "wall s", "decode s (threads)", "model s", "dominates"],
+                [[out["video_s_per_s"], out["frames_per_min"], wall, out["decode_s"], out["model_s"],
+                  out["dominates"]]])
+    return out
 
 
 if __name__ == "__main__":

@@ -313,17 +313,38 @@ class Index:
         expected = ExpectedFile.of(row)
         return open_indexed_file(expected, self._verified, check_content=check_content), row
 
+    def shown_at(self, item: "ItemRow | int") -> tuple[ItemRow, float | None]:
+        """(the row of the file an item shows, the time it shows): what a thumbnail or a player needs.
+
+        An image: itself, no time. A video: itself at its first indexed frame
+        (after any black intro). A frame: its video at the frame's time. Reads
+        the store (the server calls it on its index thread, then hands the
+        result to :meth:`thumbnail` and :meth:`open_original` elsewhere).
+        """
+        if isinstance(item, ItemRow) and item.kind == "image":
+            return item, None
+        row = self._file_row(item)
+        if row.kind != "video":
+            return row, None
+        given = item if isinstance(item, ItemRow) else self.item(item)
+        if given is not None and given.kind == "frame":
+            return row, float(given.time or 0.0)
+        frames = self.store.frames_of(row.id)
+        return row, frames[0][1] if frames else 0.0
+
     def thumbnail(self, item: ItemRow, size: int | None = None, *, time: float | None = None) -> Path:
         """A JPEG thumbnail of an image item, or of a video at a moment (longest side ``size``), made once and cached.
 
-        A frame item shows its moment; a video item shows ``time`` (seconds), or
-        else its first frame worth showing (a black intro is skipped). Served
-        only while the item's file is still the file that was indexed (the rule
-        of :meth:`open_original`) and made from that open file; a thumbnail made
-        earlier is served after the cheap part of the check (the content was
-        checked when it was made). Raises ``ItemNotFoundError`` when the file is
-        not the one indexed, ``ImageDecodeError`` (or ``VideoDecodeError``) when
-        it can no longer be decoded. Safe to call from several threads at once.
+        A video shows ``time`` (seconds); a frame item, or a video without
+        ``time``, is first resolved with :meth:`shown_at` (which reads the
+        store). Served only while the item's file is still the file that was
+        indexed (the rule of :meth:`open_original`) and made from that open
+        file; a thumbnail made earlier is served after the cheap part of the
+        check (the content was checked when it was made). Raises
+        ``ItemNotFoundError`` when the file is not the one indexed,
+        ``ImageDecodeError`` (``VideoDecodeError``) when it can no longer be
+        decoded. Given an image, or a video with ``time``, it does not touch
+        the store: any thread may call it.
         """
         from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
 
@@ -331,27 +352,20 @@ class Index:
             with self._thumbnails_lock:
                 if self._thumbnails is None:
                     self._thumbnails = ThumbnailCache.for_index(self.path)
-        if item.kind == "frame":
-            time = item.time or 0.0
-        elif item.kind == "video" and time is None:
-            time = self._poster_time(item)
-        row = self._file_row(item) if item.kind == "frame" else item
+        row = item
+        if item.kind == "frame" or (item.kind == "video" and time is None):
+            row, time = self.shown_at(item)
         key = row.hash or f"id{row.id}-{row.mtime_ns}"
         if row.kind == "video":
             from .video_files import format_seconds
 
-            key = f"{key}-t{format_seconds(float(time or 0.0))}"
+            time = float(time or 0.0)
+            key = f"{key}-t{format_seconds(time)}"
         size = size or DEFAULT_THUMB_SIZE
         made = self._thumbnails.path_for(key, size).is_file()
         source, row = self._open_checked(row, check_content=not made)
         with source:
-            return self._thumbnails.get(source, key, size, name=row.path,
-                                        time=float(time or 0.0) if row.kind == "video" else None)
-
-    def _poster_time(self, video: ItemRow) -> float:
-        """The moment a video is shown by: its first indexed frame (after any black intro)."""
-        frames = self.store.frames_of(video.id)
-        return frames[0][1] if frames else 0.0
+            return self._thumbnails.get(source, key, size, name=row.path, time=time if row.kind == "video" else None)
 
     # -- writing ----------------------------------------------------------------
 

@@ -77,6 +77,8 @@ class IndexReport:
     frames: int = 0  # their frames
     video_seconds: float = 0.0  # the duration of those videos
     partial: list[tuple[str, str]] = field(default_factory=list)  # (path, why): videos indexed up to a damage
+    video_decode_seconds: float = 0.0  # sampling videos, summed over the decoding threads (local engine)
+    video_model_seconds: float = 0.0  # the model on their frames
 
     @property
     def images_per_second(self) -> float:
@@ -92,6 +94,8 @@ class IndexReport:
         }
         if self.videos or self.partial:
             data.update(videos=self.videos, frames=self.frames, video_seconds=round(self.video_seconds, 3),
+                        video_decode_seconds=round(self.video_decode_seconds, 3),
+                        video_model_seconds=round(self.video_model_seconds, 3),
                         partial=[{"path": p, "reason": r} for p, r in self.partial])
         return data
 
@@ -417,10 +421,13 @@ def update_index(
         ([outcome_of(e) for e in batch] for batch in pipeline.run(images)),
         ([video_outcome_of(v)] for v in video_pipeline.run(clips)),
     )
-    return apply_outcomes(
+    report = apply_outcomes(
         store, plan, batches, commit_every=commit_every, reencode=reencode, reencode_video=reencode_video,
         on_progress=on_progress,
     )
+    report.video_decode_seconds = video_pipeline.stats.decode_seconds
+    report.video_model_seconds = video_pipeline.stats.encode_seconds
+    return report
 
 
 def split_videos(entries: Sequence[FileEntry]) -> tuple[list[FileEntry], list[FileEntry]]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from functools import partial
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -522,8 +523,12 @@ def create_app(
         if size not in THUMB_SIZES:
             raise ApiError(422, "invalid_size", f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
         row = await row_of(item_id)
+        if row.kind in ("video", "frame"):
+            row, moment = await backend(backend.main.shown_at, row)  # store reads: on the index thread
+        else:
+            moment = None
         try:
-            path = await run_in_threadpool(backend.main.thumbnail, row, size)
+            path = await run_in_threadpool(partial(backend.main.thumbnail, row, size, time=moment))
         except (ImageDecodeError, VideoDecodeError) as exc:
             raise ApiError(404, "not_found", f"item {item_id}: {exc}") from None
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
@@ -539,6 +544,8 @@ def create_app(
         range_header: Annotated[str | None, Header(alias="Range", include_in_schema=False)] = None,
     ) -> StreamingResponse:
         row = await row_of(item_id)
+        if row.kind == "frame":
+            row, _ = await backend(backend.main.shown_at, row)  # a moment plays its video
         source, row = await run_in_threadpool(backend.main.open_original, row)
         assert row.path is not None
         return stream_ranges(source, row.path, range_header)

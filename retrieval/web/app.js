@@ -455,11 +455,14 @@ function fact(list, term, value) {
   list.append(el("dt", { text: term }), el("dd", { text: String(value) }));
 }
 
-function showMeta(meta) {
+// What a video's meta says that is about the index, not the video: not shown.
+const VIDEO_INTERNALS = new Set(["sampling", "strategy", "decoded_frames", "poster", "all_flat", "duration"]);
+
+function showMeta(meta, video = false) {
   els.detailMeta.replaceChildren();
   if (!meta || typeof meta !== "object") return;
   for (const [key, value] of Object.entries(meta)) {
-    if (value === null || value === "") continue;
+    if (value === null || value === "" || (video && VIDEO_INTERNALS.has(key))) continue;
     const text = typeof value === "object" ? JSON.stringify(value) : String(value);
     fact(els.detailMeta, key.replace(/_/g, " "), text.length > 300 ? text.slice(0, 297) + "…" : text);
   }
@@ -527,7 +530,7 @@ async function openDetail(index) {
     if (hit.meta && hit.meta.duration) fact(els.detailFacts, "Duration", clock(hit.meta.duration));
   }
   if (hit.width && hit.height) fact(els.detailFacts, "Dimensions", `${hit.width} × ${hit.height} pixels`);
-  showMeta(hit.meta);
+  showMeta(hit.meta, video);
   els.detailPrev.disabled = index === 0;
   els.detailNext.disabled = index >= state.hits.length - 1 && state.exhausted;
   if (!els.detail.open) els.detail.showModal();
@@ -538,7 +541,7 @@ async function openDetail(index) {
     fact(els.detailFacts, "File size", bytes(item.size));
     fact(els.detailFacts, "Modified", when(item.mtime_ns));
     if (item.status !== "ok") fact(els.detailFacts, "Status", `${item.status}: ${item.error || ""}`);
-    showMeta(item.meta || hit.meta);
+    showMeta(item.meta || hit.meta, video);
   } catch (err) {
     if (state.detailIndex === index) fact(els.detailFacts, "Details", err.message);
   }
@@ -694,7 +697,7 @@ async function start() {
     const info = await api("/api/info");
     state.limits = info.limits;
     els.info.textContent = `index “${info.name}” · ${info.images.toLocaleString()} images` +
-      (info.videos ? ` · ${info.videos.toLocaleString()} videos` : "") +
+      (info.videos ? ` · ${info.videos.toLocaleString()} video${info.videos === 1 ? "" : "s"}` : "") +
       (info.texts ? ` · ${info.texts.toLocaleString()} texts` : "");
     els.info.title = `model ${info.model}`;
     if (!info.images && !info.videos && info.texts) els.target.value = "text";
