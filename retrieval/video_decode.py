@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Iterator
 from fractions import Fraction
 from itertools import pairwise
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO, Union
 
 import av
 from av.stream import Disposition
@@ -64,7 +64,11 @@ def source_name(source: VideoSource) -> str:
 def open_video(source: VideoSource) -> av.container.InputContainer:
     """Open a video for reading with PyAV (a path or a seekable binary file); every failure is a :class:`VideoDecodeError`."""
     try:
-        target = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
+        if isinstance(source, (str, os.PathLike)):
+            target: Any = os.fspath(source)
+        else:
+            source.seek(0)  # FFmpeg reads from where the file stands: an earlier reader leaves it anywhere
+            target = source
         return av.open(target, mode="r", metadata_errors="replace")
     except Exception as exc:  # noqa: BLE001 - PyAV raises FFmpegError, OSError and more; each becomes one reason
         if isinstance(exc, av.error.InvalidDataError) and _is_iso_media(source):

@@ -432,3 +432,20 @@ def answers_with_whole_videos(index_dir: Path) -> dict[str, int]:
         return {h.path: len(h.moments or []) for h in moments}
     finally:
         store.close()
+
+
+def test_videos_under_a_url_are_indexed_through_fsspec(colours: ColourEncoder, tmp_path: Path) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    made = write_video(tmp_path / "a.mp4", [Scene(RED, 2), Scene(GREEN, 2)])
+    fs = fsspec.filesystem("memory")
+    with fs.open("/video-test/clip.mp4", "wb") as fh:
+        fh.write(made.path.read_bytes())
+    try:
+        idx = retrieval.create_index("urls", encoder=colours, root=tmp_path / "root")
+        report = idx.add_folder("memory://video-test")
+        assert (report.added, report.videos, report.frames, report.failed) == (1, 1, 2, 0)
+        hit = idx.search_text("green", k=1)[0]
+        assert (hit.path, hit.kind, hit.time) == ("memory:///video-test/clip.mp4", "video", 2.0)
+        idx.close()
+    finally:
+        fs.rm("/video-test", recursive=True)

@@ -79,7 +79,7 @@ NumWorkersOpt = Annotated[
 KOpt = Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results (after filtering).")]
 TargetOpt = Annotated[
     Optional[str],
-    typer.Option("--target", help="What to return: image, text or all [default: image; text for --image queries on a text-only index]."),
+    typer.Option("--target", help="What to return: image (photos and videos), text or all [default: image; text for --image queries on a text-only index]."),
 ]
 MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine.")]
 UnderOpt = Annotated[Optional[str], typer.Option("--under", help="Only files under this folder.")]
