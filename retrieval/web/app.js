@@ -469,6 +469,7 @@ function showMeta(meta, video = false) {
 }
 
 function stopVideo() {
+  if (!els.detailVideo.hasAttribute("src")) return;
   els.detailVideo.pause();
   els.detailVideo.removeAttribute("src");
   els.detailVideo.load();  // lets go of the connection
@@ -505,6 +506,7 @@ async function openDetail(index) {
   const video = hit.kind === "video";
   els.detailImg.hidden = !image;
   els.detailVideo.hidden = !video;
+  els.detailVideo.inert = !video;  // a hidden player must not take the dialog's first focus
   els.detailText.hidden = image || video;
   if (!video) stopVideo();
   if (image) {
