@@ -59,7 +59,7 @@ PathLike = str | os.PathLike[str]
 __all__ = [
     "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow", "PhotoStats",
     "check_sources", "classify_images", "create_index", "delete_index", "drop_plan", "embed_to_shards",
-    "list_indexes", "list_models", "merge_shards", "open_index", "open_or_create_index", "parse_labels",
+    "list_indexes", "list_models", "load_model", "merge_shards", "open_index", "open_or_create_index", "parse_labels",
     "ray_engine", "repair_index", "verify_index",
 ]
 
@@ -208,11 +208,14 @@ class Index:
 
     def item(self, item_id: int) -> ItemRow | None:
         """One item's stored row (path or text, size, dimensions, status, metadata), or None."""
-        return self.store.items_by_id([int(item_id)]).get(int(item_id))
+        return self.items([item_id]).get(item_id)
 
     def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
         """Stored rows of the given ids (ids not in the index are left out)."""
-        return self.store.items_by_id([int(i) for i in ids])
+        for item_id in ids:
+            if isinstance(item_id, bool) or not isinstance(item_id, int):
+                raise InvalidQueryError(f"an item id is a whole number (got {item_id!r})")
+        return self.store.items_by_id([i for i in ids if 0 <= i < 2**63])
 
     def find_item(self, path_or_id: "PathLike | int") -> int:
         """The id of an indexed item, given its id, its file path, its text key, or a moment of a video.
@@ -495,7 +498,7 @@ class Index:
         k best matches newest capture first (see :func:`retrieval.search.sort_hits`).
         """
         return search_vector(
-            self.store, self._vector_index(), np.asarray(vector, dtype=np.float32), k,
+            self.store, self._vector_index(), _as_query_vector(vector), k,
             filters=filters or Filters(), dedup=dedup, exclude_ids=exclude_ids, sort=sort,
         )
 
@@ -626,6 +629,13 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _as_query_vector(vector: object) -> np.ndarray:
+    try:
+        return np.asarray(vector, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidQueryError(f"a query vector is a list of numbers (got {type(vector).__name__})") from None
 
 
 # -- opening, creating, listing, deleting ------------------------------------------
@@ -867,6 +877,14 @@ def classify_images(
             with open_index(index, root=root) as opened:
                 model = opened.model
     return classify(load_encoder(model, device=device), images, list(labels))
+
+
+def load_model(spec: str, *, device: str = "cpu", precision: str = "fp32") -> "Encoder":
+    """The model a spec names, for callers that embed without an index (the immich stand-in, notebooks)."""
+    from .encoder import load_encoder
+
+    check_model_options(device, precision)
+    return load_encoder(spec, device=device, precision=precision)
 
 
 def list_models(*, pretrained: bool = False) -> list[str]:

@@ -153,8 +153,15 @@ class Filters:
     _extensions: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
+        if not isinstance(self.target, str) or self.target not in TARGETS:
             raise InvalidQueryError(f"target must be image, text or all (got {self.target!r})")
+        for name in ("path_prefix", "path_glob", "place", "near", "camera"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidQueryError(f"filter {name} must be a text (got {value!r})")
+        if isinstance(self.file_types, str) or not isinstance(self.file_types, (tuple, list)) \
+                or not all(isinstance(t, str) for t in self.file_types):
+            raise InvalidQueryError(f"file types must be a list of extensions (got {self.file_types!r})")
         if self.min_score is not None:
             if isinstance(self.min_score, bool) or not isinstance(self.min_score, (int, float)) \
                     or not math.isfinite(self.min_score):
@@ -199,7 +206,15 @@ class Filters:
         such strings (a repeated parameter); ``within`` is kilometres ("25" or
         "25km"); ``has_gps`` is true/false (also "1"/"0", "yes"/"no").
         """
+        if types is not None and not isinstance(types, (str, list, tuple)):
+            raise InvalidQueryError(f"types must be a text like 'jpg,png' or a list of such (got {types!r})")
         raw_types = [types] if isinstance(types, str) else list(types or [])
+        if not all(isinstance(raw, str) for raw in raw_types):
+            raise InvalidQueryError(f"types must be a text like 'jpg,png' or a list of such (got {types!r})")
+        for name, value in (("target", target), ("under", under), ("glob", glob), ("after", after),
+                            ("before", before), ("place", place), ("near", near), ("camera", camera)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidQueryError(f"{name} must be a text (got {value!r})")
         return cls(
             target=(target or default_target),  # type: ignore[arg-type]
             min_score=min_score, path_prefix=under or None, path_glob=glob or None,

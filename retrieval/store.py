@@ -1240,7 +1240,7 @@ class IndexStore:
             ann = read_manifest(self.directory / MANIFEST).get("ann", {})
         except IndexCorruptError:
             return False
-        return (self.directory / FAISS_FILE).is_file() and ann.get("generation") == self.generation
+        return faiss_file_vouched(self.directory / FAISS_FILE, ann) and ann.get("generation") == self.generation
 
     def load_vector_index(self, *, persist: bool = False, mmap: bool = False) -> "VectorIndex":
         """The FAISS index for the last committed state.
@@ -1256,7 +1256,7 @@ class IndexStore:
         with self._read_lock(exclusive=False), self.snapshot() as db:
             generation = self.generation
             ann = self.reload_manifest().ann
-            if path.is_file() and ann.get("generation") == generation:
+            if faiss_file_vouched(path, ann) and ann.get("generation") == generation:
                 # mmap (readers): the codes stay in the page cache, shared between processes.
                 try:
                     index = VectorIndex.load(path, self.manifest.dim, AnnConfig.from_dict(ann), mmap=mmap)
@@ -1317,9 +1317,12 @@ class IndexStore:
                 index.save(self.directory / FAISS_FILE)
                 from .ann_lifecycle import policy_of, with_policy
 
+                st = os.stat(self.directory / FAISS_FILE)
                 self.manifest.ann = {
                     **with_policy(index.config, policy_of(self.manifest.ann)),
                     "generation": generation, "ntotal": index.ntotal,
+                    # What the manifest vouches for: a file copied over it (another index's) is not it.
+                    "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
                 }
                 self.manifest.counts = counts
                 self.write_manifest()
@@ -1329,6 +1332,18 @@ class IndexStore:
                 f"could not write index {self.name!r} ({reason}); "
                 "the items committed so far are safe and the next run finishes the job"
             ) from exc
+
+
+def faiss_file_vouched(path: Path, ann: dict[str, Any]) -> bool:
+    """Whether index.faiss is the very file the manifest's ANN entry describes (size and mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    recorded = ann.get("file")
+    if not isinstance(recorded, dict):
+        return True  # written before files were recorded: the generation check alone
+    return recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
 
 
 def ann_count_agrees(index: "VectorIndex", stored: int) -> bool:

@@ -50,8 +50,7 @@ FACE_HELPERS = {"html_report", "duplicates_report", "thumbnails", "server_guard"
                 "server_http",
                 "immich_models"}
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server", "server_clip_retrieval", "immich_ml"}
-# The immich stand-in serves a model's raw embeddings, with no index: the model loader is its door.
-EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}, "immich_ml": {"encoder"}}
+EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}}
 
 
 def _module_name(path: Path) -> str:
