@@ -225,6 +225,7 @@ class VideoPipeline:
                 "frames": len(times), "poster": times[0] if times else None, "strategy": frames.strategy,
                 "decoded_frames": frames.decoded_frames, "all_flat": frames.all_flat or None,
                 "truncated": frames.truncated or None, "problems": list(frames.problems) or None,
+                "stopped_early": frames.budget_spent or None,
                 "sampling": {"version": SAMPLING_VERSION, "interval": s.interval, "max_frames": s.max_frames,
                              "min_gap": s.min_gap, "scene_threshold": s.scene_threshold},
             }

@@ -63,7 +63,7 @@ class VideoFrames(Iterator[SampledFrame]):
     After iteration: ``truncated`` (the file ends before its stated duration,
     or its data broke off), ``problems`` (one line each: damaged packets,
     decode budget spent), ``decoded_frames``, ``strategy`` (what ``auto``
-    chose), ``all_flat``.
+    chose), ``all_flat``, ``budget_spent``.
     """
 
     def __init__(self, path: VideoSource, sampling: FrameSampling | None = None) -> None:
@@ -73,6 +73,7 @@ class VideoFrames(Iterator[SampledFrame]):
         self.problems: list[str] = []
         self.decoded_frames = 0
         self.all_flat = False
+        self.budget_spent = False  # stopped at max_decode_seconds: the rest of the video was not looked at
         self._container = open_video(path)
         try:
             self._stream = video_stream(self._container, path)
@@ -203,6 +204,7 @@ class VideoFrames(Iterator[SampledFrame]):
                 if self._busy + time.perf_counter() - self._resumed > sampling.max_decode_seconds:
                     self.problems.append(f"stopped after {sampling.max_decode_seconds:g} s of decoding "
                                          "(decode budget)")
+                    self.budget_spent = True
                     yield from self._drain(tb, opened)
                     return
                 if packet.is_keyframe:

@@ -134,7 +134,7 @@ class VideoWriter:
             report.videos += 1
             report.frames += len(items)
             report.video_seconds += float(out.info.get("duration") or 0.0)
-        if out.info.get("truncated"):
+        if out.info.get("truncated") or out.info.get("stopped_early"):
             problems = out.info.get("problems") or ["the file ends early"]
             report.partial.append((out.key, "; ".join(problems[:3])))
 
