@@ -25,7 +25,7 @@ import numpy as np
 from .errors import InvalidQueryError
 from .photo_filters import PhotoConditions, parse_flag, parse_km, photo_info
 from .video_files import format_clock, format_seconds
-from .video_moments import MOMENTS, with_moments
+from .video_moments import with_moments
 
 if TYPE_CHECKING:
     from .ann import VectorIndex

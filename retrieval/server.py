@@ -46,7 +46,7 @@ from .errors import ImageDecodeError, MMSearchError, VideoDecodeError
 from .query import QueryTerm, parse_terms
 from .search import Filters
 from .server_guard import LOOPBACK_HOSTS, ApiError, RequestGuard, install_error_handlers, is_loopback, token_checker
-from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool, stream_file
+from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool
 from .server_ranges import stream_ranges
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES
 

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from fastapi.responses import StreamingResponse
 
-from .server_files import _content_disposition, stream_file  # one disposition rule for every file served
+from .server_files import content_disposition, stream_file  # one disposition rule for every file served
 from .server_guard import ApiError
 
 __all__ = ["parse_range", "stream_ranges"]
@@ -94,7 +94,7 @@ def stream_ranges(source: BinaryIO, name: str, range_header: str | None) -> Stre
     # The headers of the whole file (server_files.stream_file), for this part of it.
     headers = {
         "Content-Range": f"bytes {first}-{last}/{size}", "Content-Length": str(last - first + 1),
-        "Accept-Ranges": "bytes", "Content-Disposition": _content_disposition(os.path.basename(name)),
+        "Accept-Ranges": "bytes", "Content-Disposition": content_disposition(os.path.basename(name)),
         "Cache-Control": "private, max-age=3600", "Content-Security-Policy": "default-src 'none'; sandbox",
     }
     return StreamingResponse(chunks(), status_code=206, headers=headers,

@@ -40,7 +40,8 @@ def info(
         return
     out(f"index:    {data.name}  ({data.path})")
     out(f"model:    {data.model}  (fingerprint {data.fingerprint}, {data.dim}-d)")
-    out(f"items:    {data.images} images, {data.texts} texts, {data.failed} failed")
+    videos = f", {data.videos} videos ({data.frames} moments)" if getattr(data, "videos", 0) else ""
+    out(f"items:    {data.images} images{videos}, {data.texts} texts, {data.failed} failed")
     out(f"size:     {human_size(data.size_bytes)}")
     ann = data.ann
     out(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
