@@ -88,7 +88,11 @@ def ensure_hf_export(encoder: Encoder, index_root: Path) -> bool:
     if load_hf_light_encoder(index_root, encoder.fingerprint) is not None:
         return True
     if (target / UNSUPPORTED_FILE).is_file():
-        return False
+        if _marked_by_us(target):
+            return False
+        # A marker from the CLIP exporter (written before HF models were dispatched here) says
+        # nothing about this exporter: try it.
+        (target / UNSUPPORTED_FILE).unlink(missing_ok=True)
     try:
         import onnx  # noqa: F401 - torch's exporter writes the graph with it
         import onnxruntime  # noqa: F401
@@ -151,7 +155,14 @@ def _export(encoder: Encoder, target: Path) -> bool:
 def _mark_unsupported(target: Path, why: str) -> None:
     log.debug("text side of %s not exported: %s", target.name, why)
     target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / UNSUPPORTED_FILE, {"reason": why})
+    write_json_atomic(target / UNSUPPORTED_FILE, {"reason": why, "exporter": FORMAT})
+
+
+def _marked_by_us(target: Path) -> bool:
+    try:
+        return json.loads((target / UNSUPPORTED_FILE).read_text(encoding="utf-8")).get("exporter") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _tokenizer_settings(encoder: Encoder) -> dict[str, Any] | str:

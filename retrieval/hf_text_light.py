@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ModelLoadError
+from .errors import InvalidQueryError, ModelLoadError
 from .text_light import META_FILE, LightTextEncoder, _clean, export_dir, load_light_encoder
 from .text_normalise import FittedQuery, fit_spans
 
@@ -233,11 +233,31 @@ class HfLightTextEncoder:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def encode_texts(self, texts: Sequence[str], lang: str | None = None) -> np.ndarray:
-        """Embed texts; returns (n, dim) float32 rows of unit length. ``lang``: an NLLB code, or the default."""
+        """Embed texts; returns (n, dim) float32 rows of unit length.
+
+        For a model whose tokenizer takes a language code (:attr:`languages`),
+        every text is encoded under ``lang`` (``zh``, ``zho_Hans`` ...) or, when
+        it is None, under the code its script names, as
+        :meth:`retrieval.encoder.Encoder.encode_texts` does. Other models ignore ``lang``.
+        """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        ids, lengths = self.tokenizer.encode(list(texts), lang)
-        return self.encode_tokens(ids, lengths)
+        languages = self.languages
+        if not languages:
+            ids, lengths = self.tokenizer.encode(list(texts))
+            return self.encode_tokens(ids, lengths)
+        from .multilingual import query_language
+
+        codes = [query_language(text, lang) for text in texts]
+        unknown = sorted(set(codes) - set(languages))
+        if unknown:
+            raise InvalidQueryError(f"this model has no language code {unknown[0]!r}")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for code in dict.fromkeys(codes):
+            rows = [i for i, c in enumerate(codes) if c == code]
+            ids, lengths = self.tokenizer.encode([texts[i] for i in rows], code)
+            out[rows] = self.encode_tokens(ids, lengths)
+        return out
 
 
 def load_hf_light_encoder(index_root: str | os.PathLike[str], fingerprint: str) -> HfLightTextEncoder | None:

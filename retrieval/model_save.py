@@ -1,33 +1,23 @@
-"""One folder per model, loadable with no network: ``mmsearch models save SPEC DIR``, then ``--model DIR``.
+"""Writing a model folder that loads with no network: ``mmsearch models save SPEC DIR``, and checkpoints.
 
-open_clip's ``local-dir:`` layout is the anchor: ``open_clip_config.json``
-(``model_cfg`` + ``preprocess_cfg``) and ``open_clip_model.safetensors``. For a
-model with a Hugging Face tokenizer open_clip already reads the tokenizer
-files from that folder, but a Hugging Face *text tower* is still built from the
-hub id in ``text_cfg.hf_model_name`` (``AutoConfig.from_pretrained("xlm-roberta-base")``),
-which needs the network or the hub cache, even though the weights then come
-from the folder's checkpoint. So a saved folder holds:
+The folder is open_clip's ``local-dir:`` layout plus what a Hugging Face text
+tower needs offline (see :mod:`retrieval.model_folder`)::
 
-``open_clip_config.json``        ``model_cfg`` unchanged (so the fingerprint, and every index
-                                 built with the spec, still match), ``preprocess_cfg``, and an
-                                 ``mmsearch`` block: source spec, fingerprint, file sizes
-``open_clip_model.safetensors``  every weight, the text tower's included
-``config.json``                  the text tower's ``transformers`` config (HF towers only)
-``tokenizer.json``, ``tokenizer_config.json``  the tokenizer as transformers saves it (HF tokenizers only)
+    open_clip_config.json         model_cfg unchanged (so the fingerprint, and every index built
+                                  with the spec, still match), preprocess_cfg, and an "mmsearch"
+                                  block: source spec, fingerprint, file sizes
+    open_clip_model.safetensors   every weight, the text tower's included
+    config.json                   the text tower's transformers config (HF towers only)
+    tokenizer.json, tokenizer_config.json, ...  the tokenizer as transformers saves it (HF tokenizers only)
 
-and loading it passes :func:`local_model_kwargs` to open_clip, which points
-``hf_model_name`` at the folder (``AutoConfig`` reads ``config.json`` there;
-``AutoModel.from_config`` builds the tower; the checkpoint fills it). Nothing
-then touches the network, with or without ``HF_HUB_OFFLINE``.
-
-Models with a Hugging Face tower or tokenizer need ``transformers`` (and
-``tokenizers``; ``sentencepiece`` where only a SentencePiece model is
-published): :func:`require_text_extra` says so in one line.
+:func:`write_model_files` writes that layout (``mmsearch train``'s checkpoints
+use it too); :func:`save_model_folder` loads a spec (where the download
+happens), writes it aside, loads it back from disk and swaps it into place
+only when it is the same model.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -35,151 +25,119 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingDependencyError, ModelLoadError
-from .model_spec import LOCAL_CONFIG_NAME, ModelSpec, parse_model_spec
+from .errors import ModelLoadError
+from .model_folder import HF_CONFIG_NAME, META_KEY, hf_text_parts
+from .model_spec import LOCAL_CONFIG_NAME, ModelSpec, parse_model_spec, read_local_config
 
 if TYPE_CHECKING:
+    import torch
+
     from .encoder import Encoder
 
-HF_CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
-META_KEY = "mmsearch"
 FOLDER_FORMAT = 1
-EXTRA_INSTALL = "pip install 'mmsearch[multilingual]'"
 
 
-def hf_text_parts(model_cfg: dict[str, Any]) -> tuple[bool, bool]:
-    """(has a Hugging Face text tower, has a Hugging Face tokenizer) for an open_clip model config."""
-    text = model_cfg.get("text_cfg") or {}
-    return bool(text.get("hf_model_name")), bool(text.get("hf_tokenizer_name"))
+def hub_config(model: "torch.nn.Module", model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``open_clip_config.json`` body, built as open_clip's ``save_config_for_hf`` builds it."""
+    visual = model.visual  # type: ignore[attr-defined]
+    preprocess_cfg: dict[str, Any] = {"mean": list(visual.image_mean), "std": list(visual.image_std)}
+    other = getattr(visual, "preprocess_cfg", {}) or {}
+    for key in ("interpolation", "resize_mode"):
+        if key in other:
+            preprocess_cfg[key] = other[key]
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
 
 
-def require_text_extra(model_cfg: dict[str, Any], spec: str) -> None:
-    """Raise ``MissingDependencyError`` (one line, naming the extra) when the model needs what is not installed."""
-    tower, tokenizer = hf_text_parts(model_cfg)
-    if not (tower or tokenizer):
-        return
-    missing = [name for name in ("transformers", "tokenizers") if importlib.util.find_spec(name) is None]
-    if missing:
-        what = "text tower and tokenizer" if tower else "tokenizer"
-        raise MissingDependencyError(
-            f"model {spec!r} has a Hugging Face {what}, which needs {' and '.join(missing)} "
-            f"(not installed): {EXTRA_INSTALL}"
-        )
-
-
-def explain_missing_module(exc: BaseException, spec: str) -> MissingDependencyError | None:
-    """The one-line extra hint for a load that failed for want of a package (e.g. sentencepiece), else None."""
-    text = f"{exc}"
-    if isinstance(exc, ImportError):
-        names = [exc.name or ""] + [n for n in ("sentencepiece", "protobuf", "transformers", "tokenizers") if n in text]
-    elif "pip install" in text:  # open_clip: "Please `pip install transformers` to use pre-trained HuggingFace models"
-        names = [n for n in ("transformers", "sentencepiece", "protobuf", "tokenizers") if n in text]
-    else:
-        return None
-    name = next((n.split(".")[0] for n in names if n), None)
-    if name is None:
-        return None
-    return MissingDependencyError(f"model {spec!r} needs {name} to read its tokenizer or text tower "
-                                  f"(not installed): {EXTRA_INSTALL}")
-
-
-def read_folder_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The folder's ``open_clip_config.json``; raises ``ModelLoadError``."""
-    config_path = Path(path) / LOCAL_CONFIG_NAME
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """``write(tmp_path)`` then rename over ``path``: a reader sees the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {config_path}: {exc}") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
-        raise ModelLoadError(f"{config_path} has no model_cfg: it is not an open_clip model folder")
-    return config
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def local_model_kwargs(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Extra keyword arguments for ``open_clip.create_model_and_transforms("local-dir:PATH", ...)``.
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
+    atomic_write_bytes(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
-    When the folder holds its text tower's ``config.json``, the text config is
-    passed with ``hf_model_name`` pointing at the folder (and no base weights
-    to download: the checkpoint holds them), so nothing is fetched. Other
-    folders need nothing.
+
+def write_model_files(model: "torch.nn.Module", model_cfg: dict[str, Any], out_dir: str | Path,
+                      tokenizer: Any | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` into ``out_dir`` in open_clip's hub layout, with what its HF text side needs offline.
+
+    Weights first, the config last (each atomically): a crash between the two
+    leaves the previous config over weights of the same architecture. HF
+    tokenizers (``save_pretrained``) and the HF text tower's ``config.json``
+    are written beside them, so the folder loads with no network. ``extra``
+    becomes the config's ``mmsearch`` block.
     """
-    folder = Path(path).resolve()
-    config = read_folder_config(folder)
-    text = dict(config["model_cfg"].get("text_cfg") or {})
-    if not text.get("hf_model_name") or not (folder / HF_CONFIG_NAME).is_file():
-        return {}
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.pth")):
-        raise ModelLoadError(f"model folder {str(folder)!r} has no weights file ({WEIGHTS_NAME})")
-    text.update(hf_model_name=str(folder), hf_model_pretrained=False)
-    return {"text_cfg": text}
+    import safetensors.torch
 
-
-def fingerprint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The model config an encoder loaded from this folder hashes into its fingerprint.
-
-    The saved ``model_cfg``, except for folders saved from an ``hf-hub:`` spec,
-    whose fingerprint config was ``{"hf-hub": repo}``: kept in the ``mmsearch``
-    block so the folder's fingerprint equals the spec's.
-    """
-    config = read_folder_config(path)
-    meta = config.get(META_KEY) or {}
-    return dict(meta.get("fingerprint_config") or config["model_cfg"])
-
-
-def folder_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``mmsearch`` block of a saved folder (source spec, fingerprint, files), or {} for other folders."""
-    return dict(read_folder_config(path).get(META_KEY) or {})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared or non-contiguous storage: copy each tensor (cheap next to the write).
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write_bytes(out / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(tensors, str(tmp)))
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out))
+    hf_config = getattr(getattr(model, "text", None), "config", None)
+    if hf_text_parts(model_cfg)[0] and hasattr(hf_config, "to_json_string"):
+        atomic_write_text(out / HF_CONFIG_NAME, hf_config.to_json_string())  # type: ignore[union-attr]
+    config = hub_config(model, model_cfg)
+    if extra:
+        config[META_KEY] = extra
+    atomic_write_text(out / LOCAL_CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    return out
 
 
 def save_model_folder(
     encoder_or_spec: "Encoder | ModelSpec | str", out_dir: str | os.PathLike[str], *, overwrite: bool = False,
-    verify: bool = True,
+    verify: bool = True, device: str = "cpu",
 ) -> Path:
     """Write everything a model needs into ``out_dir``, so ``--model out_dir`` loads it with no network.
 
     ``encoder_or_spec`` is a loaded fp32 encoder or a spec (loaded here, so this
-    is where the download happens). The folder is built aside and renamed into
-    place; with ``verify`` it is first loaded back from disk, with every hub id
-    pointed at the folder, and must give the same fingerprint. Raises
+    is where a download happens). The folder is built aside and renamed into
+    place; with ``verify`` it is first loaded back from disk (every hub id
+    pointed at the folder) and must give the same fingerprint. Raises
     ``ModelLoadError`` (folder exists without ``overwrite``, lowered encoder,
     verification failed) or ``MissingDependencyError``.
     """
     from .encoder import Encoder, load_encoder
-    from .train.checkpoint import save_model
 
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise ModelLoadError(f"{str(out)!r} already exists: choose a new folder (or overwrite it)")
     if isinstance(encoder_or_spec, Encoder):
         encoder = encoder_or_spec
     else:
         spec = encoder_or_spec if isinstance(encoder_or_spec, ModelSpec) else parse_model_spec(encoder_or_spec)
-        encoder = load_model_folder(spec.path) if spec.kind == "local-dir" else load_encoder(spec)  # type: ignore[arg-type]
+        encoder = load_encoder(spec, device=device, precision="fp32")
     if encoder.precision != "fp32":
         raise ModelLoadError(f"save a model from an fp32 load, not {encoder.precision}: its weights were lowered")
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise ModelLoadError(f"{str(out)!r} already exists: choose a new folder (or overwrite it)")
     model_cfg, fp_config = _configs_of(encoder)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         tokenizer = encoder.tokenizer if hasattr(encoder.tokenizer, "save_pretrained") else None
-        save_model(encoder.model, model_cfg, tmp, tokenizer)
-        text = getattr(encoder.model, "text", None)
-        hf_config = getattr(text, "config", None)
-        if hf_text_parts(model_cfg)[0] and hf_config is not None:
-            hf_config.save_pretrained(str(tmp))
-        config = read_folder_config(tmp)
-        config[META_KEY] = {
-            "format": FOLDER_FORMAT, "source": encoder.spec, "fingerprint": encoder.fingerprint, "dim": encoder.dim,
-            "hf_text_config": HF_CONFIG_NAME if (tmp / HF_CONFIG_NAME).is_file() else None,
-            "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
-                      if p.is_file() and p.name != LOCAL_CONFIG_NAME},
-        }
+        meta: dict[str, Any] = {"format": FOLDER_FORMAT, "source": encoder.spec, "fingerprint": encoder.fingerprint,
+                                "dim": encoder.dim}
         if fp_config != model_cfg:
-            config[META_KEY]["fingerprint_config"] = fp_config
-        (tmp / LOCAL_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            meta["fingerprint_config"] = fp_config
+        write_model_files(encoder.model, model_cfg, tmp, tokenizer, meta)
+        meta["hf_text_config"] = HF_CONFIG_NAME if (tmp / HF_CONFIG_NAME).is_file() else None
+        meta["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
+                         if p.is_file() and p.name != LOCAL_CONFIG_NAME}
+        config = json.loads((tmp / LOCAL_CONFIG_NAME).read_text(encoding="utf-8"))
+        config[META_KEY] = meta
+        atomic_write_text(tmp / LOCAL_CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         if verify:
-            reloaded = load_model_folder(tmp)
+            reloaded = load_encoder(str(tmp), device=device, precision="fp32")
             if reloaded.fingerprint != encoder.fingerprint:
                 raise ModelLoadError(
                     f"the saved folder loads as a different model (fingerprint {reloaded.fingerprint}, "
@@ -196,7 +154,7 @@ def _configs_of(encoder: "Encoder") -> tuple[dict[str, Any], dict[str, Any]]:
     fp_config = dict(encoder.model_config)
     source = Path(encoder.spec)
     if source.is_dir() and (source / LOCAL_CONFIG_NAME).is_file():  # a folder: its own config, no download
-        return dict(read_folder_config(source)["model_cfg"]), fp_config
+        return read_local_config(source), fp_config
     if "hf-hub" in fp_config and len(fp_config) == 1:
         from open_clip.pretrained import download_pretrained_from_hf
 
@@ -212,6 +170,7 @@ def _configs_of(encoder: "Encoder") -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``, replacing an existing ``out`` as a whole."""
     old = out.with_name(f".{out.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -221,31 +180,4 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_model_folder(path: str | os.PathLike[str], device: str = "cpu") -> "Encoder":
-    """Load a model folder the way ``load_encoder`` should (see the report): open_clip plus :func:`local_model_kwargs`.
-
-    Used to verify a saved folder; once ``retrieval.encoder.load_encoder`` passes
-    :func:`local_model_kwargs` for local folders, ``load_encoder(path)`` is the same.
-    """
-    import open_clip
-
-    from .encoder import Encoder
-
-    spec = parse_model_spec(f"local-dir:{Path(path).resolve()}")
-    config = read_folder_config(spec.path)  # type: ignore[arg-type]
-    require_text_extra(config["model_cfg"], spec.canonical)
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.open_clip_name, device=device, **local_model_kwargs(spec.path)  # type: ignore[arg-type]
-        )
-        tokenizer = open_clip.get_tokenizer(spec.open_clip_name)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # open_clip and transformers raise many types; each becomes one message
-        missing = explain_missing_module(exc, spec.canonical)
-        if missing is not None:
-            raise missing from exc
-        raise ModelLoadError(f"could not load model folder {spec.canonical!r}: {str(exc).splitlines()[0][:300]}") \
-            from exc
-    return Encoder(model, preprocess, tokenizer, spec=spec.canonical,
-                   model_config=fingerprint_config(spec.path), device=device)  # type: ignore[arg-type]
+__all__ = ["WEIGHTS_NAME", "atomic_write_text", "hub_config", "save_model_folder", "write_model_files"]

@@ -27,7 +27,7 @@ from .errors import InvalidQueryError
 from .multilingual_figures import FIGURES
 from .multilingual_figures import SOURCE as FIGURES_SOURCE
 
-Family = Literal["xlm-roberta", "nllb", "siglip-i18n"]
+Family = Literal["xlm-roberta", "nllb", "siglip-i18n", "clip"]
 DEFAULT_NLLB_LANGUAGE = "eng_Latn"  # what NLLB's tokenizer writes when it is told nothing
 PARAMS_SOURCE = ("https://github.com/mlfoundations/open_clip/blob/29b90b8dde9125c479c0ddbab477310f665a0435/"
                  "docs/model_profile.csv")
@@ -133,6 +133,11 @@ CATALOGUE: tuple[MultilingualModel, ...] = (
 )
 # The English default, for comparison in listings ("why my Chinese query finds nothing").
 DEFAULT_MODEL_FIGURES_KEY = ("ViT-B-32-256", "datacomp_s34b_b86k")
+ENGLISH_DEFAULT = MultilingualModel(
+    "ViT-B-32-256", "datacomp_s34b_b86k", "clip", 512, 256, 151.29, 87.86, 63.43, 11.5,
+    "open_clip causal transformer, end-of-text token", "CLIP BPE, 49k pieces (English)",
+    "English (DataComp captions); other languages poorly",
+)
 
 
 def find_model(spec: str) -> MultilingualModel | None:
@@ -144,24 +149,34 @@ def find_model(spec: str) -> MultilingualModel | None:
     return None
 
 
-def model_rows(lang: str = "zh") -> list[dict[str, object]]:
+def model_rows(lang: str = "zh", *, include_default: bool = True) -> list[dict[str, object]]:
     """One JSON-ready row per catalogue model, best first by Crossmodal-3600 recall@1 in ``lang``.
 
-    For ``mmsearch models --multilingual [--lang zh]``; figures are fractions, None where unpublished.
+    For ``mmsearch models --multilingual [--lang zh]``. Figures are fractions,
+    None where unpublished: ``xm3600_r1`` / ``xm3600_r10`` / ``mscoco_r1`` in
+    ``lang`` (the row's ``lang`` is the table's key for it), ``xm3600_r1_avg``
+    over the table's 36 languages. With ``include_default`` the English default
+    model comes last (``"multilingual": false``), for comparison. Raises
+    ``InvalidQueryError`` for an unknown ``lang``.
     """
-    rows = []
-    for m in CATALOGUE:
-        rows.append({
-            "spec": m.spec, "family": m.family, "dim": m.dim, "image_size": m.image_size, "params_m": m.params_m,
-            "image_gflops": m.image_gflops,
-            "weights_mb_fp32_estimate": m.weights_mb_fp32, "needs_language": m.needs_language,
-            "text_tower": m.text_tower, "tokenizer": m.tokenizer, "languages": m.languages,
-            f"xm3600_r1_{lang}": m.figure("xm3600_r1", lang), f"xm3600_r10_{lang}": m.figure("xm3600_r10", lang),
-            f"mscoco_r1_{lang}": m.figure("mscoco_r1", lang), "xm3600_r1_avg": m.figure("xm3600_r1", "avg"),
-            "evaluated_languages": len(m.evaluated_languages()),
-        })
-    rows.sort(key=lambda r: -(r[f"xm3600_r1_{lang}"] or -1.0))  # type: ignore[operator]
+    resolve_lang(lang)
+    rows = sorted((_row(m, lang) for m in CATALOGUE), key=lambda r: -(r["xm3600_r1"] or -1.0))  # type: ignore[operator]
+    if include_default:
+        rows.append(_row(ENGLISH_DEFAULT, lang))
     return rows
+
+
+def _row(m: MultilingualModel, lang: str) -> dict[str, object]:
+    return {
+        "spec": m.spec, "multilingual": m.family != "clip", "family": m.family, "dim": m.dim,
+        "image_size": m.image_size, "params_m": m.params_m, "image_gflops": m.image_gflops,
+        "weights_mb_fp32_estimate": m.weights_mb_fp32, "needs_language": m.needs_language,
+        "text_tower": m.text_tower, "tokenizer": m.tokenizer, "languages": m.languages,
+        "lang": _figure_key(resolve_lang(lang), mscoco=False),
+        "xm3600_r1": m.figure("xm3600_r1", lang), "xm3600_r10": m.figure("xm3600_r10", lang),
+        "mscoco_r1": m.figure("mscoco_r1", lang), "xm3600_r1_avg": m.figure("xm3600_r1", "avg"),
+        "evaluated_languages": len(m.evaluated_languages()),
+    }
 
 
 def default_model_figure(metric: str = "xm3600_r1", lang: str = "zh") -> float | None:
@@ -333,7 +348,7 @@ def _figure_key(nllb_code: str, mscoco: bool) -> str:
 
 
 __all__ = [
-    "CATALOGUE", "DEFAULT_NLLB_LANGUAGE", "FIGURES_SOURCE", "LANG_TO_NLLB", "LanguageGuess", "MultilingualModel",
+    "CATALOGUE", "DEFAULT_NLLB_LANGUAGE", "ENGLISH_DEFAULT", "FIGURES_SOURCE", "LANG_TO_NLLB", "LanguageGuess", "MultilingualModel",
     "PARAMS_SOURCE", "default_model_figure", "detect_language", "find_model", "model_rows", "query_language",
     "resolve_lang", "script_of",
 ]

@@ -6,8 +6,9 @@ Chinese words (红色的鞋子 / 红鞋 / 一双红色的鞋, 条纹蓝衬衫, �
 templates that name a subset of a picture's attributes as the English ones do,
 and :func:`caption_attributes_zh`, which reads a Chinese caption or query back
 into attributes (simplified or traditional characters, full-width letters).
-:func:`caption_attributes_any` picks the parser by script, so one relevance
-function serves both languages.
+:func:`retrieval.synthetic.caption_attributes` calls it for any caption with
+Chinese characters, so one relevance function serves both languages (this
+module imports nothing of the world's, so the world can import it).
 
 Chinese has no spaces, so parsing scans for the longest vocabulary word at
 each position: 粉红色 is pink, not red; 大号 is large; 橘色 is orange.
@@ -19,8 +20,6 @@ from __future__ import annotations
 import random
 import unicodedata
 from typing import Mapping
-
-from .synthetic import caption_attributes
 
 # Words for each attribute value (first = canonical). Colours have a long form (红色) and the
 # short form that binds to a noun (红鞋); both are listed.
@@ -141,22 +140,6 @@ def caption_attributes_zh(text: str) -> dict[str, str]:
 def is_chinese(text: str) -> bool:
     """True when ``text`` has any CJK ideograph (the Chinese parser applies)."""
     return any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" or "\uf900" <= c <= "\ufaff" for c in text)
-
-
-def caption_attributes_any(text: str) -> dict[str, str]:
-    """Attributes named by a caption in either language: Chinese words first, English words fill the rest.
-
-    A mixed query ("红色的 shoes") names attributes in both.
-    """
-    named = caption_attributes_zh(text) if is_chinese(text) else {}
-    for attr, value in caption_attributes(text).items():
-        named.setdefault(attr, value)
-    return named
-
-
-def satisfies_any(attributes: Mapping[str, str], caption: str) -> bool:
-    """:func:`retrieval.synthetic.satisfies` for captions in either language."""
-    return all(attributes.get(attr) == value for attr, value in caption_attributes_any(caption).items())
 
 
 # Demo queries in Chinese with their English twins (same attributes); the last ones name held-out pairs.

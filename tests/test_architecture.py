@@ -24,10 +24,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
-     "store_schema"},
+     "store_schema", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
+     "synthetic_zh"},
     {"loading", "sources"},  # what files exist; decoding them
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
-    {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
+    {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot"},  # the model side
     {"search", "ann", "ann_policy", "ann_lifecycle"},  # vectors: ANN, tuning, ranking
     {"store"},  # the index folder
     {"indexer", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index, its caches
@@ -39,7 +40,7 @@ LAYERS: list[set[str]] = [
      "cli.training", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
-MODEL_SIDE = {"encoder", "fast_paths", "text_export"}
+MODEL_SIDE = {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save"}
 DOOR = {"api", "query", "search", "errors", "config"}
 FACE_HELPERS = {"html_report", "thumbnails", "server_guard"}
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server"}

@@ -1,10 +1,10 @@
 """Multilingual models end to end, offline: catalogue, languages, one-folder save/load, index and query.
 
-The integration into ``retrieval.encoder`` / ``retrieval.api`` is not made yet;
-:func:`integrated` applies it by monkeypatching, exactly as the report proposes:
-``load_encoder`` passes :func:`retrieval.model_save.local_model_kwargs` for local
-folders, the text-tower export dispatches on the tokenizer, and cold queries
-look for either kind of export.
+The tiny stand-ins of :mod:`tests.tiny_multilingual` are built in the layouts of
+the published models (a hub-like folder per text tower and tokenizer); saved
+with ``save_model_folder`` and their hub folders deleted, they must load, index
+and answer queries in Chinese, Japanese and emoji with no network, through the
+torch path and the torch-free cold path alike.
 """
 
 from __future__ import annotations
@@ -78,8 +78,10 @@ def test_published_figures_cover_the_catalogue() -> None:
     assert zh_default is not None
     assert all(m.figure("xm3600_r1", "zh") > 10 * zh_default for m in CATALOGUE if m.figure("xm3600_r1", "zh"))
     rows = model_rows("zh")
-    assert [r["xm3600_r1_zh"] for r in rows if r["xm3600_r1_zh"] is not None] == sorted(
-        (r["xm3600_r1_zh"] for r in rows if r["xm3600_r1_zh"] is not None), reverse=True)
+    multilingual = [r["xm3600_r1"] for r in rows if r["multilingual"] and r["xm3600_r1"] is not None]
+    assert multilingual == sorted(multilingual, reverse=True) and len(multilingual) == len(CATALOGUE) - 1
+    assert not rows[-1]["multilingual"] and rows[-1]["xm3600_r1"] == zh_default  # the English default, last
+    assert {r["lang"] for r in rows} == {"zh"} and {r["lang"] for r in model_rows("zh-TW")} == {"zh"}
     json.dumps(rows)  # JSON-ready for --json
     assert find_model("nllb-clip-base-siglip:mrl").needs_language
     assert find_model("xlm-roberta-base-ViT-B-32") is CATALOGUE[0]
@@ -127,6 +129,8 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.
     """Each family saved in one folder, its hub folder then deleted: (folder, query vectors, fingerprint)."""
     from retrieval.model_save import save_model_folder
 
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
     root = tmp_path_factory.mktemp("saved")
     tiny = build_tiny_multilingual(root / "build", prefix="mmsearch-tiny-save")
     out = {}
@@ -140,7 +144,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.
 
 
 def test_saved_folder_layout(saved) -> None:
-    from retrieval.model_save import HF_CONFIG_NAME, folder_info, local_model_kwargs
+    from retrieval.model_folder import HF_CONFIG_NAME, folder_info, local_model_kwargs
 
     for family, (folder, _, fingerprint) in saved.items():
         names = {p.name for p in folder.iterdir()}
@@ -173,10 +177,10 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("TRANSFORMERS_OFFLINE", None)
 from transformers.utils import logging as hf_logging
 hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
-from retrieval.model_save import load_model_folder
+from retrieval.encoder import load_encoder
 out = {{}}
 for family, folder in {folders!r}.items():
-    enc = load_model_folder(folder)
+    enc = load_encoder(folder)
     out[family] = {{"fp": enc.fingerprint, "vectors": enc.encode_texts({QUERIES!r}).tolist()}}
 print(json.dumps({{"models": out, "attempts": attempts}}))
 """
@@ -213,29 +217,31 @@ def test_save_refuses_existing_folder_and_lowered_models(tiny_ml: TinyModels, tm
 
 
 def test_missing_extra_is_one_line(saved, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without transformers: one line naming the extra, from the config check and from loading the folder."""
-    from retrieval.model_save import load_model_folder, read_folder_config, require_text_extra
+    """Without transformers: one line naming the extra, for a published spec and for a saved folder."""
+    from retrieval.encoder import load_encoder
+    from retrieval.model_folder import require_text_extra
+    from retrieval.model_spec import read_local_config
 
     folder = saved["xlm-roberta"][0]
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails, as if not installed
     messages = []
-    with pytest.raises(MissingDependencyError) as exc:
-        require_text_extra(read_folder_config(folder)["model_cfg"], "xlm-roberta-base-ViT-B-32")
-    messages.append(str(exc.value))
-    with pytest.raises(MissingDependencyError) as exc:
-        load_model_folder(folder)
-    messages.append(str(exc.value))
+    for spec in ("xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k", "nllb-clip-base-siglip:mrl",
+                 "ViT-B-16-SigLIP-i18n-256:webli", str(folder)):
+        with pytest.raises(MissingDependencyError) as exc:  # before any download is tried
+            load_encoder(spec)
+        messages.append(str(exc.value))
     for message in messages:
         assert "\n" not in message
         assert "pip install 'mmsearch[multilingual]'" in message and "transformers" in message
-    assert "xlm-roberta-base-ViT-B-32" in messages[0] and "text tower and tokenizer" in messages[0]
-    with pytest.raises(MissingDependencyError, match="Hugging Face tokenizer, which"):  # SigLIP i18n: tokenizer only
-        require_text_extra(read_folder_config(saved["siglip-i18n"][0])["model_cfg"], "ViT-B-16-SigLIP-i18n-256")
+    assert "xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k" in messages[0] and "text tower and tokenizer" in messages[0]
+    assert "Hugging Face tokenizer, which" in messages[2]  # SigLIP i18n: open_clip's tower, an HF tokenizer
+    with pytest.raises(MissingDependencyError, match="Hugging Face tokenizer, which"):
+        require_text_extra(read_local_config(saved["siglip-i18n"][0]), "ViT-B-16-SigLIP-i18n-256")
     require_text_extra({"text_cfg": {"context_length": 77}}, "ViT-B-32")  # CLIP BPE models need nothing
 
 
 def test_missing_package_found_in_load_errors() -> None:
-    from retrieval.model_save import explain_missing_module
+    from retrieval.model_folder import explain_missing_module
 
     err = ModuleNotFoundError("No module named 'sentencepiece'", name="sentencepiece")
     assert "sentencepiece" in str(explain_missing_module(err, "m"))
@@ -245,34 +251,7 @@ def test_missing_package_found_in_load_errors() -> None:
     assert isinstance(explain_missing_module(err, "m"), MissingDependencyError)
 
 
-# -- index and query, with the proposed integration ---------------------------------------
-
-
-@pytest.fixture
-def integrated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The report's integration steps, as monkeypatches (retrieval.encoder / api are not edited here)."""
-    import open_clip
-
-    from retrieval import api, hf_text_light, text_light
-    from retrieval.config import light_text_enabled
-    from retrieval.hf_text_export import ensure_hf_export, is_hf_tokenizer_model
-    from retrieval.model_save import local_model_kwargs
-    from retrieval.text_export import ensure_export
-
-    real_create = open_clip.create_model_and_transforms
-
-    def create(name: str, *args, **kwargs):  # encoder.load_encoder: local folders get their HF tower redirected
-        if name.startswith("local-dir:"):
-            kwargs.update(local_model_kwargs(name[len("local-dir:"):]))
-        return real_create(name, *args, **kwargs)
-
-    def export(encoder, index_root: Path) -> None:  # api._export_text_tower: dispatch on the tokenizer
-        if light_text_enabled():
-            (ensure_hf_export if is_hf_tokenizer_model(encoder) else ensure_export)(encoder, index_root)
-
-    monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
-    monkeypatch.setattr(api, "_export_text_tower", export)
-    monkeypatch.setattr(text_light, "load_light_encoder", hf_text_light.load_any_light_encoder)
+# -- index and query --------------------------------------------------------------------
 
 
 def _images(folder: Path, n: int = 8) -> Path:
@@ -283,7 +262,7 @@ def _images(folder: Path, n: int = 8) -> Path:
 
 
 @pytest.mark.parametrize("family", ["xlm-roberta", "nllb", "siglip-i18n"])
-def test_index_and_query_from_a_saved_folder(saved, integrated, family: str, tmp_path: Path) -> None:
+def test_index_and_query_from_a_saved_folder(saved, family: str, tmp_path: Path) -> None:
     """--model DIR: index, query in Chinese/Japanese/emoji; the cold (torch-free) query answers the same."""
     from retrieval.api import create_index, open_index
     from retrieval.hf_text_light import load_hf_light_encoder
@@ -300,17 +279,16 @@ def test_index_and_query_from_a_saved_folder(saved, integrated, family: str, tmp
     index.close()
     script = f"""
 import json, sys
-from retrieval import hf_text_light, text_light
-text_light.load_light_encoder = hf_text_light.load_any_light_encoder  # the integration, in this process too
 from retrieval.api import open_index
 index = open_index("ml", root={str(root)!r})
 out = {{q: [(h.path, round(h.score, 5)) for h in index.search_text(q, k=3)] for q in {QUERIES!r}}}
-print(json.dumps({{"hits": out, "torch": "torch" in sys.modules, "light": type(index._light_text).__name__}}))
+print(json.dumps({{"hits": out, "torch": "torch" in sys.modules, "path": index.queries.text_path,
+                  "light": type(index.queries._text_encoder()).__name__}}))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     cold = json.loads(done.stdout)
-    assert cold["light"] == "HfLightTextEncoder" and cold["torch"] is False
+    assert cold["light"] == "HfLightTextEncoder" and cold["path"] == "torch-free export" and cold["torch"] is False
     for q in QUERIES:
         assert [p for p, _ in cold["hits"][q]] == [p for p, _ in warm[q]], q
         assert np.allclose([s for _, s in cold["hits"][q]], [s for _, s in warm[q]], atol=1e-4)
@@ -332,8 +310,9 @@ def test_save_from_an_hf_hub_spec_keeps_its_fingerprint(tiny_ml: TinyModels, tmp
     """An encoder loaded from hf-hub:ORG/REPO hashes {"hf-hub": repo}; its folder must load as the same model."""
     import open_clip.pretrained
 
-    from retrieval.encoder import Encoder
-    from retrieval.model_save import folder_info, load_model_folder, save_model_folder
+    from retrieval.encoder import Encoder, load_encoder
+    from retrieval.model_folder import folder_info
+    from retrieval.model_save import save_model_folder
 
     tiny = load_tiny(tiny_ml.archs["xlm-roberta"])
     hub_config = tmp_path / "hub" / "open_clip_config.json"  # what the hub repo would hold, cached
@@ -352,7 +331,7 @@ def test_save_from_an_hf_hub_spec_keeps_its_fingerprint(tiny_ml: TinyModels, tmp
         folder = save_model_folder(encoder, tmp_path / "model")
         assert calls == [("org/tiny-xlmr", "open_clip_config.json")]
         assert folder_info(folder)["fingerprint_config"] == {"hf-hub": "org/tiny-xlmr"}
-        assert load_model_folder(folder).fingerprint == encoder.fingerprint
+        assert load_encoder(str(folder)).fingerprint == encoder.fingerprint
         # Saving a folder again, by its path, copies it (same model, same fingerprint).
         copy = save_model_folder(str(folder), tmp_path / "copy")
     assert folder_info(copy)["fingerprint"] == encoder.fingerprint
