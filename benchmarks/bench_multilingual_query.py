@@ -9,9 +9,10 @@ For each model, in one run:
 * the torch-free export, once (``retrieval.hf_text_export`` for the HF model, ``retrieval.text_export``
   for the CLIP one) and its size;
 * warm: one query at a time through the loaded torch encoder and through the torch-free one (p50/p95);
-* cold: a fresh process from start to the first query vector, on the torch path (import, load the model,
-  encode) and on the torch-free path (import, open the export, encode), each phase timed; and whether the
-  torch-free process imported torch or transformers.
+* cold: a fresh process that imports the API, opens an index of the model and embeds one query
+  (``open_index(...).embed_text``), as ``mmsearch query`` does: once with the torch-free path turned off
+  (``MMSEARCH_LIGHT_TEXT=0``: torch loads the model) and once with it; each phase timed, with the path
+  the query took and whether torch, transformers or open_clip were imported.
 
 The HF model is saved with ``retrieval.model_save`` into one folder first and loaded from there, so the
 cold torch path is the offline one (``--model DIR``). Without ``--hf-model`` a tiny XLM-R-style model is
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,38 +41,26 @@ QUERIES = [
     "iPhone 手机壳", "ＲＥＤ　ｓｈｏｅｓ", "собака на пляже", "une robe rouge",
 ]
 
-COLD_TORCH = """
+# A cold query as a user's process makes it: import the API, open the index, embed the text.
+COLD = """
 import json, sys, time
 t = [time.perf_counter()]
-from retrieval.encoder import load_encoder
-from retrieval.model_save import load_model_folder
+from retrieval.api import open_index
 t.append(time.perf_counter())
-model = {model!r}
-enc = load_model_folder(model) if {is_folder!r} else load_encoder(model)
-t.append(time.perf_counter())
-enc.encode_texts([{query!r}])
-t.append(time.perf_counter())
-print(json.dumps({{"import": t[1] - t[0], "load": t[2] - t[1], "encode": t[3] - t[2]}}))
-"""
-COLD_LIGHT = """
-import json, sys, time
-t = [time.perf_counter()]
-from retrieval.hf_text_light import load_any_light_encoder
-t.append(time.perf_counter())
-enc = load_any_light_encoder({root!r}, {fingerprint!r})
-t.append(time.perf_counter())
-enc.encode_texts([{query!r}])
+index = open_index({name!r}, root={root!r})
+index.embed_text({query!r})
 t.append(time.perf_counter())
 heavy = [m for m in ("torch", "transformers", "open_clip") if m in sys.modules]
-print(json.dumps({{"import": t[1] - t[0], "load": t[2] - t[1], "encode": t[3] - t[2], "heavy": heavy}}))
+print(json.dumps({{"import": t[1] - t[0], "query": t[2] - t[1], "path": index.queries.text_path, "heavy": heavy}}))
 """
 
 
-def _cold(script: str, repeats: int) -> dict[str, Any]:
+def _cold(script: str, repeats: int, torch_free: bool) -> dict[str, Any]:
+    env = dict(os.environ, MMSEARCH_LIGHT_TEXT="1" if torch_free else "0")
     walls, phases = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
         walls.append(time.perf_counter() - t0)
         if done.returncode != 0:
             raise SystemExit(f"cold run failed:\n{done.stderr[-3000:]}")
@@ -88,29 +78,35 @@ def _warm(encode, n: int) -> dict[str, float]:
     return percentiles(times)
 
 
-def measure(label: str, encoder: Any, model_arg: str, is_folder: bool, root: Path, args: argparse.Namespace) -> dict:
+def measure(label: str, model: str, root: Path, args: argparse.Namespace) -> dict:
+    """Export, warm and cold query times of one model, through an (empty) index of it under ``root``."""
     import numpy as np
 
-    from retrieval.hf_text_export import ensure_hf_export, is_hf_tokenizer_model
+    from retrieval.api import create_index
+    from retrieval.encoder import load_encoder
     from retrieval.hf_text_light import load_any_light_encoder
     from retrieval.text_export import ensure_export
     from retrieval.text_light import export_dir
 
+    encoder = load_encoder(model)
     t0 = time.perf_counter()
-    exported = (ensure_hf_export if is_hf_tokenizer_model(encoder) else ensure_export)(encoder, root)
+    exported = ensure_export(encoder, root)  # the ONNX export for HF tokenizers, the numpy one for CLIP's
     export_s = time.perf_counter() - t0
     if not exported:
         raise SystemExit(f"{label}: the torch-free export was refused (see {export_dir(root, encoder.fingerprint)})")
+    name = f"bench-{encoder.fingerprint}"
+    create_index(name, model=model, root=root, encoder=encoder).close()
     light = load_any_light_encoder(root, encoder.fingerprint)
+    assert light is not None
     cosine = float(np.min(np.sum(light.encode_texts(QUERIES) * encoder.encode_texts(QUERIES), axis=1)))
     size_mb = sum(p.stat().st_size for p in export_dir(root, encoder.fingerprint).iterdir()) / 1e6
-    query = QUERIES[0]
+    script = COLD.format(name=name, root=str(root), query=QUERIES[0])
     return {
-        "model": label, "export_s": export_s, "export_mb": size_mb, "min_cosine": cosine,
+        "model": label, "spec": encoder.spec, "tokenizer": type(encoder.tokenizer).__name__, "export_s": export_s,
+        "export_mb": size_mb, "min_cosine": cosine,
         "warm_torch": _warm(encoder.encode_texts, args.warm), "warm_light": _warm(light.encode_texts, args.warm),
-        "cold_torch": _cold(COLD_TORCH.format(model=model_arg, is_folder=is_folder, query=query), args.cold),
-        "cold_light": _cold(COLD_LIGHT.format(root=str(root), fingerprint=encoder.fingerprint, query=query),
-                            args.cold),
+        "cold_torch": _cold(script, args.cold, torch_free=False),
+        "cold_light": _cold(script, args.cold, torch_free=True),
     }
 
 
@@ -123,8 +119,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args()
 
-    from retrieval.encoder import load_encoder
-    from retrieval.model_save import load_model_folder, save_model_folder
+    from retrieval.model_save import save_model_folder
 
     work = Path(tempfile.mkdtemp(prefix="bench-multilingual-"))
     if args.hf_model:
@@ -134,11 +129,11 @@ def main() -> None:
 
         tiny = build_tiny_multilingual(work / "tiny", families=("xlm-roberta",), prefix="bench-tiny")
         hf_label, source = "tiny XLM-R (offline)", tiny.archs["xlm-roberta"]
+    # The HF model is loaded from its one folder, as an offline machine would (--model DIR).
     folder = Path(source) if Path(source).is_dir() else save_model_folder(source, work / "hf-model")
-    hf_encoder = load_model_folder(folder)
     rows = [
-        measure(hf_label, hf_encoder, str(folder), True, work / "root", args),
-        measure(args.clip_model, load_encoder(args.clip_model), args.clip_model, False, work / "root", args),
+        measure(hf_label, str(folder), work / "root", args),
+        measure(args.clip_model, args.clip_model, work / "root", args),
     ]
     print_table(
         "Text queries: torch path vs torch-free path (warm = p50 per query; cold = process start to vector)",
@@ -150,9 +145,10 @@ def main() -> None:
          for r in rows],
     )
     print_table(
-        "Cold phases (seconds, in the fresh process)",
-        ["model", "path", "import", "load", "first query"],
-        [[r["model"], path, r[f"cold_{path}"]["import"], r[f"cold_{path}"]["load"], r[f"cold_{path}"]["encode"]]
+        "Cold phases (seconds, in the fresh process: import the API, then open the index and embed one query)",
+        ["model", "path", "import", "open + first query", "text path", "heavy modules"],
+        [[r["model"], path, r[f"cold_{path}"]["import"], r[f"cold_{path}"]["query"], r[f"cold_{path}"]["path"],
+          ",".join(r[f"cold_{path}"]["heavy"]) or "-"]
          for r in rows for path in ("torch", "light")],
     )
     emit_json({"machine": machine(), "queries": QUERIES, "results": rows}, args.json)

@@ -462,8 +462,8 @@ def _no_weights_error(parsed: ModelSpec) -> ModelLoadError:
     return ModelLoadError(
         f"could not load model {parsed.canonical!r}: its weights could not be downloaded "
         "(no network?) and are not in the local cache. Run once with network access to cache them, "
-        "or pass --model /path/to/dir pointing at a local model directory "
-        f"({LOCAL_CONFIG_NAME} + weights, e.g. one written by 'mmsearch train')."
+        f"or, where there is network, 'mmsearch models save {parsed.canonical} DIR', copy DIR here and pass "
+        f"--model DIR (a folder with {LOCAL_CONFIG_NAME} + weights, as 'models save' and 'mmsearch train' write)."
     )
 
 

@@ -260,8 +260,9 @@ class QueryEncoder:
         from .text_normalise import normalise_query, tokenizer_kind_of
 
         encoder = self._text_encoder()
-        normalised = normalise_query(text, tokenizer_kind_of(encoder.tokenizer))
-        languages = encoder.languages
+        # Encoders passed in by callers (tests, notebooks) may be duck-typed: no tokenizer, no languages.
+        normalised = normalise_query(text, tokenizer_kind_of(getattr(encoder, "tokenizer", None)))
+        languages = getattr(encoder, "languages", None)
         if not languages:
             if lang is not None:
                 from .multilingual import resolve_lang
@@ -285,8 +286,9 @@ class QueryEncoder:
         key = (code, normalised)
         vector = self._text_cache.get(key)
         if vector is None:
+            language = {} if code is None else {"lang": code}
             try:
-                vector = self._text_encoder().encode_texts([normalised], lang=code)[0]
+                vector = self._text_encoder().encode_texts([normalised], **language)[0]
             except (OSError, ValueError) as exc:
                 if self._encoder is not None or not self._light_text:
                     raise
@@ -294,16 +296,25 @@ class QueryEncoder:
                 # answer with the model itself from now on.
                 logging.getLogger(__name__).debug("torch-free text path failed: %s", exc)
                 self._light_text = False
-                vector = self.encoder.encode_texts([normalised], lang=code)[0]
+                vector = self.encoder.encode_texts([normalised], **language)[0]
             self._text_cache.put(key, vector)
         return vector.copy()  # callers may scale or negate it in place
 
-    def fit(self, text: str, lang: str | None = None) -> "FittedQuery":
-        """Whether a text query fits the model's context, and which part of it the model reads."""
+    def fit(self, text: str, lang: str | None = None) -> "FittedQuery | None":
+        """Whether a text query fits the model's context, and which part of it the model reads.
+
+        None for an encoder whose tokenizer cannot be measured (a duck-typed one passed in by a caller).
+        """
         from .text_normalise import fit_query
 
         normalised, _ = self.prepare(text, lang)
-        return fit_query(normalised, self._text_encoder().tokenizer)
+        tokenizer = getattr(self._text_encoder(), "tokenizer", None)
+        if tokenizer is None:
+            return None
+        try:
+            return fit_query(normalised, tokenizer)
+        except TypeError:  # a tokenizer of a kind fit_query does not know
+            return None
 
     def notes(self, text: str, lang: str | None = None) -> list[str]:
         """What a user should be told about a text query (for stderr): cut to the context, or an English-only model.
@@ -311,7 +322,8 @@ class QueryEncoder:
         Raises what :meth:`prepare` raises.
         """
         notes = []
-        cut = self.fit(text, lang).note()
+        fitted = self.fit(text, lang)
+        cut = fitted.note() if fitted is not None else None
         if cut:
             notes.append(cut)
         english = self._english_only_note(text)
@@ -334,7 +346,8 @@ class QueryEncoder:
         from .multilingual import detect_language, find_model
         from .text_normalise import tokenizer_kind_of
 
-        if find_model(self._model) is not None or tokenizer_kind_of(self._text_encoder().tokenizer) != "clip-bpe":
+        tokenizer = getattr(self._text_encoder(), "tokenizer", None)
+        if find_model(self._model) is not None or tokenizer is None or tokenizer_kind_of(tokenizer) != "clip-bpe":
             return None
         script = detect_language(text).script
         if script is None or script == "Latn":

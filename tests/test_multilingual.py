@@ -240,6 +240,23 @@ def test_missing_extra_is_one_line(saved, monkeypatch: pytest.MonkeyPatch) -> No
     require_text_extra({"text_cfg": {"context_length": 77}}, "ViT-B-32")  # CLIP BPE models need nothing
 
 
+def test_published_spec_without_network_says_how_to_bring_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Here nothing can be downloaded: a published multilingual spec is one error naming 'models save'."""
+    import socket
+
+    from retrieval.encoder import load_encoder
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)  # fail at once, whatever the machine's resolver does
+    with pytest.raises(ModelLoadError) as exc:
+        load_encoder("xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k")
+    message = str(exc.value)
+    assert "\n" not in message and "could not be downloaded" in message
+    assert "mmsearch models save xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k DIR" in message
+
+
 def test_missing_package_found_in_load_errors() -> None:
     from retrieval.model_folder import explain_missing_module
 
