@@ -183,14 +183,16 @@ def _cell(entry: tuple[Any, dict[str, str] | None, bool] | None, splits: dict[st
     return f"{'ok' if ok else 'NO'} {hit.score:.3f} {_describe(attrs)} [{split}]"
 
 
-def print_pair(zh: Answer, en: Answer, splits: dict[str, str], column: int = 52) -> None:
+def print_pair(zh: Answer, en: Answer, splits: dict[str, str]) -> None:
     """A Chinese query's hits next to its English twin's, rank by rank."""
+    rows = max(len(zh.hits), len(en.hits))
+    left = [_cell(zh.hits[r] if r < len(zh.hits) else None, splits) for r in range(rows)]
+    right = [_cell(en.hits[r] if r < len(en.hits) else None, splits) for r in range(rows)]
+    column = max([_width(cell) for cell in left] + [_width(f"query: “{zh.text}”") - 4, 30]) + 3
     note = "   (a combination never shown in training)" if zh.held_out else ""
     print(f"\n{_pad(f'query: “{zh.text}”', column + 4)}“{en.text}”{note}")
-    for rank in range(max(len(zh.hits), len(en.hits))):
-        left = _cell(zh.hits[rank] if rank < len(zh.hits) else None, splits)
-        right = _cell(en.hits[rank] if rank < len(en.hits) else None, splits)
-        print(f"  {rank + 1:>2}. {_pad(left, column)}{right}")
+    for rank in range(rows):
+        print(f"  {rank + 1:>2}. {_pad(left[rank], column)}{right[rank]}")
 
 
 def run_queries(catalogue: syn.Catalogue, model_dir: Path, index_root: Path, k: int = DEMO_K) -> dict[str, float]:

@@ -60,6 +60,17 @@ def test_models_listing_still_works() -> None:
     assert "xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k" in pairs.stdout.split()
 
 
+def test_missing_extra_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    photos = _photos(tmp_path / "photos")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the multilingual extra were not installed
+    for args in (("index", str(photos), "--model", "xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k"),
+                 ("models", "save", "nllb-clip-base-siglip:mrl", str(tmp_path / "nllb"))):
+        one_line_error(runner.invoke(app, list(args)), "pip install 'mmsearch[multilingual]'", "transformers")
+    assert not (tmp_path / "nllb").exists()
+
+
 # -- models save, index and query with --lang, offline --------------------------------------
 
 

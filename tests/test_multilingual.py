@@ -313,6 +313,26 @@ print(json.dumps({{"hits": out, "torch": "torch" in sys.modules, "path": index.q
     assert reopened.encoder.fingerprint == saved[family][2]  # the torch path loads the folder offline too
 
 
+def test_fine_tuned_multilingual_model_loads_and_resumes_offline(saved, tmp_path: Path) -> None:
+    """mmsearch train --from a saved XLM-R folder: the checkpoint holds the tower's config, so it loads with no hub."""
+    from retrieval import synthetic as syn
+    from retrieval.encoder import load_encoder
+    from retrieval.model_folder import HF_CONFIG_NAME
+    from retrieval.train import TrainCfg, fit, read_pairs
+
+    world = syn.generate_catalogue(tmp_path / "world", n_images=24, seed=1, image_size=32, languages=("en", "zh"))
+    data = read_pairs(world.captions_csv)
+    out = tmp_path / "tuned"
+    cfg = TrainCfg(from_spec=str(saved["xlm-roberta"][0]), epochs=1, batch_size=8, augment=False)
+    with _quiet_transformers():
+        fit(data, out, cfg, progress=None)
+        assert (out / HF_CONFIG_NAME).is_file() and (out / "last" / HF_CONFIG_NAME).is_file()
+        tuned = load_encoder(str(out))  # the hub folder the spec was built from is gone (see ``saved``)
+        assert tuned.encode_texts(QUERIES).shape == (len(QUERIES), tuned.dim)
+        resumed = fit(data, out, TrainCfg(resume=True, epochs=2), progress=None)
+    assert resumed.epochs_run == 1 and resumed.steps > 0
+
+
 def test_tokenizer_kinds(tiny_ml: TinyModels) -> None:  # noqa: F811
     from retrieval.text_light import ClipBpeTokenizer
     from retrieval.text_normalise import tokenizer_kind_of
