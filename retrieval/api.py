@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,16 +37,18 @@ from .errors import (
 from .indexer import IndexReport, ProgressFn, SkipFn, update_index, update_texts
 from .query import QueryEncoder, QueryTerm, load_query_model
 from .search import Filters, Hit, search_vector
-from .store import IndexStore, ItemRow
+from .store import IndexStore, ItemRow, PhotoStats
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .ann import VectorIndex
+    from .duplicates import DuplicateGroup
     from .encoder import Encoder
     from .engine_ray import RayCfg
     from .integrity import RepairReport, VerifyReport
     from .merge import MergeResult
+    from .originals import VerifiedFiles
     from .shard_embed import EmbedResult
     from .thumbnails import ThumbnailCache
     from .zeroshot import Prediction
@@ -54,10 +56,10 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 __all__ = [
-    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow",
+    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow", "PhotoStats",
     "check_sources", "classify_images", "create_index", "delete_index", "drop_plan", "embed_to_shards",
-    "list_indexes", "list_models", "merge_shards", "multilingual_models", "open_index", "open_or_create_index",
-    "parse_labels", "ray_engine", "repair_index", "save_model", "verify_index",
+    "list_indexes", "list_models", "load_model", "merge_shards", "multilingual_models", "open_index",
+    "open_or_create_index", "parse_labels", "ray_engine", "repair_index", "save_model", "verify_index",
 ]
 
 
@@ -80,6 +82,8 @@ class IndexInfo:
     updated_at: float
 
     error: str | None = None  # set when the index cannot be opened: why (the other fields are then blank)
+    photos: PhotoStats | None = None  # capture dates, positions, places and cameras of the images
+
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -114,6 +118,7 @@ class Index:
         self._vectors_generation = -1
         self._thumbnails: "ThumbnailCache | None" = None
         self._thumbnails_lock = threading.Lock()
+        self._verified: "VerifiedFiles | None" = None  # files whose content hash was checked (open_original)
         self.newly_created = False  # set by open_or_create_index when it made the index
         if encoder is not None:
             self._check_encoder(encoder)
@@ -170,6 +175,7 @@ class Index:
             name=self.name, path=str(self.path), model=m.model, fingerprint=m.fingerprint, dim=m.dim,
             images=counts["images"], texts=counts["texts"], failed=counts["failed"], size_bytes=size,
             ann=dict(m.ann), schema_version=m.schema_version, created_at=m.created_at, updated_at=m.updated_at,
+            photos=self.store.photo_stats(),
         )
 
     def configure_ann(
@@ -199,11 +205,14 @@ class Index:
 
     def item(self, item_id: int) -> ItemRow | None:
         """One item's stored row (path or text, size, dimensions, status, metadata), or None."""
-        return self.store.items_by_id([int(item_id)]).get(int(item_id))
+        return self.items([item_id]).get(item_id)
 
     def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
         """Stored rows of the given ids (ids not in the index are left out)."""
-        return self.store.items_by_id([int(i) for i in ids])
+        for item_id in ids:
+            if isinstance(item_id, bool) or not isinstance(item_id, int):
+                raise InvalidQueryError(f"an item id is a whole number (got {item_id!r})")
+        return self.store.items_by_id([i for i in ids if 0 <= i < 2**63])
 
     def find_item(self, path_or_id: "PathLike | int") -> int:
         """The id of an indexed item, given its id, its file path or its text key."""
@@ -224,22 +233,58 @@ class Index:
             raise ItemNotFoundError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
         return row.id
 
+    def open_original(self, item: "ItemRow | int") -> tuple[BinaryIO, ItemRow]:
+        """The file of an image item, open for reading, only while it is still the file that was indexed.
+
+        Opened without following a symlink put in its place, checked on the open
+        descriptor (a regular file of the recorded size and time) and by its
+        content hash (once per unchanged file); see :mod:`retrieval.originals`.
+        Raises ``ItemNotFoundError`` with the reason for a text, an item that
+        failed, or a file that is gone, changed or replaced. Given a row (not an
+        id) it does not touch the store, so any thread may call it. The caller
+        closes the file.
+        """
+        return self._open_checked(item, check_content=True)
+
+    def _open_checked(self, item: "ItemRow | int", *, check_content: bool) -> tuple[BinaryIO, ItemRow]:
+        from .originals import ExpectedFile, VerifiedFiles, open_indexed_file
+
+        row = self.item(item) if isinstance(item, int) else item
+        if row is None:
+            raise ItemNotFoundError(f"no item with id {item} in index {self.name!r}")
+        if row.kind != "image" or row.path is None:
+            raise ItemNotFoundError(f"item {row.id} is a text, it has no image")
+        if row.status != "ok":
+            raise ItemNotFoundError(f"item {row.id} could not be indexed: {row.error}")
+        if self._verified is None:
+            with self._thumbnails_lock:
+                if self._verified is None:
+                    self._verified = VerifiedFiles()
+        expected = ExpectedFile.of(row)
+        return open_indexed_file(expected, self._verified, check_content=check_content), row
+
     def thumbnail(self, item: ItemRow, size: int | None = None) -> Path:
         """A JPEG thumbnail of an image item (longest side ``size``), made once and cached in the index folder.
 
-        Raises ``ImageDecodeError`` when the file can no longer be read. Safe to
-        call from several threads at once.
+        Served only while the item's file is still the file that was indexed (the
+        rule of :meth:`open_original`) and made from that open file; a thumbnail
+        made earlier is served after the cheap part of the check (the content was
+        checked when it was made). Raises ``ItemNotFoundError`` when the file is
+        not the one indexed, ``ImageDecodeError`` when it can no longer be
+        decoded. Safe to call from several threads at once.
         """
         from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
 
-        if item.kind != "image" or item.path is None:
-            raise ItemNotFoundError(f"item {item.id} is a text, it has no image")
         if self._thumbnails is None:
             with self._thumbnails_lock:
                 if self._thumbnails is None:
                     self._thumbnails = ThumbnailCache.for_index(self.path)
         key = item.hash or f"id{item.id}-{item.mtime_ns}"
-        return self._thumbnails.get(item.path, key, size or DEFAULT_THUMB_SIZE)
+        size = size or DEFAULT_THUMB_SIZE
+        made = self._thumbnails.path_for(key, size).is_file()
+        source, row = self._open_checked(item, check_content=not made)
+        with source:
+            return self._thumbnails.get(source, key, size, name=row.path)
 
     # -- writing ----------------------------------------------------------------
 
@@ -358,43 +403,71 @@ class Index:
 
     def search_vector(
         self, vector: np.ndarray, k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
-        exclude_ids: frozenset[int] = frozenset(),
+        exclude_ids: frozenset[int] = frozenset(), sort: str = "score",
     ) -> list[Hit]:
         """Items nearest to a vector in the index's space, best first.
 
         Without ``filters`` only images are returned; ``Filters(target="text")``
-        or ``"all"`` returns indexed texts too.
+        or ``"all"`` returns indexed texts too. ``sort="taken"`` shows the same
+        k best matches newest capture first (see :func:`retrieval.search.sort_hits`).
         """
         return search_vector(
-            self.store, self._vector_index(), np.asarray(vector, dtype=np.float32), k,
-            filters=filters or Filters(), dedup=dedup, exclude_ids=exclude_ids,
+            self.store, self._vector_index(), _as_query_vector(vector), k,
+            filters=filters or Filters(), dedup=dedup, exclude_ids=exclude_ids, sort=sort,
         )
 
     def search_text(
-        self, text: str, k: int = 10, *, filters: Filters | None = None, lang: str | None = None
+        self, text: str, k: int = 10, *, filters: Filters | None = None, sort: str = "score", lang: str | None = None
     ) -> list[Hit]:
         """Items that best match a text (in any language the model reads), best first."""
-        return self.search_vector(self.embed_text(text, lang), k, filters=filters)
+        return self.search_vector(self.embed_text(text, lang), k, filters=filters, sort=sort)
 
-    def search_image(self, image: "PathLike | Image.Image", k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+    def search_image(
+        self, image: "PathLike | Image.Image", k: int = 10, *, filters: Filters | None = None, sort: str = "score"
+    ) -> list[Hit]:
         """Items that look most like an image (a path or a PIL image), best first."""
-        return self.search_vector(self.embed_image(image), k, filters=filters)
+        return self.search_vector(self.embed_image(image), k, filters=filters, sort=sort)
 
     def search(
-        self, terms: Sequence[QueryTerm], k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
+        self, terms: Sequence[QueryTerm], k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """A combined query, e.g. ``[QueryTerm.image("shoe.jpg"), QueryTerm.text("red", 2), QueryTerm.text("leather", -1)]``."""
-        return self.search_vector(self.embed_terms(terms), k, filters=filters, dedup=dedup)
+        return self.search_vector(self.embed_terms(terms), k, filters=filters, dedup=dedup, sort=sort)
 
     def similar(
-        self, path_or_id: "PathLike | int", k: int = 10, *, filters: Filters | None = None, dedup: float | None = None
+        self, path_or_id: "PathLike | int", k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
+        sort: str = "score",
     ) -> list[Hit]:
         """"More like this": neighbours of an indexed item, from its stored vector (no re-encoding)."""
         item_id = self.find_item(path_or_id)
         vector = self.store.vector(item_id)
         if vector is None:
             raise ItemNotFoundError(f"item {item_id} has no stored vector")
-        return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset({item_id}))
+        return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset({item_id}), sort=sort)
+
+    def duplicates(self, threshold: float = 0.95, *, filters: Filters | None = None) -> list["DuplicateGroup"]:
+        """Groups of near-identical photos, the copy to keep first; nothing is ever deleted.
+
+        Photos whose vectors have cosine >= ``threshold`` (resized, re-encoded and
+        lightly cropped copies, edits, bursts) are grouped from their stored
+        vectors, by a FAISS range search (:func:`retrieval.ann.range_pairs`), not
+        by comparing every pair; see :func:`retrieval.duplicates.find_duplicates`
+        for the grouping. The copy to keep has the most pixels, then the earliest
+        capture, then the larger file. Members with the same bytes as an earlier
+        one have ``exact_copy_of`` set. ``filters`` (paths, dates, places...)
+        narrow the photos compared. Largest groups first.
+        """
+        from .ann import range_pairs
+        from .duplicates import ItemFacts, find_duplicates
+
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise InvalidQueryError(f"duplicate threshold must be a cosine in (0, 1], got {threshold!r}")
+        chosen = filters or Filters(target="image")
+        rows = [r for r in self.store.image_rows() if chosen.accepts(r)]
+        vectors = self.store.vectors_of([r.id for r in rows]) if rows else np.zeros((0, self.store.manifest.dim))
+        facts = [ItemFacts(r.id, r.width, r.height, r.taken_ts, r.hash, r.size, r.path, r.taken_at) for r in rows]
+        return find_duplicates(vectors, facts, range_pairs, threshold=float(threshold))
 
     # -- maintenance: explicit removal, consistency check, repair ----------------
 
@@ -461,6 +534,13 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _as_query_vector(vector: object) -> np.ndarray:
+    try:
+        return np.asarray(vector, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidQueryError(f"a query vector is a list of numbers (got {type(vector).__name__})") from None
 
 
 # -- opening, creating, listing, deleting ------------------------------------------
@@ -611,7 +691,7 @@ def verify_index(name: str = DEFAULT_INDEX_NAME, *, root: PathLike | None = None
 def repair_index(
     name: str = DEFAULT_INDEX_NAME, *, root: PathLike | None = None, model: str | None = None,
     device: str = "cpu", dry_run: bool = False, wait: bool = True, on_wait: Callable[[], None] | None = None,
-    on_plan: Callable[["RepairReport"], None] | None = None,
+    on_plan: Callable[["RepairReport"], None] | None = None, salvage: bool = False,
 ) -> "RepairReport":
     """Make index ``name`` consistent again (see :mod:`retrieval.integrity`), also one whose manifest is lost.
 
@@ -619,10 +699,11 @@ def repair_index(
     one (made by an older mmsearch); it is loaded only to learn its
     fingerprint and dimension. ``on_plan`` sees what will be dropped or
     rewritten, under the writer lock, before anything changes; ``dry_run``
-    stops there.
+    stops there. ``salvage`` first copies every readable row of a damaged
+    items.sqlite into a new file (see :mod:`retrieval.store_salvage`).
     """
     from .integrity import repair_index as repair
-    from .store import ModelRecord
+    from .store import ITEMS_DB, ModelRecord
 
     record = None
     if model is not None:
@@ -630,12 +711,23 @@ def repair_index(
 
         encoder = load_encoder(model, device=device)
         record = ModelRecord(encoder.spec, encoder.fingerprint, encoder.dim)
-    store = IndexStore.open(catalog.index_path(name, root), name=name, recover=True)
+    directory = catalog.index_path(name, root)
+    if not catalog.looks_like_index(directory):
+        raise IndexNotFoundError(f"no index named {name!r} in {directory.parent}")
+    salvaged = None
+    if salvage and not dry_run:
+        from .store_salvage import salvage as copy_readable_rows
+
+        with catalog.writer_lock_of(directory, wait=wait, on_wait=on_wait):
+            salvaged = copy_readable_rows(directory, ITEMS_DB)
+    store = IndexStore.open(directory, name=name, recover=True)
     try:
         with store.writer_lock(wait=wait, on_wait=on_wait):
-            return repair(store, model=record, dry_run=dry_run, on_plan=on_plan)
+            report = repair(store, model=record, dry_run=dry_run, on_plan=on_plan)
     finally:
         store.close()
+    report.salvage = salvaged.as_dict() if salvaged is not None else None
+    return report
 
 
 def check_sources(paths: Sequence[PathLike] = (), text_files: Sequence[PathLike] = ()) -> None:
@@ -690,6 +782,14 @@ def classify_images(
             with open_index(index, root=root) as opened:
                 model = opened.model
     return classify(load_encoder(model, device=device), images, list(labels))
+
+
+def load_model(spec: str, *, device: str = "cpu", precision: str = "fp32") -> "Encoder":
+    """The model a spec names, for callers that embed without an index (the immich stand-in, notebooks)."""
+    from .encoder import load_encoder
+
+    check_model_options(device, precision)
+    return load_encoder(spec, device=device, precision=precision)
 
 
 def list_models(*, pretrained: bool = False) -> list[str]:

@@ -11,6 +11,13 @@ batch and the next run re-encodes at most the batch that was in flight. The
 FAISS file is rewritten once, at the end; until then readers rebuild it from
 the committed vectors (see store.py).
 
+Capture metadata (time, camera, lens, GPS; see :mod:`retrieval.photo_meta`) is
+read from each file's bytes as it is embedded, and places are named for GPS
+positions once per committed batch. A file reused by content takes its twin's
+metadata. Items indexed without metadata (by an older mmsearch, or by an engine
+that does not read it) get it from their files at the end of the next run over
+their folder, in batches of transactions, without re-encoding (the back-fill).
+
 Safety against a vanished drive: a folder that now holds no image at all while
 the index has items from it (an unmounted disk, a NAS that is offline) is an
 error, not a reason to drop those items; ``maintenance.remove_paths`` drops them on purpose.
@@ -27,6 +34,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 from .config import IMAGE_EXTENSIONS
 from .embed import Embedded, ImagePipeline
 from .errors import SourceError
+from .photo_meta import META_VERSION, PhotoMeta
+from .photo_store import backfill_metadata, photo_columns, twin_photo_columns, with_places
 from .sources import FileEntry, Skipped, iter_files
 from .store import IndexStore, NewItem
 from .urls import is_url, url_reader
@@ -51,6 +60,7 @@ class IndexReport:
     reused: int = 0
     failed: int = 0
     encoded: int = 0
+    metadata_read: int = 0  # items given their capture metadata by the back-fill (no re-encoding)
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run's failures
 
@@ -62,7 +72,7 @@ class IndexReport:
         return {
             "added": self.added, "updated": self.updated, "removed": self.removed,
             "unchanged": self.unchanged, "reused": self.reused, "failed": self.failed,
-            "encoded": self.encoded, "seconds": round(self.seconds, 3),
+            "encoded": self.encoded, "metadata_read": self.metadata_read, "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }
@@ -89,6 +99,9 @@ class UpdatePlan:
     on_skip: SkipFn | None = None
     roots: list[str] = field(default_factory=list)  # the scanned roots, as item keys
     walk_skips: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) the walk could not take
+    # Files whose items lack capture metadata (or have it from an older reader): read at the end of
+    # the run. None: this run does not back-fill (a merge of shards, whose files may be elsewhere).
+    backfill: list[FileEntry] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -125,6 +138,7 @@ class FileOutcome:
     dev: int | None = None  # the file's identity when it was read (see sources.FileEntry)
     inode: int | None = None
     real_path: str | None = None
+    photo: PhotoMeta | None = None  # capture metadata (None: not read; a reused file takes its twin's)
 
 
 def root_key(root: str | os.PathLike[str]) -> str:
@@ -154,15 +168,19 @@ def plan_update(
     *,
     exclude: Sequence[str] = (),
     on_skip: SkipFn | None = None,
+    read_metadata: bool = True,
 ) -> UpdatePlan:
-    """List ``roots`` and compare with the index: what to embed, what to drop.
+    """List ``roots`` and compare with the index: what to embed, what to drop, whose metadata to read.
 
     Local folders are walked with :func:`sources.iter_files`, URL roots
     (``s3://...``) listed through fsspec (:mod:`retrieval.urls`); item keys are
-    absolute paths and URLs. Raises ``SourceError`` when there is nothing at all
-    to index, or when a root that used to hold items is now empty (an unmounted drive).
+    absolute paths and URLs. Unchanged files whose items have no capture
+    metadata yet (``read_metadata``) go to ``plan.backfill``. Raises
+    ``SourceError`` when there is nothing at all to index, or when a root that
+    used to hold items is now empty (an unmounted drive).
     """
-    plan = UpdatePlan(todo=[], gone=[], known={}, report=IndexReport(), started=time.perf_counter(), on_skip=on_skip)
+    plan = UpdatePlan(todo=[], gone=[], known={}, report=IndexReport(), started=time.perf_counter(), on_skip=on_skip,
+                      backfill=[] if read_metadata else None)
 
     def walk_skip(s: Skipped) -> None:
         plan.walk_skips.append((s.path, s.reason))
@@ -173,6 +191,7 @@ def plan_update(
     listed = list_files(abs_roots, exclude=exclude, on_skip=walk_skip)
     plan.known = known = store.file_states()
     unread = store.read_failures()  # a timeout or a permission since fixed: worth another try
+    backlog = store.metadata_backlog(META_VERSION) if read_metadata else set()
     seen: set[str] = set()
     for entry in listed:
         key = str(entry.path)
@@ -183,6 +202,8 @@ def plan_update(
                 plan.report.failed += 1  # still undecodable; not retried until the file changes
             else:
                 plan.report.unchanged += 1
+                if key in backlog and plan.backfill is not None:
+                    plan.backfill.append(entry)
             continue
         plan.todo.append(entry)
     report = plan.report
@@ -202,10 +223,11 @@ def plan_update(
 
 
 def finish_unchanged(store: IndexStore, plan: UpdatePlan) -> IndexReport:
-    """Nothing changed: no item transaction, no encoder call; only heal a stale FAISS file, note the walk's skips."""
+    """Nothing changed: no encoder call; heal a stale FAISS file, note the walk's skips, back-fill metadata."""
     store.replace_skips(plan.roots, plan.walk_skips)
     if not store.vector_index_is_current():
         store.load_vector_index(persist=True)
+    plan.report.metadata_read = backfill_metadata(store, plan)
     plan.report.seconds = time.perf_counter() - plan.started
     return plan.report
 
@@ -228,7 +250,9 @@ def apply_outcomes(
     rewritten once at the end. A ``reused`` outcome takes the stored vector of
     its content twin; if that twin changed meanwhile, ``vector_for_hash`` (a
     cache taken before the run) or ``reencode`` supplies it, else the file is
-    reported as failed with what to do.
+    reported as failed with what to do. A reused outcome also takes its twin's
+    capture metadata; an item written without metadata is read by the
+    back-fill at the end (when the plan back-fills).
     """
     report = plan.report
     total = len(plan.todo) if total is None else total
@@ -239,6 +263,7 @@ def apply_outcomes(
         on_progress(0, total)
 
     def flush(deletes: list[int]) -> None:
+        pending[:] = with_places(pending)
         added, dropped = store.commit(pending, deletes)
         index.remove(_ids(dropped))
         if added and index.is_trained:  # an untrained IVF index is built at the end of the run
@@ -252,7 +277,9 @@ def apply_outcomes(
             key = out.key
             is_update = key in plan.known
             vector, width, height, error = out.vector, out.width, out.height, out.error
+            photo = photo_columns(out.photo)
             if out.reused and out.hash:
+                photo = twin_photo_columns(store, out.hash, out.mtime_ns)
                 vector = store.vector_for_hash(out.hash)
                 if vector is None and vector_for_hash is not None:
                     vector = vector_for_hash(out.hash)
@@ -261,6 +288,7 @@ def apply_outcomes(
                 elif reencode is not None:  # the twin vanished meanwhile: fall back to encoding it
                     out = reencode(out)
                     vector, width, height, error = out.vector, out.width, out.height, out.error
+                    photo = photo_columns(out.photo)
                 else:
                     # A READ_ERROR_PREFIXES reason: the next 'mmsearch index' of its folder encodes it.
                     error = ("no vector yet: the shard reused an indexed file with the same content, which is gone; "
@@ -273,12 +301,14 @@ def apply_outcomes(
                 report.added += 1
             if vector is not None and not out.reused:
                 report.encoded += 1
+            if vector is not None and not photo and plan.backfill is not None:
+                plan.backfill.append(entry_of(out))  # embedded elsewhere (Ray), or a twin not read yet
             pending.append(
                 NewItem(
                     kind="image", key=key, path=key, size=out.size, mtime_ns=out.mtime_ns,
                     hash=out.hash, width=width or None, height=height or None,
                     error=None if vector is not None else (error or "unknown error"), vector=vector,
-                    dev=out.dev, inode=out.inode, real_path=out.real_path,
+                    dev=out.dev, inode=out.inode, real_path=out.real_path, **photo,
                 )
             )
         done += len(batch)
@@ -291,6 +321,8 @@ def apply_outcomes(
     flush(plan.gone)
     store.replace_skips(plan.roots, plan.walk_skips)
     store.save_vector_index(store.refresh_vector_index(index))
+    # After the vectors are saved: the index is whole and searchable while metadata is read.
+    report.metadata_read = backfill_metadata(store, plan)
     report.seconds = time.perf_counter() - plan.started
     return report
 
@@ -307,21 +339,24 @@ def update_index(
     max_pixels: int = 178_956_970,
     on_progress: ProgressFn | None = None,
     on_skip: SkipFn | None = None,
+    read_metadata: bool = True,
 ) -> IndexReport:
     """Embed what changed under ``roots`` into ``store``; the caller holds the writer lock.
 
     ``commit_every`` (items per transaction) defaults to one commit per encoder
-    batch: a crash then costs at most one batch of encoding.
+    batch: a crash then costs at most one batch of encoding. ``read_metadata=False``
+    stores no capture metadata and back-fills none (benchmarks measure its cost
+    with it; a later run with it back-fills what this one left out).
     """
     if commit_every is None:
         commit_every = batch_size
     store.remove_temp_files()  # the lock is ours: any temp file is left from an interrupted run
-    plan = plan_update(store, roots, exclude=exclude, on_skip=on_skip)
+    plan = plan_update(store, roots, exclude=exclude, on_skip=on_skip, read_metadata=read_metadata)
     if plan.is_empty:
         return finish_unchanged(store, plan)
     pipeline = ImagePipeline(
         encoder, batch_size=batch_size, workers=workers, max_pixels=max_pixels, known_hashes=plan.known_hashes(),
-        read=url_reader() if any(is_url(str(e.path)) for e in plan.todo) else None,
+        read=url_reader() if any(is_url(str(e.path)) for e in plan.todo) else None, read_metadata=read_metadata,
     )
 
     def reencode(out: FileOutcome) -> FileOutcome:
@@ -419,7 +454,7 @@ def outcome_of(out: Embedded, key: str | None = None) -> FileOutcome:
     return FileOutcome(
         key=str(entry.path) if key is None else key, size=entry.size, mtime_ns=entry.mtime_ns,
         hash=out.hash, vector=out.vector, width=out.width, height=out.height, error=out.error, reused=out.reused,
-        dev=entry.dev, inode=entry.inode, real_path=entry.real_path,
+        dev=entry.dev, inode=entry.inode, real_path=entry.real_path, photo=out.photo,
     )
 
 

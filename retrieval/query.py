@@ -379,7 +379,11 @@ class QueryEncoder:
 
     def item(self, item_id: int) -> np.ndarray:
         """An indexed item's stored vector; ``ItemNotFoundError`` when there is none."""
-        vector = self._item_vector(int(item_id)) if self._item_vector is not None else None
+        if isinstance(item_id, bool) or not isinstance(item_id, int):
+            raise InvalidQueryError(f"an item term names an item by its id, a whole number (got {item_id!r})")
+        if not 0 <= item_id < 2**63:
+            raise ItemNotFoundError(f"no searchable item with id {item_id}")
+        vector = self._item_vector(item_id) if self._item_vector is not None else None
         if vector is None:
             raise ItemNotFoundError(f"no searchable item with id {item_id}")
         return vector
@@ -394,8 +398,13 @@ class QueryEncoder:
                 vectors.append(self.image(term.value))  # type: ignore[arg-type]
             elif term.kind == "item":
                 vectors.append(self.item(term.value))  # type: ignore[arg-type]
+            elif term.kind == "vector":
+                try:
+                    vectors.append(np.asarray(term.value, dtype=np.float32).reshape(-1))
+                except (TypeError, ValueError):
+                    raise InvalidQueryError(f"a vector term must be numbers (got {type(term.value).__name__})") from None
             else:
-                vectors.append(np.asarray(term.value, dtype=np.float32))
+                raise InvalidQueryError(f"unknown query term kind {term.kind!r}: use text, image, vector or item")
         return combine(vectors, [t.weight for t in terms])
 
 

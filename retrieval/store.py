@@ -32,7 +32,7 @@ import sqlite3
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -78,6 +78,8 @@ LOCK_FILE = "write.lock"
 READ_LOCK_FILE = "read.lock"
 
 _ITEM_SELECT = "SELECT " + ", ".join(ITEM_COLUMNS) + " FROM items"
+# An image's capture metadata (see retrieval.photo_store), written by the indexer and the back-fill.
+PHOTO_COLUMNS: tuple[str, ...] = ITEM_COLUMNS[ITEM_COLUMNS.index("taken_at"):ITEM_COLUMNS.index("meta_version") + 1]
 _PATH_POSITIONS = tuple(i for i, c in enumerate(ITEM_COLUMNS) if c in PATH_COLUMNS)
 
 
@@ -177,8 +179,83 @@ class NewItem:
     ok_without_vector: bool = False  # a video: status ok, its frames hold the vectors
 
 
+@dataclass(frozen=True)
+class PhotoStats:
+    """What an index's photos say about themselves, for ``mmsearch info``.
+
+    Counts are of searchable image items. A capture time is one the file's
+    metadata gives (EXIF, XMP, IPTC, GPS); ``file_time_only`` items are dated by
+    their file's modification time alone. ``first_taken``/``last_taken`` are
+    dates (YYYY-MM-DD) on the photos' own clocks. ``cameras`` and ``countries``
+    map a name to its number of photos, most first. ``not_read`` photos have no
+    metadata yet: the next ``mmsearch index`` of their folder reads it.
+    """
+
+    images: int = 0
+    with_capture_time: int = 0
+    file_time_only: int = 0
+    first_taken: str | None = None
+    last_taken: str | None = None
+    with_gps: int = 0
+    with_place: int = 0
+    not_read: int = 0
+    cameras: dict[str, int] = field(default_factory=dict)
+    countries: dict[str, int] = field(default_factory=dict)
+
+
 # Columns an upsert writes (all but id), and the NewItem field each one takes.
 _WRITE_COLUMNS: tuple[str, ...] = tuple(c for c in ITEM_COLUMNS if c not in ("id", "status")) + ("status", "indexed_at")
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """sqlite's words for a damaged file (as opposed to a lock, a full disk or a bug of ours)."""
+    text = str(exc).lower()
+    return type(exc) is sqlite3.DatabaseError or any(
+        w in text for w in ("malformed", "not a database", "disk i/o error", "corrupt"))
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose reads turn sqlite's "file is damaged" into one IndexCorruptError naming the fix."""
+
+    damaged: Callable[[sqlite3.DatabaseError], IndexCorruptError]
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+
+class _Connection(sqlite3.Connection):
+    """items.sqlite's connection: every read and write reports a damaged file the same way (see _Cursor)."""
+
+    damaged: Callable[[sqlite3.DatabaseError], IndexCorruptError]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        cursor = self.cursor(_Cursor)
+        cursor.damaged = self.damaged  # type: ignore[attr-defined]
+        try:
+            return cursor.execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
 
 
 @contextmanager
@@ -331,7 +408,9 @@ class IndexStore:
                 data = read_manifest(path)
                 version = data.get("schema_version")
                 if isinstance(version, bool) or not isinstance(version, int):
-                    raise older_schema_error(name, "unknown" if version is None else version)
+                    version = None
+                    raise IndexCorruptError(f"{MANIFEST} field 'schema_version' is {data['schema_version']!r}, "
+                                            "not a schema number")
                 if version > SCHEMA_VERSION:
                     raise SchemaVersionError(
                         f"index {name!r} was written by a newer mmsearch (schema {version}, this one reads "
@@ -410,13 +489,20 @@ class IndexStore:
             if (self.directory / MANIFEST).is_file() and not self.manifest_problems:
                 self.write_manifest()
 
+    def _damaged(self, exc: sqlite3.DatabaseError) -> IndexCorruptError:
+        return IndexCorruptError(
+            f"items.sqlite of index {self.name!r} is damaged ({exc}): 'mmsearch repair --index {self.name} --salvage' "
+            "copies every readable item and vector into a new file"
+        )
+
     def connect(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = self._connect_readonly() if self.readonly else self._connect_writable()
         return self._db
 
     def _connect_writable(self, create: bool = False) -> sqlite3.Connection:
-        db = sqlite3.connect(self.directory / ITEMS_DB, timeout=60, isolation_level=None)
+        db = sqlite3.connect(self.directory / ITEMS_DB, timeout=60, isolation_level=None, factory=_Connection)
+        db.damaged = self._damaged  # type: ignore[attr-defined]
         try:
             # WAL: readers see the last committed state while a writer works.
             # synchronous=NORMAL: a commit is not fsync'd until checkpoint, so a
@@ -439,8 +525,8 @@ class IndexStore:
                 self.readonly = True
                 return self._connect_readonly()
             raise IndexCorruptError(
-                f"cannot open {self.directory / ITEMS_DB}: {exc} (if it is damaged, 'mmsearch verify --index "
-                f"{self.name}' says how)"
+                f"cannot open {self.directory / ITEMS_DB}: {exc}: 'mmsearch repair --index {self.name} --salvage' "
+                "copies every readable item and vector into a new file"
             ) from exc
         return db
 
@@ -460,7 +546,8 @@ class IndexStore:
         last: sqlite3.Error | None = None
         for suffix in suffixes:
             try:
-                db = sqlite3.connect(uri + suffix, uri=True, timeout=60, isolation_level=None)
+                db = sqlite3.connect(uri + suffix, uri=True, timeout=60, isolation_level=None, factory=_Connection)
+                db.damaged = self._damaged  # type: ignore[attr-defined]
             except sqlite3.Error as exc:
                 last = exc
                 continue
@@ -471,7 +558,10 @@ class IndexStore:
             except sqlite3.Error as exc:
                 db.close()
                 last = exc
-        raise IndexCorruptError(f"cannot open {self.directory / ITEMS_DB} read-only: {last}")
+        raise IndexCorruptError(
+            f"cannot open {self.directory / ITEMS_DB} read-only: {last}: 'mmsearch repair --index {self.name} "
+            "--salvage' (with write access) copies every readable item and vector into a new file"
+        )
 
     def close(self) -> None:
         if self._db is not None:
@@ -731,6 +821,96 @@ class IndexStore:
         counts["items"] = counts["images"] + counts["texts"]
         return counts
 
+    # -- capture metadata (retrieval.photo_store) ----------------------------------
+
+    def metadata_backlog(self, version: int) -> set[str]:
+        """Keys of searchable image items whose metadata was never read, or read by a reader older than ``version``."""
+        rows = self.connect().execute(
+            "SELECT key FROM items WHERE kind='image' AND status='ok' AND (meta_version IS NULL OR meta_version < ?)",
+            (version,),
+        )
+        return {from_db(r[0]) for r in rows}
+
+    def photo_of_hash(self, content_hash: str, version: int) -> dict[str, Any] | None:
+        """The metadata columns of an image item with this content, read by reader ``version`` or newer; or None."""
+        listed = ", ".join(PHOTO_COLUMNS)
+        row = self.connect().execute(
+            f"SELECT {listed} FROM items WHERE hash=? AND kind='image' AND meta_version >= ? LIMIT 1",
+            (content_hash, version),
+        ).fetchone()
+        return dict(zip(PHOTO_COLUMNS, row)) if row else None
+
+    def write_photo_metadata(self, rows: list[tuple[str, dict[str, Any]]]) -> int:
+        """Set the metadata columns of image items, by key, in one transaction -> rows changed.
+
+        Columns missing from a row's dict are cleared, so a re-read replaces all
+        an older reader wrote. Vectors are untouched, so the generation (and the
+        FAISS file) stays as it is.
+        """
+        if not rows:
+            return 0
+        self._require_writable()
+        assignments = ", ".join(f"{c}=?" for c in PHOTO_COLUMNS)
+        failure = (lambda why: f"could not write photo metadata to index {self.name!r}: {why} "  # noqa: E731
+                   "(the index keeps everything committed before this)")
+        changed = 0
+        with write_transaction(self.connect(), failure) as db:
+            for key, columns in rows:
+                cur = db.execute(
+                    f"UPDATE items SET {assignments} WHERE key=? AND kind='image'",
+                    (*(columns.get(c) for c in PHOTO_COLUMNS), to_db(key)),
+                )
+                changed += cur.rowcount
+        return changed
+
+    def photo_stats(self) -> PhotoStats:
+        """Counts of capture times, positions, places and cameras over the searchable images."""
+        from datetime import datetime, timezone
+
+        db = self.connect()
+        with self.snapshot():
+            (images, dated, file_dated, first, last, gps, placed, unread) = db.execute(
+                "SELECT COUNT(*), "
+                "SUM(taken_ts IS NOT NULL AND time_source != 'file-mtime'), SUM(time_source = 'file-mtime'), "
+                "MIN(CASE WHEN time_source != 'file-mtime' THEN local_ts END), "
+                "MAX(CASE WHEN time_source != 'file-mtime' THEN local_ts END), "
+                "SUM(gps_lat IS NOT NULL), SUM(place_cc IS NOT NULL), SUM(meta_version IS NULL) "
+                "FROM items WHERE kind='image' AND status='ok'"
+            ).fetchone()
+            cameras: dict[str, int] = {}
+            for make, model, n in db.execute(
+                "SELECT camera_make, camera_model, COUNT(*) FROM items WHERE kind='image' AND status='ok' "
+                "AND (camera_make IS NOT NULL OR camera_model IS NOT NULL) GROUP BY camera_make, camera_model"
+            ):
+                name = " ".join(p for p in (make, model) if p)
+                cameras[name] = cameras.get(name, 0) + n
+            countries = dict(db.execute(
+                "SELECT place_country, COUNT(*) FROM items WHERE kind='image' AND status='ok' "
+                "AND place_country IS NOT NULL GROUP BY place_country"
+            ).fetchall())
+
+        def day(ts: float | None) -> str | None:
+            if ts is None:
+                return None
+            try:
+                return datetime.fromtimestamp(ts, tz=timezone.utc).date().isoformat()
+            except (OverflowError, OSError, ValueError):
+                return None
+
+        def most_first(counts: dict[str, int]) -> dict[str, int]:
+            return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+        return PhotoStats(
+            images=images or 0, with_capture_time=dated or 0, file_time_only=file_dated or 0,
+            first_taken=day(first), last_taken=day(last), with_gps=gps or 0, with_place=placed or 0,
+            not_read=unread or 0, cameras=most_first(cameras), countries=most_first(countries),
+        )
+
+    def image_rows(self) -> list[ItemRow]:
+        """Every searchable image item, by id (duplicate grouping reads them all at once)."""
+        return [ItemRow.from_db(r) for r in self.connect().execute(
+            f"{_ITEM_SELECT} WHERE kind='image' AND status='ok' ORDER BY id")]
+
     def replace_skips(self, roots: list[str], skips: list[tuple[str, str]]) -> None:
         """Record what the last walk of ``roots`` could not take (replacing what an earlier walk of them noted)."""
         if self.readonly:
@@ -933,7 +1113,7 @@ class IndexStore:
             ann = read_manifest(self.directory / MANIFEST).get("ann", {})
         except IndexCorruptError:
             return False
-        return (self.directory / FAISS_FILE).is_file() and ann.get("generation") == self.generation
+        return faiss_file_vouched(self.directory / FAISS_FILE, ann) and ann.get("generation") == self.generation
 
     def load_vector_index(self, *, persist: bool = False, mmap: bool = False) -> "VectorIndex":
         """The FAISS index for the last committed state.
@@ -949,7 +1129,7 @@ class IndexStore:
         with self._read_lock(exclusive=False), self.snapshot() as db:
             generation = self.generation
             ann = self.reload_manifest().ann
-            if path.is_file() and ann.get("generation") == generation:
+            if faiss_file_vouched(path, ann) and ann.get("generation") == generation:
                 # mmap (readers): the codes stay in the page cache, shared between processes.
                 try:
                     index = VectorIndex.load(path, self.manifest.dim, AnnConfig.from_dict(ann), mmap=mmap)
@@ -1010,9 +1190,12 @@ class IndexStore:
                 index.save(self.directory / FAISS_FILE)
                 from .ann_lifecycle import policy_of, with_policy
 
+                st = os.stat(self.directory / FAISS_FILE)
                 self.manifest.ann = {
                     **with_policy(index.config, policy_of(self.manifest.ann)),
                     "generation": generation, "ntotal": index.ntotal,
+                    # What the manifest vouches for: a file copied over it (another index's) is not it.
+                    "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
                 }
                 self.manifest.counts = counts
                 self.write_manifest()
@@ -1022,6 +1205,18 @@ class IndexStore:
                 f"could not write index {self.name!r} ({reason}); "
                 "the items committed so far are safe and the next run finishes the job"
             ) from exc
+
+
+def faiss_file_vouched(path: Path, ann: dict[str, Any]) -> bool:
+    """Whether index.faiss is the very file the manifest's ANN entry describes (size and mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    recorded = ann.get("file")
+    if not isinstance(recorded, dict):
+        return True  # written before files were recorded: the generation check alone
+    return recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
 
 
 def ann_count_agrees(index: "VectorIndex", stored: int) -> bool:

@@ -5,7 +5,9 @@ so ``mmsearch drop`` removes it with the index. A thumbnail is keyed by the
 item's content hash: an edited file gets a new thumbnail once it is re-indexed,
 and identical copies share one. Files are written to a temp name and renamed,
 so a reader never sees half a JPEG, and a per-key lock makes concurrent
-requests for the same picture decode it only once.
+requests for the same picture decode it only once. The cache decodes what it
+is handed (an open file, normally: ``Index.thumbnail`` opens the item's file
+only while it is still the file that was indexed); it never decides what to open.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import re
 import tempfile
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import ImageDecodeError
 
-THUMB_SIZES: tuple[int, ...] = (128, 256, 512)  # longest side in pixels; a fixed set bounds the cache
+THUMB_SIZES: tuple[int, ...] = (128, 256, 512, 1024)  # longest side in pixels; a fixed set bounds the cache
 DEFAULT_THUMB_SIZE = 256
 THUMBS_DIR = "thumbs"
 _QUALITY = 82
@@ -49,11 +52,15 @@ class ThumbnailCache:
         safe = _SAFE_KEY.sub("_", key) or "_"
         return self.directory / str(size) / safe[:2] / f"{safe}.jpg"
 
-    def get(self, source: str | os.PathLike[str], key: str, size: int = DEFAULT_THUMB_SIZE) -> Path:
-        """The thumbnail of ``source`` (longest side ``size``), made now if not cached yet.
+    def get(
+        self, source: str | os.PathLike[str] | BinaryIO, key: str, size: int = DEFAULT_THUMB_SIZE, *,
+        name: str | None = None,
+    ) -> Path:
+        """The thumbnail of ``source`` (a path or an open binary file; longest side ``size``), made now if not cached.
 
         ``key`` identifies the content (the item's hash). Raises ``ImageDecodeError``
-        with the reason when the file can no longer be read.
+        with the reason when the file can no longer be read; ``name`` is the
+        file's name in that message (default: ``source`` itself, when a path).
         """
         if size not in THUMB_SIZES:
             raise ValueError(f"thumbnail size must be one of {THUMB_SIZES}, got {size}")
@@ -63,15 +70,16 @@ class ThumbnailCache:
         with self._locks[hash(key) % len(self._locks)]:
             if target.is_file():  # another request made it while we waited
                 return target
-            self._write(source, target, size)
+            self._write(source, target, size, name)
         return target
 
-    def _write(self, source: str | os.PathLike[str], target: Path, size: int) -> None:
+    def _write(self, source: str | os.PathLike[str] | BinaryIO, target: Path, size: int, name: str | None) -> None:
         from .loading import load_image
 
         loaded = load_image(source, min_side=size)  # EXIF orientation applied; big JPEGs decoded reduced
         if loaded.image is None:
-            raise ImageDecodeError(f"cannot read {os.fspath(source)}: {loaded.error}")
+            shown = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the file")
+            raise ImageDecodeError(f"cannot read {shown}: {loaded.error}")
         image = loaded.image
         image.thumbnail((size, size))
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -138,13 +138,14 @@ def index(
                 progress.stop()
         total = len(idx)
     assert report is not None
+    unit = "items" if paths and texts else "texts" if texts else "images"
     if json_out:
         echo_json({"index": index_name, "items": total, **report.as_dict()})
         return
     out(
         f"index {index_name!r}: {report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged, {report.reused} reused, {report.failed} failed "
-        f"({total} items) in {report.seconds:.1f}s, {report.images_per_second:.1f} images/s"
+        f"({total} items) in {report.seconds:.1f}s, {report.images_per_second:.1f} {unit}/s"
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,7 +30,7 @@ def info(
     json_out: JsonOpt = False,
     failed: Annotated[bool, typer.Option("--failed", help="Also list the files that could not be indexed.")] = False,
 ) -> None:
-    """What an index holds: model, counts, size."""
+    """What an index holds: model, counts, size, and what its photos say (dates, places, cameras)."""
     with open_named_index(index_name, index_dir) as idx:
         data = idx.info()
         failures = idx.failed() if failed else []
@@ -55,8 +55,32 @@ def info(
             f"          policy --ann {policy.get('ann')} --max-memory {human_size(policy.get('max_memory', 0))} "
             f"--target-recall {policy.get('target_recall')}"
         )
+    if data.photos is not None and data.photos.images:
+        for line in _photo_lines(data.photos):
+            out(line)
     for path, reason in failures:
         out(f"failed:   {path}: {reason}")
+
+
+def _photo_lines(photos: Any, shown: int = 8) -> list[str]:
+    """``info``'s lines about capture dates, positions, places and cameras."""
+    span = f" ({photos.first_taken} to {photos.last_taken})" if photos.first_taken else ""
+    lines = [f"photos:   {photos.with_capture_time} of {photos.images} with a capture date{span}, "
+             f"{photos.file_time_only} dated by their file time only"]
+    countries = ", ".join(f"{name} {n}" for name, n in list(photos.countries.items())[:shown])
+    more = f", {len(photos.countries) - shown} more" if len(photos.countries) > shown else ""
+    lines.append(f"places:   {photos.with_gps} with GPS, {photos.with_place} with a place"
+                 + (f" ({countries}{more})" if countries else ""))
+    if photos.cameras:
+        named = ", ".join(f"{name} {n}" for name, n in list(photos.cameras.items())[:shown])
+        more = f", {len(photos.cameras) - shown} more" if len(photos.cameras) > shown else ""
+        lines.append(f"cameras:  {named}{more}")
+    else:
+        lines.append("cameras:  none named")
+    if photos.not_read:
+        lines.append(f"          {photos.not_read} photos indexed before metadata was read: "
+                     "the next 'mmsearch index' of their folder reads it (no re-encoding)")
+    return lines
 
 
 def list_(index_dir: IndexDirOpt = None, json_out: JsonOpt = False) -> None:

@@ -35,8 +35,23 @@ def _emit(hits: list[Any], results: ResultOptions, title: str) -> None:
         for h in hits:
             out(h.path if h.path is not None else h.text)
         return
+    if results.about_photos:  # the user asked by date, place or camera: show them
+        print_rows(hits, as_json=results.json_out, empty="no results",
+                   header=f"{'rank':>4}  {'score':>6}  {'taken':<17}  item  (camera; place)", line=_photo_line)
+        return
     print_rows(hits, as_json=results.json_out, empty="no results", header=f"{'rank':>4}  {'score':>6}  item",
                line=lambda h: f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
+
+
+def _photo_line(hit: Any) -> str:
+    """``rank score taken item (camera; place)``; a time read from the file's date only is marked with ``~``."""
+    photo = hit.photo or {}
+    taken = (photo.get("taken_at") or "")[:16].replace("T", " ")
+    if taken and photo.get("time_source") == "file-mtime":
+        taken = "~" + taken
+    about = "; ".join(p for p in (photo.get("camera"), photo.get("place")) if p)
+    item = hit.path if hit.path is not None else hit.text
+    return f"{hit.rank:>4}  {hit.score:6.3f}  {taken or '-':<17}  {item}" + (f"  ({about})" if about else "")
 
 
 @with_result_options
@@ -74,6 +89,8 @@ def query(
     mmsearch query --image q.jpg
     mmsearch query --image q.jpg --text "2:red" --not-text leather
     mmsearch query "海边的狗"
+    mmsearch query beach --taken-after 2023-06-01 --taken-before 2023-09-01 --place Spain
+    mmsearch query "birthday cake" --near Berlin --camera iphone --sort taken
     """
     from ..errors import InvalidQueryError
     from ..query import parse_terms
@@ -91,7 +108,7 @@ def query(
             if term.kind == "text":
                 for note in idx.queries.notes(str(term.value), term.lang):
                     err(note)
-        hits = idx.search(terms, results.k, filters=filters, dedup=results.dedup)
+        hits = idx.search(terms, results.k, filters=filters, dedup=results.dedup, sort=results.sort)
     title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
     _emit(hits, results, f"mmsearch: {title}")
 
@@ -108,7 +125,8 @@ def similar(
     from ..search import Filters
 
     with open_named_index(index_name, index_dir) as idx:
-        hits = idx.similar(item, results.k, filters=Filters.parse(**results.filters), dedup=results.dedup)
+        hits = idx.similar(item, results.k, filters=Filters.parse(**results.filters), dedup=results.dedup,
+                           sort=results.sort)
     _emit(hits, results, f"mmsearch: more like {item}")
 
 
