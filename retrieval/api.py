@@ -59,8 +59,8 @@ PathLike = str | os.PathLike[str]
 __all__ = [
     "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow", "PhotoStats",
     "check_sources", "classify_images", "create_index", "delete_index", "drop_plan", "embed_to_shards",
-    "list_indexes", "list_models", "load_model", "merge_shards", "open_index", "open_or_create_index", "parse_labels",
-    "ray_engine", "repair_index", "verify_index",
+    "list_indexes", "list_models", "load_model", "merge_shards", "multilingual_models", "open_index",
+    "open_or_create_index", "parse_labels", "ray_engine", "repair_index", "save_model", "verify_index",
 ]
 
 
@@ -127,7 +127,7 @@ class Index:
             self._check_encoder(encoder)
         self.queries = QueryEncoder(
             self._load_model, fingerprint=store.manifest.fingerprint, index_root=self.path.parent,
-            device=device, item_vector=self.item_vector, encoder=encoder,
+            device=device, item_vector=self.item_vector, encoder=encoder, model=store.manifest.model,
         )
 
     # -- what the index is ------------------------------------------------------
@@ -475,9 +475,13 @@ class Index:
             self._vectors_generation = generation
         return self._vectors
 
-    def embed_text(self, text: str) -> np.ndarray:
-        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector)."""
-        return self.queries.text(text)
+    def embed_text(self, text: str, lang: str | None = None) -> np.ndarray:
+        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector).
+
+        The text is normalised for the model's tokenizer; ``lang`` (``zh``, ``fr`` ...) is the language
+        code of models that need one (NLLB), else the text's script decides (see :class:`QueryEncoder`).
+        """
+        return self.queries.text(text, lang)
 
     def embed_image(self, image: "PathLike | Image.Image") -> np.ndarray:
         """The unit vector of an image (a path or a PIL image)."""
@@ -503,10 +507,10 @@ class Index:
         )
 
     def search_text(
-        self, text: str, k: int = 10, *, filters: Filters | None = None, sort: str = "score"
+        self, text: str, k: int = 10, *, filters: Filters | None = None, sort: str = "score", lang: str | None = None
     ) -> list[Hit]:
-        """Items that best match a text, best first."""
-        return self.search_vector(self.embed_text(text), k, filters=filters, sort=sort)
+        """Items that best match a text (in any language the model reads), best first."""
+        return self.search_vector(self.embed_text(text, lang), k, filters=filters, sort=sort)
 
     def search_image(
         self, image: "PathLike | Image.Image", k: int = 10, *, filters: Filters | None = None, sort: str = "score"
@@ -892,6 +896,26 @@ def list_models(*, pretrained: bool = False) -> list[str]:
     from .encoder import available_models
 
     return available_models(pretrained=pretrained)
+
+
+def multilingual_models(lang: str = "zh") -> list[dict[str, Any]]:
+    """The published multilingual models, best first by Crossmodal-3600 recall@1 in ``lang``, and the English default.
+
+    One JSON-ready row each (see :func:`retrieval.multilingual.model_rows`); no torch is imported.
+    """
+    from .multilingual import model_rows
+
+    return model_rows(lang)
+
+
+def save_model(spec: str, out_dir: PathLike, *, overwrite: bool = False, device: str = "cpu") -> Path:
+    """Write model ``spec`` into one folder that ``--model out_dir`` loads with no network; returns the folder.
+
+    Downloads the model if it is not cached; see :func:`retrieval.model_save.save_model_folder`.
+    """
+    from .model_save import save_model_folder
+
+    return save_model_folder(spec, out_dir, overwrite=overwrite, device=device)
 
 
 def parse_labels(raw: str | None = None, labels_file: PathLike | None = None) -> list[str]:

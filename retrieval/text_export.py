@@ -39,6 +39,7 @@ from .text_light import (
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.99999
+EXPORTER = "clip-numpy"  # names this exporter in unsupported.json, beside retrieval.hf_text_export's
 # Probes cover casing, punctuation, digits, accents, emoji, HTML entities and truncation.
 PROBE_TEXTS = (
     "red shoes",
@@ -52,11 +53,23 @@ PROBE_TEXTS = (
 
 
 def ensure_export(encoder: Encoder, index_root: Path) -> bool:
-    """Export ``encoder``'s text tower under ``index_root`` unless done (or known unsupported); True if usable.
+    """Export ``encoder``'s text side under ``index_root`` unless done (or known unsupported); True if usable.
 
-    Never raises: the export only makes later cold queries faster, so a full
-    disk or read-only folder is logged and the torch path stays in use.
+    Models whose tokenizer is a Hugging Face one (the multilingual XLM-R, NLLB
+    and SigLIP i18n models) get the ONNX export of
+    :func:`retrieval.hf_text_export.ensure_hf_export`; the others this module's
+    numpy export. Never raises: the export only makes later cold queries
+    faster, so a full disk or read-only folder is logged and the torch path
+    stays in use.
     """
+    from .hf_text_export import ensure_hf_export, is_hf_tokenizer_model
+
+    if is_hf_tokenizer_model(encoder):
+        return ensure_hf_export(encoder, index_root)
+    return _ensure_clip_export(encoder, index_root)
+
+
+def _ensure_clip_export(encoder: Encoder, index_root: Path) -> bool:
     target = export_dir(index_root, encoder.fingerprint)
     if getattr(encoder, "text_dtype", torch.float32) != torch.float32:
         return False  # a lowered (bf16) text tower: only an exact load can be exported
@@ -107,7 +120,7 @@ def _export(encoder: Encoder, target: Path) -> bool:
 def _mark_unsupported(target: Path, why: str) -> None:
     log.debug("text tower of %s not exported: %s", target.name, why)
     target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / UNSUPPORTED_FILE, {"reason": why})
+    write_json_atomic(target / UNSUPPORTED_FILE, {"reason": why, "exporter": EXPORTER})
 
 
 def _describe(encoder: Encoder) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | str:

@@ -76,6 +76,11 @@ def query(
     not_image: Annotated[
         Optional[list[str]], typer.Option("--not-image", help="[WEIGHT:]FILE: push results away from this image.")
     ] = None,
+    lang: Annotated[
+        Optional[str],
+        typer.Option("--lang", help="Language of the query's words (zh, zh-TW, ja, fr, ... or an NLLB code), for "
+                     "models that need one (NLLB) [default: from the script; Latin script is read as English]."),
+    ] = None,
     *,
     results: ResultOptions,
     device: DeviceOpt = "auto",
@@ -90,6 +95,7 @@ def query(
     mmsearch query "red shoes"
     mmsearch query --image q.jpg
     mmsearch query --image q.jpg --text "2:red" --not-text leather
+    mmsearch query "海边的狗"
     mmsearch query beach --taken-after 2023-06-01 --taken-before 2023-09-01 --place Spain
     mmsearch query "birthday cake" --near Berlin --camera iphone --sort taken
     mmsearch query fireworks --type video --json
@@ -100,12 +106,16 @@ def query(
 
     terms = parse_terms(
         texts=([text] if text is not None else []) + list(more_text or []), not_texts=not_text or [],
-        images=image or [], not_images=not_image or [],
+        images=image or [], not_images=not_image or [], lang=lang,
     )
     if not terms or all(t.kind == "text" and not str(t.value).strip() for t in terms):
         raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
     filters = Filters.parse(**results.filters)
     with open_named_index(index_name, index_dir, device=device, precision=precision, threads=threads) as idx:
+        for term in terms:  # a query cut to the model's context, or a language the model does not read, is said
+            if term.kind == "text":
+                for note in idx.queries.notes(str(term.value), term.lang):
+                    err(note)
         hits = idx.search(terms, results.k, filters=filters, dedup=results.dedup, sort=results.sort)
     title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
     _emit(hits, results, f"mmsearch: {title}")
