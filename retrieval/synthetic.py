@@ -243,6 +243,9 @@ def make_captions(attributes: Mapping[str, str], rng: random.Random, n: int = 4)
 
 # -- drawing ------------------------------------------------------------------------
 
+PATTERN_REPEATS = 4.5  # stripes or rows of dots across a product's side
+PATTERN_MIN_STEP = 4.0  # pixels: the finest pattern period drawn
+
 
 def _silhouette(kind: str, draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float]) -> None:
     """Draw the kind's silhouette filled with 255 into a mask, inside ``box`` (x0, y0, x1, y1)."""
@@ -305,7 +308,7 @@ def render(attributes: Mapping[str, str], size: int, rng: random.Random) -> Imag
     fill = Image.new("RGB", (size, size), base)
     pat = ImageDraw.Draw(fill)
     other = _contrast(base)  # stripes and dots must show on every colour
-    step = max(4.0, side / 4.5)  # coarse enough to survive a 64-pixel model input
+    step = max(PATTERN_MIN_STEP, side / PATTERN_REPEATS)  # coarse enough to survive a small model input
     if attributes["pattern"] == "striped":
         angle = rng.choice((0.0, math.pi / 4, math.pi / 2))  # horizontal, diagonal or vertical
         dx, dy = math.cos(angle), math.sin(angle)

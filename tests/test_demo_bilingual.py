@@ -1,8 +1,9 @@
 """The bilingual demo on a small trained world: Chinese queries answered at least as well as their English twins.
 
-A world of :data:`WORLD_IMAGES` pictures with English and Chinese captions; the
-demo's architecture trained from scratch on both languages for a fixed number
-of epochs (seeded, so the result does not depend on the machine's speed); the
+A world of :data:`WORLD_IMAGES` pictures with English and Chinese captions,
+drawn at the demo model's input size; the demo's own recipe
+(:func:`retrieval.demo.train_demo_model`: its architecture, batch, learning
+rate, seed and threads) for :data:`EPOCHS` epochs; the
 demo's own query pairs (:data:`retrieval.synthetic_zh.DEMO_QUERIES`, two of them
 held-out combinations) asked through the index, as ``make demo`` asks them.
 """
@@ -21,10 +22,7 @@ from retrieval import synthetic as syn
 from retrieval.synthetic_zh import DEMO_QUERIES, make_captions_zh
 
 WORLD_IMAGES = 4000
-WORLD_SIZE = 48  # the demo model's input size: drawn at it, nothing is lost
 EPOCHS = 18
-BATCH = 256  # contrastive negatives that differ only in pattern or position are what teach those words
-LR = 3e-3
 
 
 def test_every_demo_caption_fits_the_demo_context() -> None:
@@ -50,16 +48,10 @@ def test_every_demo_caption_fits_the_demo_context() -> None:
 
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[demo.Answer, demo.Answer]]]:
-    from retrieval.train import TrainCfg, fit, read_pairs
-
     root = tmp_path_factory.mktemp("bilingual-demo")
-    catalogue = syn.generate_catalogue(root / "world", n_images=WORLD_IMAGES, seed=0, image_size=WORLD_SIZE,
-                                       languages=demo.DEMO_LANGUAGES)
-    data = read_pairs(catalogue.captions_csv)
-    data.items = [item for item in data.items if item.split == "train"]  # no per-epoch validation: time goes to training
-    cfg = TrainCfg(arch=demo.DEMO_ARCH, epochs=EPOCHS, batch_size=BATCH, lr=LR, warmup_steps=20, augment=False,
-                   seed=0)
-    fit(data, root / "model", cfg, progress=None)
+    catalogue = syn.generate_catalogue(root / "world", n_images=WORLD_IMAGES, seed=demo.DEMO_SEED,
+                                       image_size=demo.DEMO_MODEL_INPUT, languages=demo.DEMO_LANGUAGES)
+    demo.train_demo_model(catalogue, root / "model", epochs=EPOCHS, progress=None)
     index = demo.build_index(catalogue, root / "model", root / "indexes")
     try:
         yield demo.ask_bilingual(index, catalogue)
