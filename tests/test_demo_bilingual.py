@@ -51,7 +51,9 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[dem
     root = tmp_path_factory.mktemp("bilingual-demo")
     catalogue = syn.generate_catalogue(root / "world", n_images=WORLD_IMAGES, seed=demo.DEMO_SEED,
                                        image_size=demo.DEMO_MODEL_INPUT, languages=demo.DEMO_LANGUAGES)
-    demo.train_demo_model(catalogue, root / "model", epochs=EPOCHS, progress=None)
+    result = demo.train_demo_model(catalogue, root / "model", epochs=EPOCHS, progress=None)
+    print(f"\nbilingual demo world: {result.steps} steps in {result.train_seconds:.0f} s, "
+          f"{result.samples_per_s:.0f} samples/s on {demo.DEMO_THREADS} threads")
     index = demo.build_index(catalogue, root / "model", root / "indexes")
     try:
         yield demo.ask_bilingual(index, catalogue)
