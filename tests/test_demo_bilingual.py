@@ -47,24 +47,30 @@ def test_every_demo_caption_fits_the_demo_context() -> None:
 
 
 @pytest.fixture(scope="module")
-def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[demo.Answer, demo.Answer]]]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[tuple[demo.Answer, demo.Answer]], str]]:
+    """The demo queries' answers on the trained world, and how the training went (steps, time)."""
     root = tmp_path_factory.mktemp("bilingual-demo")
     catalogue = syn.generate_catalogue(root / "world", n_images=WORLD_IMAGES, seed=demo.DEMO_SEED,
                                        image_size=demo.DEMO_MODEL_INPUT, languages=demo.DEMO_LANGUAGES)
     result = demo.train_demo_model(catalogue, root / "model", epochs=EPOCHS, progress=None)
-    print(f"\nbilingual demo world: {result.steps} steps in {result.train_seconds:.0f} s, "
-          f"{result.samples_per_s:.0f} samples/s on {demo.DEMO_THREADS} threads")
+    how = (f"{result.n_train} training pictures, {result.steps} steps in {result.train_seconds:.0f} s, "
+           f"{result.samples_per_s:.0f} samples/s on {demo.DEMO_THREADS} threads")
     index = demo.build_index(catalogue, root / "model", root / "indexes")
     try:
-        yield demo.ask_bilingual(index, catalogue)
+        yield demo.ask_bilingual(index, catalogue), how
     finally:
         index.close()
 
 
-def test_chinese_queries_are_answered_as_well_as_their_english_twins(answers, capsys) -> None:
+@pytest.fixture(scope="module")
+def answers(trained) -> list[tuple[demo.Answer, demo.Answer]]:
+    return trained[0]
+
+
+def test_chinese_queries_are_answered_as_well_as_their_english_twins(trained, answers, capsys) -> None:
     summary = demo.precision_summary(answers)
     with capsys.disabled():  # what was measured, in the test log
-        print(f"\nbilingual demo world: precision zh {summary['zh']:.3f}, en {summary['en']:.3f}, "
+        print(f"\nbilingual demo world ({trained[1]}): precision zh {summary['zh']:.3f}, en {summary['en']:.3f}, "
               f"all {summary['all']:.3f}, held-out {summary['held_out']:.3f}")
     assert any(zh.held_out for zh, _ in answers)  # the held-out combinations are among the queries
     assert all(len(zh.hits) == len(en.hits) > 0 for zh, en in answers)
