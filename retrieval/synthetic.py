@@ -33,7 +33,7 @@ from typing import Iterable, Mapping
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from .synthetic_zh import caption_attributes_zh, is_chinese, make_captions_zh
+from .synthetic_zh import TEMPLATE_WEIGHTS, caption_attributes_zh, is_chinese, make_captions_zh
 
 KINDS: tuple[str, ...] = ("shoe", "shirt", "hat", "bag", "cup", "umbrella")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -231,8 +231,9 @@ def make_captions(attributes: Mapping[str, str], rng: random.Random, n: int = 4)
         f"a picture of {_article(noun)} {noun}",
         f"{colour} {padj} {noun}",
     ]
-    # Most captions name colour and kind together: that is what makes held-out pairs testable.
-    weights = [3, 3, 3, 2, 2, 2, 2, 1, 1, 1]
+    # Most captions name colour and kind together (that is what makes held-out pairs testable), and
+    # the words for pattern, size and position are drawn as often: see TEMPLATE_WEIGHTS.
+    weights = TEMPLATE_WEIGHTS
     chosen: list[str] = []
     while len(chosen) < min(n, len(templates)):
         pick = rng.choices(templates, weights=weights)[0]

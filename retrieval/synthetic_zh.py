@@ -71,6 +71,16 @@ _TRADITIONAL = str.maketrans(
 )
 
 
+# How often each caption template is drawn, in both languages (the templates are in the same order:
+# colour+kind, "a colour kind", a photo with the pattern, "with stripes", size, position, size+pattern+
+# position, pattern only, kind only, pattern+colour+kind). Most captions name colour and kind together
+# (held-out pairs stay testable); the ones naming a pattern, a size or a position are drawn as often
+# as those, because a model hears those words only from them: with the plain colour+kind captions
+# drawn most, the demo model learnt "left" and "striped" poorly (precision 0.80 on the demo's queries,
+# 0.92 with these weights, same training).
+TEMPLATE_WEIGHTS: tuple[int, ...] = (1, 2, 3, 3, 3, 3, 3, 1, 1, 2)
+
+
 def _short_colour(colour: str, rng: random.Random) -> str:
     return COLOUR_WORDS_ZH[colour][-1] if colour != "orange" else rng.choice(("橙", "橘"))
 
@@ -105,7 +115,7 @@ def make_captions_zh(attributes: Mapping[str, str], rng: random.Random, n: int =
         f"一张{noun}的图片",                                                            # a picture of a shoe
         f"{padj}{short_colour}{short_noun}",                                            # 条纹蓝衬衫
     ]
-    weights = [3, 3, 3, 2, 2, 2, 2, 1, 1, 1]
+    weights = TEMPLATE_WEIGHTS
     chosen: list[str] = []
     while len(chosen) < min(n, len(templates)):
         pick = rng.choices(templates, weights=weights)[0]

@@ -1,9 +1,9 @@
 """The bilingual demo on a small trained world: Chinese queries answered at least as well as their English twins.
 
-A world of :data:`WORLD_IMAGES` pictures with English and Chinese captions,
-drawn at the demo model's input size; the demo's own recipe
-(:func:`retrieval.demo.train_demo_model`: its architecture, batch, learning
-rate, seed and threads) for :data:`EPOCHS` epochs; the
+The demo's own world (its pictures, drawn at the model's input size, with
+English and Chinese captions) and the demo's own training
+(:func:`retrieval.demo.train_demo_model`: architecture, epochs, batch, learning
+rate, seed and threads), so the model is the one ``make demo`` trains; the
 demo's own query pairs (:data:`retrieval.synthetic_zh.DEMO_QUERIES`, two of them
 held-out combinations) asked through the index, as ``make demo`` asks them.
 """
@@ -21,8 +21,8 @@ from retrieval import demo
 from retrieval import synthetic as syn
 from retrieval.synthetic_zh import DEMO_QUERIES, make_captions_zh
 
-WORLD_IMAGES = 4000
-EPOCHS = 18
+WORLD_IMAGES = demo.DEMO_IMAGES  # the demo's own world and training: the test checks the model make demo shows
+EPOCHS = demo.DEMO_EPOCHS
 
 
 def test_every_demo_caption_fits_the_demo_context() -> None:
