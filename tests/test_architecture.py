@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
      "places"},  # what files exist; decoding them; their metadata and places; opening them to serve
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
-    {"search", "photo_filters", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking
+    {"search", "photo_filters", "ann", "ann_policy", "ann_tuning", "ann_lifecycle", "vector_copy", "duplicates"},  # vectors: ANN, tuning, ranking
     {"store", "store_salvage"},  # the index folder
     {"indexer", "photo_store", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
