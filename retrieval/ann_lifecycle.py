@@ -107,7 +107,9 @@ def build(policy: dict[str, Any], dim: int, source: VectorSource, *, workdir: Pa
         return tune(index, source, target=target, n_queries=n_queries, max_latency_ms=limit)
 
     index = made(config)
-    for other in alternatives(config, n, dim, max_memory=budget) if index.config.shortfall else []:
+    short = index.config.shortfall
+    # Another build raises recall, not speed: no use when only a latency limit stood in the way.
+    for other in alternatives(config, n, dim, max_memory=budget) if short and not short.get("slower") else []:
         candidate = made(other)
         if (candidate.config.measured_recall or 0) > (index.config.measured_recall or 0):
             index, candidate = candidate, index
@@ -137,6 +139,9 @@ def needs(config: AnnConfig, policy: dict[str, Any], n: int, dim: int) -> list[s
             f"a slower search: {params} reaches {slower['recall']} at p50 {slower['p50_ms']} ms, over the "
             f"{policy.get('max_latency_ms')} ms limit"
         )
+    if short.get("limit_ms") is not None:
+        lines.append(f"a higher latency limit: nothing measured runs within {short['limit_ms']} ms "
+                     f"(what is used now takes p50 {short.get('p50_ms')} ms)")
     if short.get("deeper") and not lines:
         lines.append("the most thorough search tried falls short: a larger --max-memory (a bigger code or full "
                      "vectors) is what raises recall")

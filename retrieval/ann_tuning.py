@@ -31,10 +31,11 @@ target there, the tuning half is asked for that much more recall and the
 search runs again (at most three rounds), so the reported figure is never
 the one the choice was made on.
 
-**Shortfall.** When nothing reaches the target the tuner keeps the best it
-found and records a :class:`Shortfall`: what was reached, and what would
-reach it (full vectors, i.e. more memory, measured on the index's own lists;
-or the slower search that does, when a latency limit excluded it).
+**Shortfall.** When nothing reaches the target (or nothing runs within the
+latency limit) the tuner keeps the best it found and records a
+:class:`Shortfall`: what was reached, and what would reach it (full vectors,
+i.e. more memory, measured on the index's own lists; or the slower search
+that does, when a latency limit excluded it).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Shortfall:
     full_vectors: dict[str, Any] | None = None  # {"nprobe", "recall"}: the same lists holding full vectors
     slower: dict[str, Any] | None = None  # {"search", "recall", "p50_ms"}: a search over the latency limit that meets it
     deeper: bool = False  # the best found was at the end of the ladders: a search past them may do better
+    p50_ms: float | None = None  # of what is shipped
+    limit_ms: float | None = None  # the latency limit, when what is shipped is over it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -293,10 +296,12 @@ def tune(
         goal = min(1.0, goal + gap + 0.005)
     reached = _floor(per_query, held.kinds)
     shortfall = None
-    if reached < target:
+    over = max_latency_ms is not None and p50 > max_latency_ms
+    if reached < target or over:
         shortfall = Shortfall(target, round(reached, 4), dict(chosen), slower=slower,
                               full_vectors=_full_vectors(index, source, held, h_truth, target),
-                              deeper=_at_ladder_end(chosen, ladder)).as_dict()
+                              deeper=_at_ladder_end(chosen, ladder), p50_ms=round(p50, 3),
+                              limit_ms=max_latency_ms if over else None).as_dict()
     index.apply_search_params(chosen)
     index.config = index.config.but(
         target_recall=target, measured_recall=round(reached, 4), held_out=_by_kind(per_query, held.kinds),
@@ -359,14 +364,23 @@ def _search_ladder(
 def _best_within(
     bench: _Bench, tried: list[tuple[float, dict[str, int]]], queries: QuerySet, max_latency_ms: float | None
 ) -> tuple[dict[str, int], float]:
-    """The most accurate parameters measured (within the latency limit, when one is set), and their p50."""
-    ranked = sorted(tried, key=lambda t: (-t[0], sorted(t[1].items())))
-    for _, params in ranked:
+    """The most accurate parameters measured (within the latency limit, when one is set), and their p50.
+
+    Under a limit, the eight most accurate are timed; when none fits, the
+    cheapest parameters measured are what ships.
+    """
+    ranked = sorted(tried, key=lambda t: (-t[0], _cost(t[1])))
+    for _, params in ranked[: 1 if max_latency_ms is None else 8]:
         ms = bench.p50_ms(queries, params)
         if max_latency_ms is None or ms <= max_latency_ms:
             return params, ms
-    params = min((p for _, p in tried), key=lambda p: sorted(p.items()))
+    params = min((p for _, p in tried), key=_cost)
     return params, bench.p50_ms(queries, params)
+
+
+def _cost(params: dict[str, int]) -> tuple[int, ...]:
+    """A search's work, roughly: lists scanned times candidates re-ranked (or graph width)."""
+    return (params.get("nprobe", 1) * params.get("rerank", 1) * params.get("efSearch", 1), *sorted(params.values()))
 
 
 def _at_ladder_end(params: dict[str, int], ladder: dict[str, list[int]]) -> bool:

@@ -24,6 +24,8 @@ from retrieval.search import rerank_candidates
 from retrieval.synthetic_vectors import clip_like_vectors
 from retrieval.vector_copy import ArrayVectors
 
+from .ann_helpers import one_faiss_thread  # noqa: F401 - autouse
+
 DIM = 32
 N = 5000
 

@@ -10,6 +10,7 @@ import typer
 
 from ..config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
 from ..errors import printable
+from .inspecting import shortfall_lines
 from .options import (
     AddressOpt,
     AnnOpt,
@@ -137,10 +138,17 @@ def index(
             finally:
                 progress.stop()
         total = len(idx)
+        ann = idx.info().ann
+        shortfall = shortfall_lines(ann, indent="  ")
     assert report is not None
+    if shortfall:  # the recall promise is not kept: say so (stderr), and what would keep it
+        console.print(f"warning: index {index_name!r}:", markup=False)
+        for line in shortfall:
+            console.print(line, markup=False, soft_wrap=True)
     unit = "items" if paths and texts else "texts" if texts else "images"
     if json_out:
-        echo_json({"index": index_name, "items": total, **report.as_dict()})
+        echo_json({"index": index_name, "items": total, **report.as_dict(),
+                   **({"ann_shortfall": ann["shortfall"]} if shortfall else {})})
         return
     out(
         f"index {index_name!r}: {report.added} added, {report.updated} updated, {report.removed} removed, "
