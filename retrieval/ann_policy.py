@@ -165,4 +165,4 @@ def needs_rebuild(config: AnnConfig, n: int) -> bool:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB"
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
