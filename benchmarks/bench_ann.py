@@ -295,7 +295,8 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def file_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.name != "built.json")
+    """Bytes the index's files take on disk: allocated blocks, since FAISS's lists file is sparse (grown by doubling)."""
+    return sum(p.stat().st_blocks * 512 for p in folder.iterdir() if p.name != "built.json")
 
 
 def measure(ds: Dataset, kind: str, fresh: bool, use_sqlite: bool, variants: bool) -> dict[str, Any]:
