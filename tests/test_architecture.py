@@ -31,7 +31,8 @@ LAYERS: list[set[str]] = [
     # what files exist; decoding them (pictures, video frames); their metadata and places; opening them to serve
     {"embed", "urls", "video_embed"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot"},  # the model side
-    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking
+    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_tuning", "ann_lifecycle", "vector_copy",
+     "duplicates"},  # vectors: ANN, tuning, ranking
     {"store", "store_salvage"},  # the index folder
     {"indexer", "photo_store", "video_index", "maintenance", "integrity", "catalog", "shards", "thumbnails"},
     # changing an index
