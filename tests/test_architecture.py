@@ -33,7 +33,8 @@ LAYERS: list[set[str]] = [
     {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot"},  # the model side
     {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_tuning", "ann_lifecycle", "vector_copy",
      "duplicates"},  # vectors: ANN, tuning, ranking
-    {"store", "store_salvage"},  # the index folder
+    {"store", "store_salvage", "store_rows", "store_db", "store_photos", "store_checks", "store_videos",
+     "store_vectors"},  # the index folder
     {"indexer", "photo_store", "video_index", "maintenance", "integrity", "catalog", "shards", "thumbnails"},
     # changing an index
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
