@@ -1,0 +1,449 @@
+"""Why did this picture match? A signed heatmap over the photo, per query.
+
+``explain(encoder, query, image, method=...)`` scores every region of the
+picture by how much it pulls the picture's embedding towards the query
+(positive) or pushes it away (negative), and returns an :class:`Explanation`:
+the grid of scores over what the model saw, one grid per query term (they add
+up to the total), the crop geometry that places the grid on the full photo,
+boxes around the peak regions, and :meth:`Explanation.overlay` to draw it on
+the photo as the user sees it.
+
+The score explained is the one search ranks by: the cosine between the image
+embedding and the query vector. A combined query is the weighted sum of unit
+term vectors, normalised (:func:`retrieval.query.combine`), so its cosine is
+the sum of ``weight / norm x cosine(term)``; every method here is linear in
+the score, so the per-term maps add up exactly to the combined one, and a
+negative term's map shows what pushed the picture away.
+
+Methods (``passes`` on the result counts image-sized forward passes and
+backward passes through the tower's last stage):
+
+``gradcam``    Grad-CAM (Selvaraju et al., ICCV 2017) on the last block's input
+               activations, signed (no ReLU): 1 forward + 1 short backward per
+               term. Every tower family.
+``gradeclip``  Grad-ECLIP (Zhao et al., "Gradient-based Visual Explanation for
+               Transformer-based CLIP", ICML 2024): the gradient of the cosine at
+               the pooling attention's output, times each cell's value, times a
+               loosened attention weight (the query-key cosine, min-max scaled),
+               per head and signed: 1 forward + 1 short backward per term.
+               Towers that pool with attention (ViT class token, RN50's attention
+               pool, SigLIP's ``map`` head); ConvNeXt has none.
+``tokens``     raw patch-token similarity: each cell's embedding as if it alone
+               were pooled (ViT: token -> final LayerNorm -> projection; ResNet:
+               MaskCLIP's value path through the attention pool), cosine with the
+               query, centred on the picture's mean cell: 1 forward.
+``occlusion``  sliding-window occlusion (Zeiler & Fergus, ECCV 2014): the drop
+               in the cosine when a window is filled with the picture's mean
+               colour, averaged per cell: 1 + windows forwards, batched.
+``rise``       RISE (Petsiuk et al., BMVC 2018) with N seeded random masks,
+               signed (score covariance with each pixel's visibility): N forwards.
+
+The perturbation methods need nothing but the tower's forward pass, so they
+work on any tower, and their grid does not depend on the tower's own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .errors import ImageDecodeError, InvalidQueryError
+from .explain_overlay import (
+    CropGeometry, UnknownPreprocessError, colorize, crop_geometry, draw_overlay, peak_boxes, peak_point,
+)
+from .explain_towers import ExplainUnsupportedError, Tower, has_quantized_modules, tower_of
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "CropGeometry",
+    "ExplainUnsupportedError",
+    "Explanation",
+    "TermMap",
+    "UnknownPreprocessError",
+    "colorize",
+    "explain",
+]
+
+METHODS = ("gradcam", "gradeclip", "tokens", "occlusion", "rise")
+# Provisional: the lead picks the shipped default by the pointing game on the demo model
+# (benchmarks/bench_explain.py). gradcam applies to every tower at ~1 encode.
+DEFAULT_METHOD = "gradcam"
+
+# Perturbation defaults: a 7x7 cell grid with 2x2-cell windows (36 windows + 1 = 37
+# forward passes); RISE: 96 masks over a 7x7 grid, half the cells visible.
+OCCLUSION_GRID = 7
+OCCLUSION_WINDOW = 2
+RISE_MASKS = 96
+RISE_CELLS = 7
+RISE_P = 0.5
+RISE_GRID = 14
+RISE_SEED = 0
+BATCH = 16
+
+
+@dataclass(frozen=True, eq=False)  # numpy fields: compare grids with numpy, not ==
+class TermMap:
+    """One query term's share of the map: ``grid`` already includes its (normalised) weight."""
+
+    label: str | None
+    weight: float
+    grid: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """A signed heatmap over what the model saw of one picture, for one query.
+
+    ``grid`` (gh, gw) float32: positive cells pull the picture towards the
+    query, negative ones push it away; the units depend on ``method`` (see the
+    module docstring). ``terms`` holds each query term's share (they sum to
+    ``grid``). ``geometry`` places the grid on the oriented photo; ``boxes``
+    (photo pixels) surround the peak regions, strongest first; ``peak`` is the
+    photo point of the strongest cell. ``score`` is the picture's cosine with
+    the query as this computation saw it; ``passes`` counts the work done.
+    """
+
+    grid: np.ndarray
+    method: str
+    geometry: CropGeometry
+    score: float
+    terms: tuple[TermMap, ...]
+    boxes: tuple[tuple[int, int, int, int], ...]
+    peak: tuple[float, float]
+    passes: dict[str, int]
+    tower: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def outside_note(self) -> str | None:
+        """E.g. "The left and right 12% of the photo were outside what the model saw"; None if all was seen."""
+        return self.geometry.outside_note()
+
+    def as_dict(self, decimals: int = 4) -> dict[str, Any]:
+        """JSON-ready: grids rounded to ``decimals``, boxes and geometry in photo pixels."""
+        return {
+            "method": self.method,
+            "score": round(self.score, 6),
+            "grid_shape": list(self.grid.shape),
+            "grid": np.round(self.grid.astype(np.float64), decimals).tolist(),
+            "terms": [{"label": t.label, "weight": t.weight,
+                       "grid": np.round(t.grid.astype(np.float64), decimals).tolist()} for t in self.terms],
+            "geometry": self.geometry.as_dict(),
+            "outside_note": self.outside_note,
+            "boxes": [list(b) for b in self.boxes],
+            "peak": [round(v, 1) for v in self.peak],
+            "passes": dict(self.passes),
+            "tower": self.tower,
+            "notes": list(self.notes),
+        }
+
+    def overlay(self, photo: Image.Image | str | os.PathLike[str], alpha: float = 0.6, *,
+                term: int | None = None, boxes: bool = True, cmap: str = "builtin",
+                max_side: int | None = None) -> Image.Image:
+        """The photo as the user sees it (EXIF orientation applied, full frame) with the heatmap on it.
+
+        ``term`` draws one term's share instead of the total, on the same colour
+        scale. Parts outside the model's view are shaded. ``max_side`` shrinks a
+        large photo first; otherwise the result has the oriented photo's size.
+        """
+        image = _oriented(photo, None)[0]
+        if max_side is not None and max(image.size) > max_side:
+            image = image.copy()
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        grid = self.grid if term is None else self.terms[term].grid
+        scale = max([float(np.abs(self.grid).max())] + [float(np.abs(t.grid).max()) for t in self.terms])
+        geometry = self.geometry.scaled(image.size)
+        drawn = [tuple(round(v * image.size[i % 2] / self.geometry.photo_size[i % 2]) for i, v in enumerate(b))
+                 for b in self.boxes] if boxes and term is None else []
+        return draw_overlay(image, grid, geometry, alpha=alpha, boxes=drawn, cmap=cmap, scale=scale)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def _oriented(image: Image.Image | str | os.PathLike[str], min_side: int | None
+              ) -> tuple[Image.Image, tuple[int, int]]:
+    """The RGB picture with EXIF orientation applied, and the oriented photo's full size."""
+    if isinstance(image, Image.Image):
+        if image.width < 1 or image.height < 1:
+            raise ImageDecodeError(f"the image has no pixels ({image.width}x{image.height})")
+        oriented = ImageOps.exif_transpose(image)  # a no-op for pictures already oriented by load_image
+        rgb = oriented if oriented.mode == "RGB" else oriented.convert("RGB")
+        return rgb, rgb.size
+    if not isinstance(image, (str, os.PathLike)):
+        raise ImageDecodeError(f"explain needs a PIL image or a path, not {type(image).__name__}")
+    from .loading import load_image
+
+    loaded = load_image(image, min_side=min_side)
+    if not loaded.ok or loaded.image is None:
+        raise ImageDecodeError(f"{os.fspath(image)}: {loaded.error}")
+    if loaded.width < 1 or loaded.height < 1:
+        raise ImageDecodeError(f"{os.fspath(image)}: the image has no pixels")
+    return loaded.image, (loaded.width, loaded.height)
+
+
+def _terms(encoder: Any, query: Any) -> tuple[np.ndarray, np.ndarray, list[str | None], list[float]]:
+    """(K, D) unit term vectors, their coefficients w_k / |sum_k w_k t_k|, labels and weights."""
+    if isinstance(query, str):
+        if not query.strip():
+            raise InvalidQueryError("empty query: give some words to explain")
+        raw = [(encoder.encode_texts([query])[0], 1.0, query)]
+    elif isinstance(query, np.ndarray) or torch.is_tensor(query):
+        raw = [(np.asarray(query, dtype=np.float32).reshape(-1), 1.0, None)]
+    else:
+        try:
+            raw = [(t[0], float(t[1]), t[2] if len(t) > 2 else None) for t in query]
+        except (TypeError, ValueError, IndexError):
+            raise InvalidQueryError("a query is a vector, a text, or a list of (vector, weight[, label]) terms") from None
+    if not raw:
+        raise InvalidQueryError("empty query: give a vector or some terms to explain")
+    vectors, weights, labels = [], [], []
+    for vec, weight, label in raw:
+        if isinstance(vec, str):
+            vec = encoder.encode_texts([vec])[0]
+            label = label or raw[len(vectors)][0]
+        v = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if v.shape[0] != encoder.dim:
+            raise InvalidQueryError(f"a query vector has {v.shape[0]} dimensions; this model's have {encoder.dim}")
+        norm = float(np.linalg.norm(v))
+        if not np.isfinite(norm) or norm < 1e-12:
+            raise InvalidQueryError("a query vector is zero or not finite: there is nothing to explain")
+        if not np.isfinite(weight):
+            raise InvalidQueryError(f"a query term's weight is not a number ({weight})")
+        vectors.append(v / norm)
+        weights.append(weight)
+        labels.append(label)
+    if not any(w > 0 for w in weights):
+        raise InvalidQueryError("a query needs at least one term with a positive weight")
+    units = np.stack(vectors)
+    total = float(np.linalg.norm((np.asarray(weights, dtype=np.float32)[:, None] * units).sum(0)))
+    if total < 1e-6:
+        raise InvalidQueryError("the query terms cancel each other out")
+    return units, np.asarray(weights, dtype=np.float32) / total, labels, weights
+
+
+# -- the methods ---------------------------------------------------------------------------------
+
+
+def _cosines(emb: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """(B, K) cosine of each embedding with each unit term vector, in float32."""
+    return F.normalize(emb.float(), dim=-1) @ units.T
+
+
+def _gradcam(tower: Tower, pixels: torch.Tensor, units: torch.Tensor) -> tuple[list[np.ndarray], float, dict]:
+    a = tower.prefix(pixels).detach().requires_grad_(True)
+    with torch.enable_grad():
+        cos = _cosines(tower.rest(a), units)[0]
+        maps = []
+        for k in range(len(units)):
+            (grad,) = torch.autograd.grad(cos[k], a, retain_graph=k + 1 < len(units))
+            acts, grads = tower.cells(a.detach()).float(), tower.cells(grad).float()
+            weights = grads.mean(dim=(1, 2))  # per channel: Grad-CAM's alpha
+            maps.append(torch.einsum("bhwc,bc->bhw", acts, weights)[0].cpu().numpy())
+    return maps, cos.detach(), {"forward": 1, "backward": len(units)}
+
+
+def _gradeclip(tower: Tower, pixels: torch.Tensor, units: torch.Tensor) -> tuple[list[np.ndarray], Any, dict]:
+    a = tower.prefix(pixels).detach().requires_grad_(True)
+    with torch.enable_grad():
+        parts = tower.attention(a)
+        cos = _cosines(parts.embedding, units)[0]
+        # Loosened attention: the query-key cosine per head, min-max scaled over the cells.
+        sim = torch.einsum("bhd,bhnd->bhn", F.normalize(parts.q.float(), dim=-1), F.normalize(parts.k.float(), dim=-1))
+        lo, hi = sim.amin(dim=-1, keepdim=True), sim.amax(dim=-1, keepdim=True)
+        loose = (sim - lo) / (hi - lo).clamp_min(1e-12)
+        maps = []
+        gh, gw = parts.grid
+        for k in range(len(units)):
+            (grad,) = torch.autograd.grad(cos[k], parts.o, retain_graph=k + 1 < len(units))
+            contrib = torch.einsum("bhd,bhnd->bhn", grad.float(), parts.v.float())
+            maps.append((contrib * loose).sum(dim=1)[0].reshape(gh, gw).cpu().numpy())
+    return maps, cos.detach(), {"forward": 1, "backward": len(units)}
+
+
+def _tokens(tower: Tower, pixels: torch.Tensor, units: torch.Tensor) -> tuple[list[np.ndarray], Any, dict]:
+    a = tower.prefix(pixels)
+    cells = F.normalize(tower.cell_embeddings(a).float(), dim=-1)[0]  # (gh, gw, D)
+    cos = _cosines(tower.rest(a), units)[0]
+    maps = []
+    for k in range(len(units)):
+        sim = cells @ units[k]
+        maps.append((sim - sim.mean()).cpu().numpy())
+    return maps, cos, {"forward": 1, "backward": 0}
+
+
+def _batched_cosines(visual: torch.nn.Module, pixels: torch.Tensor, units: torch.Tensor, batch: int) -> torch.Tensor:
+    out = [_cosines(visual(pixels[i:i + batch]), units) for i in range(0, len(pixels), batch)]
+    return torch.cat(out)
+
+
+def _fill(pixels: torch.Tensor) -> torch.Tensor:
+    """What a hidden region becomes: the picture's own mean colour (neutral for it, whatever the normalisation)."""
+    return pixels.mean(dim=(2, 3), keepdim=True)
+
+
+def _occlusion(visual: torch.nn.Module, pixels: torch.Tensor, units: torch.Tensor, *, grid: int = OCCLUSION_GRID,
+               window: int = OCCLUSION_WINDOW, batch: int = BATCH) -> tuple[list[np.ndarray], Any, dict]:
+    if not 1 <= window <= grid:
+        raise InvalidQueryError(f"occlusion window must be 1..{grid} cells, got {window}")
+    _, _, h, w = pixels.shape
+    ys = np.linspace(0, h, grid + 1).round().astype(int)
+    xs = np.linspace(0, w, grid + 1).round().astype(int)
+    spots = [(r, c) for r in range(grid - window + 1) for c in range(grid - window + 1)]
+    fill = _fill(pixels)
+    masked = pixels.repeat(len(spots) + 1, 1, 1, 1)
+    for i, (r, c) in enumerate(spots, start=1):
+        masked[i, :, ys[r]:ys[r + window], xs[c]:xs[c + window]] = fill[0, :, :, :]
+    cos = _batched_cosines(visual, masked, units, batch)  # row 0: the whole picture
+    drop = (cos[:1] - cos[1:]).cpu().numpy()  # (windows, K)
+    maps = []
+    for k in range(len(units)):
+        total, count = np.zeros((grid, grid)), np.zeros((grid, grid))
+        for (r, c), d in zip(spots, drop[:, k]):
+            total[r:r + window, c:c + window] += d
+            count[r:r + window, c:c + window] += 1
+        maps.append((total / count).astype(np.float32))
+    return maps, cos[0], {"forward": len(spots) + 1, "backward": 0}
+
+
+def rise_masks(n: int, cells: int, size: tuple[int, int], p: float, seed: int) -> torch.Tensor:
+    """(n, 1, h, w) soft masks: a random ``cells`` x ``cells`` binary grid, upsampled and shifted (RISE)."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    grids = torch.from_numpy((rng.random((n, 1, cells, cells)) < p).astype(np.float32))
+    ch, cw = int(np.ceil(h / cells)), int(np.ceil(w / cells))
+    up = F.interpolate(grids, size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear", align_corners=False)
+    shifts = rng.integers(0, [ch, cw], size=(n, 2))
+    return torch.stack([up[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts)])
+
+
+def _rise(visual: torch.nn.Module, pixels: torch.Tensor, units: torch.Tensor, *, masks: int = RISE_MASKS,
+          cells: int = RISE_CELLS, p: float = RISE_P, grid: int = RISE_GRID, seed: int = RISE_SEED,
+          batch: int = BATCH) -> tuple[list[np.ndarray], Any, dict]:
+    if masks < 2 or cells < 2:
+        raise InvalidQueryError("rise needs masks >= 2 and cells >= 2")
+    _, _, h, w = pixels.shape
+    m = rise_masks(masks, cells, (h, w), p, seed).to(pixels.device, pixels.dtype)
+    fill = _fill(pixels)
+    cos = []
+    for i in range(0, masks, batch):
+        mi = m[i:i + batch]
+        cos.append(_cosines(visual(pixels * mi + fill * (1 - mi)), units))
+    scores = torch.cat(cos)  # (masks, K)
+    base = _cosines(visual(pixels), units)[0]
+    # Signed RISE: the covariance of the score with each pixel's visibility, so a region
+    # that raises the score when shown is positive and one that lowers it negative.
+    # Per cell, the least-squares slope of the score on the cell's visibility: the score
+    # change between the cell shown and the cell hidden.
+    pooled = F.adaptive_avg_pool2d(m.float(), (grid, grid)).reshape(masks, -1)  # (masks, cells)
+    centred = pooled - pooled.mean(dim=0, keepdim=True)
+    slope = (scores - scores.mean(dim=0, keepdim=True)).T @ centred / (centred ** 2).sum(dim=0).clamp_min(1e-12)
+    maps = [slope[k].reshape(grid, grid).cpu().numpy() for k in range(len(units))]
+    return maps, base, {"forward": masks + 1, "backward": 0}
+
+
+_OPTIONS: dict[str, set[str]] = {
+    "gradcam": set(), "gradeclip": set(), "tokens": set(),
+    "occlusion": {"grid", "window", "batch"}, "rise": {"masks", "cells", "p", "grid", "seed", "batch"},
+}
+
+
+# -- the door ------------------------------------------------------------------------------------
+
+
+def explain(encoder: Any, query: Any, image: Image.Image | str | os.PathLike[str], method: str = DEFAULT_METHOD,
+            *, boxes_threshold: float = 0.5, max_boxes: int = 3, **opts: Any) -> Explanation:
+    """Explain why ``image`` scores as it does for ``query`` with the encoder's image tower.
+
+    ``query``: a vector (D,), a text (encoded with ``encoder``), or terms
+    ``[(vector or text, weight[, label]), ...]`` combined as in
+    :func:`retrieval.query.combine`. ``image``: a path (decoded like the
+    indexer does, EXIF orientation applied) or a PIL image (oriented here if it
+    still carries an orientation tag). ``method``: one of :data:`METHODS`;
+    ``opts`` go to it (occlusion: ``grid``, ``window``, ``batch``; rise:
+    ``masks``, ``cells``, ``p``, ``grid``, ``seed``, ``batch``).
+
+    Raises ``InvalidQueryError`` (empty, zero or mis-sized query, unknown
+    method), ``ImageDecodeError`` (unreadable or empty image),
+    ``ExplainUnsupportedError`` (the method cannot read this tower; the message
+    names one that can) and ``UnknownPreprocessError``.
+    """
+    # inference_mode(False): a caller inside inference_mode (a server handler) would otherwise make
+    # every tensor here one that autograd refuses, and the gradient methods would fail.
+    with torch.inference_mode(False):
+        return _explain(encoder, query, image, method, boxes_threshold, max_boxes, opts)
+
+
+def _explain(encoder: Any, query: Any, image: Any, method: str, boxes_threshold: float, max_boxes: int,
+             opts: dict[str, Any]) -> Explanation:
+    if method not in METHODS:
+        raise InvalidQueryError(f"unknown explain method {method!r}: use one of {', '.join(METHODS)}")
+    allowed = _OPTIONS[method]
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes no options"
+        raise InvalidQueryError(f"the {method} method {takes} (got {', '.join(unknown)})")
+    for name, value in opts.items():
+        if name == "p":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise InvalidQueryError(f"rise option p must be between 0 and 1, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise InvalidQueryError(f"{method} option {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
+                                    f"whole number, got {value!r}")
+    units_np, coefs, labels, weights = _terms(encoder, query)
+    size = getattr(encoder, "image_size", 224)
+    picture, photo_size = _oriented(image, int(size))
+    geometry = crop_geometry(encoder.preprocess, picture.size)
+    pixels = encoder.preprocess(picture).unsqueeze(0)
+    if tuple(pixels.shape[-2:]) != (geometry.input_size[1], geometry.input_size[0]):
+        raise UnknownPreprocessError(
+            f"the preprocessing made a {pixels.shape[-1]}x{pixels.shape[-2]} input where its steps say "
+            f"{geometry.input_size[0]}x{geometry.input_size[1]}; cannot place a heatmap"
+        )
+    visual = encoder.model.visual
+    dtype = next((p.dtype for p in visual.parameters() if p.is_floating_point()), torch.float32)
+    pixels = pixels.to(encoder.device, dtype)
+    units = torch.from_numpy(units_np).to(encoder.device)
+    notes: list[str] = []
+    tower_text = type(visual).__name__
+    with torch.no_grad():
+        if method in ("occlusion", "rise"):
+            run = _occlusion if method == "occlusion" else _rise
+            maps, cos, passes = run(visual, pixels, units, **opts)
+            tower_text += f" (any tower: {method} needs only its forward pass)"
+        else:
+            if method != "tokens" and has_quantized_modules(visual):
+                raise ExplainUnsupportedError(
+                    f"{method} needs gradients, which int8 layers do not have: load the model with precision "
+                    "fp32 or bf16, or use tokens, occlusion or rise"
+                )
+            tower = tower_of(encoder.model)
+            fn = {"gradcam": _gradcam, "gradeclip": _gradeclip, "tokens": _tokens}[method]
+            maps, cos, passes = fn(tower, pixels, units)
+            if method == "gradcam":
+                tower_text = f"{tower.family}: {tower.where}"
+                if "too small" in tower.where:
+                    notes.append("the tower's last feature map is too small to point with; gradcam read an earlier stage")
+            else:
+                read = "the pooling attention over" if method == "gradeclip" else "one embedding per cell of"
+                tower_text = f"{tower.family}: {read} the last feature map"
+    cos_np = np.asarray(torch.as_tensor(cos).float().cpu().numpy(), dtype=np.float64).reshape(-1)
+    term_grids = [np.ascontiguousarray(np.float32(c) * np.asarray(m, dtype=np.float32)) for c, m in zip(coefs, maps)]
+    grid = np.sum(term_grids, axis=0).astype(np.float32)
+    if not np.all(np.isfinite(grid)):
+        raise ExplainUnsupportedError(f"{method} produced non-finite scores for this picture; try another method")
+    geometry = geometry.scaled(photo_size) if photo_size != picture.size else geometry
+    terms = tuple(TermMap(label, w, g) for label, w, g in zip(labels, weights, term_grids))
+    return Explanation(
+        grid=grid, method=method, geometry=geometry, score=float(np.dot(coefs, cos_np)), terms=terms,
+        boxes=tuple(peak_boxes(grid, geometry, boxes_threshold, max_boxes)), peak=peak_point(grid, geometry),
+        passes=dict(passes), tower=tower_text, notes=tuple(notes),
+    )
+
