@@ -45,19 +45,17 @@ work on any tower, and their grid does not depend on the tower's own.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .errors import ImageDecodeError, InvalidQueryError
-from .explain_overlay import (
-    CropGeometry, UnknownPreprocessError, colorize, crop_geometry, draw_overlay, peak_boxes, peak_point,
-)
-from .explain_towers import ExplainUnsupportedError, Tower, has_quantized_modules, tower_of
+from .errors import ExplainUnsupportedError, InvalidQueryError, UnknownPreprocessError
+from .explain_overlay import CropGeometry, colorize, crop_geometry, peak_boxes, peak_point
+from .explain_towers import Tower, has_quantized_modules, tower_of
+from .explanation import DEFAULT_METHOD, METHODS, Explanation, TermMap, oriented_photo
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -71,11 +69,6 @@ __all__ = [
     "explain",
 ]
 
-METHODS = ("gradcam", "gradeclip", "tokens", "occlusion", "rise")
-# Provisional: the lead picks the shipped default by the pointing game on the demo model
-# (benchmarks/bench_explain.py). gradcam applies to every tower at ~1 encode.
-DEFAULT_METHOD = "gradcam"
-
 # Perturbation defaults: a 7x7 cell grid with 2x2-cell windows (36 windows + 1 = 37
 # forward passes); RISE: 96 masks over a 7x7 grid, half the cells visible.
 OCCLUSION_GRID = 7
@@ -86,107 +79,6 @@ RISE_P = 0.5
 RISE_GRID = 14
 RISE_SEED = 0
 BATCH = 16
-
-
-@dataclass(frozen=True, eq=False)  # numpy fields: compare grids with numpy, not ==
-class TermMap:
-    """One query term's share of the map: ``grid`` already includes its (normalised) weight."""
-
-    label: str | None
-    weight: float
-    grid: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class Explanation:
-    """A signed heatmap over what the model saw of one picture, for one query.
-
-    ``grid`` (gh, gw) float32: positive cells pull the picture towards the
-    query, negative ones push it away; the units depend on ``method`` (see the
-    module docstring). ``terms`` holds each query term's share (they sum to
-    ``grid``). ``geometry`` places the grid on the oriented photo; ``boxes``
-    (photo pixels) surround the peak regions, strongest first; ``peak`` is the
-    photo point of the strongest cell. ``score`` is the picture's cosine with
-    the query as this computation saw it; ``passes`` counts the work done.
-    """
-
-    grid: np.ndarray
-    method: str
-    geometry: CropGeometry
-    score: float
-    terms: tuple[TermMap, ...]
-    boxes: tuple[tuple[int, int, int, int], ...]
-    peak: tuple[float, float]
-    passes: dict[str, int]
-    tower: str
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def outside_note(self) -> str | None:
-        """E.g. "The left and right 12% of the photo were outside what the model saw"; None if all was seen."""
-        return self.geometry.outside_note()
-
-    def as_dict(self, decimals: int = 4) -> dict[str, Any]:
-        """JSON-ready: grids rounded to ``decimals``, boxes and geometry in photo pixels."""
-        return {
-            "method": self.method,
-            "score": round(self.score, 6),
-            "grid_shape": list(self.grid.shape),
-            "grid": np.round(self.grid.astype(np.float64), decimals).tolist(),
-            "terms": [{"label": t.label, "weight": t.weight,
-                       "grid": np.round(t.grid.astype(np.float64), decimals).tolist()} for t in self.terms],
-            "geometry": self.geometry.as_dict(),
-            "outside_note": self.outside_note,
-            "boxes": [list(b) for b in self.boxes],
-            "peak": [round(v, 1) for v in self.peak],
-            "passes": dict(self.passes),
-            "tower": self.tower,
-            "notes": list(self.notes),
-        }
-
-    def overlay(self, photo: Image.Image | str | os.PathLike[str], alpha: float = 0.6, *,
-                term: int | None = None, boxes: bool = True, cmap: str = "builtin",
-                max_side: int | None = None) -> Image.Image:
-        """The photo as the user sees it (EXIF orientation applied, full frame) with the heatmap on it.
-
-        ``term`` draws one term's share instead of the total, on the same colour
-        scale. Parts outside the model's view are shaded. ``max_side`` shrinks a
-        large photo first; otherwise the result has the oriented photo's size.
-        """
-        image = _oriented(photo, None)[0]
-        if max_side is not None and max(image.size) > max_side:
-            image = image.copy()
-            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        grid = self.grid if term is None else self.terms[term].grid
-        scale = max([float(np.abs(self.grid).max())] + [float(np.abs(t.grid).max()) for t in self.terms])
-        geometry = self.geometry.scaled(image.size)
-        drawn = [tuple(round(v * image.size[i % 2] / self.geometry.photo_size[i % 2]) for i, v in enumerate(b))
-                 for b in self.boxes] if boxes and term is None else []
-        return draw_overlay(image, grid, geometry, alpha=alpha, boxes=drawn, cmap=cmap, scale=scale)
-
-
-# -- inputs ------------------------------------------------------------------------------------
-
-
-def _oriented(image: Image.Image | str | os.PathLike[str], min_side: int | None
-              ) -> tuple[Image.Image, tuple[int, int]]:
-    """The RGB picture with EXIF orientation applied, and the oriented photo's full size."""
-    if isinstance(image, Image.Image):
-        if image.width < 1 or image.height < 1:
-            raise ImageDecodeError(f"the image has no pixels ({image.width}x{image.height})")
-        oriented = ImageOps.exif_transpose(image)  # a no-op for pictures already oriented by load_image
-        rgb = oriented if oriented.mode == "RGB" else oriented.convert("RGB")
-        return rgb, rgb.size
-    if not isinstance(image, (str, os.PathLike)):
-        raise ImageDecodeError(f"explain needs a PIL image or a path, not {type(image).__name__}")
-    from .loading import load_image
-
-    loaded = load_image(image, min_side=min_side)
-    if not loaded.ok or loaded.image is None:
-        raise ImageDecodeError(f"{os.fspath(image)}: {loaded.error}")
-    if loaded.width < 1 or loaded.height < 1:
-        raise ImageDecodeError(f"{os.fspath(image)}: the image has no pixels")
-    return loaded.image, (loaded.width, loaded.height)
 
 
 def _terms(encoder: Any, query: Any) -> tuple[np.ndarray, np.ndarray, list[str | None], list[float]]:
@@ -399,7 +291,7 @@ def _explain(encoder: Any, query: Any, image: Any, method: str, boxes_threshold:
                                     f"whole number, got {value!r}")
     units_np, coefs, labels, weights = _terms(encoder, query)
     size = getattr(encoder, "image_size", 224)
-    picture, photo_size = _oriented(image, int(size))
+    picture, photo_size = oriented_photo(image, int(size))
     geometry = crop_geometry(encoder.preprocess, picture.size)
     pixels = encoder.preprocess(picture).unsqueeze(0)
     if tuple(pixels.shape[-2:]) != (geometry.input_size[1], geometry.input_size[0]):

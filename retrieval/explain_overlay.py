@@ -5,7 +5,9 @@ it (shortest side, or squashed to a square, or longest side then padded) and
 centre-crops it. :func:`crop_geometry` replays those steps on the photo's size
 alone and returns the rectangle of the (EXIF-oriented) photo that the model's
 input covers, so a grid over the model input maps back onto the full frame.
-No torch here.
+No torch here (not even torchvision: the preprocessing's steps are recognised
+by their class names), so the API and the faces can draw and place heatmaps
+without loading the model's libraries.
 """
 
 from __future__ import annotations
@@ -18,14 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import MissingDependencyError, MMSearchError
+from .errors import MissingDependencyError, MMSearchError, UnknownPreprocessError
 
 # What fraction of a side must be cut before a note says so (rounding of the resize is ~1 px).
 _NOTE_MIN_FRACTION = 0.005
-
-
-class UnknownPreprocessError(MMSearchError):
-    """The model's image preprocessing has a step whose geometry is unknown, so a heatmap cannot be placed."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +154,12 @@ def _shortest_edge_size(w: int, h: int, size: int, max_size: int | None) -> tupl
     return (new_short, new_long) if w <= h else (new_long, new_short)
 
 
+def _is(step: Any, *names: str) -> bool:
+    """True when ``step`` is (a subclass of) a torchvision or open_clip transform with one of these names."""
+    return any(cls.__name__ in names and cls.__module__.split(".")[0] in ("torchvision", "open_clip")
+               for cls in type(step).__mro__)
+
+
 def crop_geometry(preprocess: Any, photo_size: tuple[int, int]) -> CropGeometry:
     """Replay the geometric steps of an open_clip/torchvision preprocess on a photo of ``photo_size``.
 
@@ -164,8 +168,6 @@ def crop_geometry(preprocess: Any, photo_size: tuple[int, int]) -> CropGeometry:
     ``ToTensor`` and ``Normalize`` move no pixel. Any other step raises
     :class:`UnknownPreprocessError`: a heatmap placed by a guess would mislead.
     """
-    from torchvision import transforms as T
-
     steps = getattr(preprocess, "transforms", None)
     if steps is None:
         raise UnknownPreprocessError(
@@ -175,24 +177,24 @@ def crop_geometry(preprocess: Any, photo_size: tuple[int, int]) -> CropGeometry:
     geo = _Affine(w, h)
     for step in steps:
         name = type(step).__name__
-        if isinstance(step, T.Resize):
+        if _is(step, "Resize"):
             size = step.size
             if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 1):
                 size = size if isinstance(size, int) else size[0]
                 geo.resize(*_shortest_edge_size(geo.w, geo.h, int(size), step.max_size))
             else:
                 geo.resize(int(size[1]), int(size[0]))
-        elif isinstance(step, T.CenterCrop) or name == "CenterCropOrPad":
+        elif _is(step, "CenterCrop", "CenterCropOrPad"):
             ch, cw = (step.size, step.size) if isinstance(step.size, int) else (step.size[0], step.size[-1])
             geo.centre_crop_or_pad(int(ch), int(cw))
-        elif name == "ResizeKeepRatio":
+        elif _is(step, "ResizeKeepRatio"):
             if getattr(step, "random_scale_prob", 0) or getattr(step, "random_aspect_prob", 0):
                 raise UnknownPreprocessError("the preprocessing resizes at random; a heatmap cannot be placed")
             target_h, target_w = step.size
             rh, rw = geo.h / target_h, geo.w / target_w
             ratio = max(rh, rw) * step.longest + min(rh, rw) * (1.0 - step.longest)
             geo.resize(round(geo.w / ratio), round(geo.h / ratio))
-        elif isinstance(step, (T.ToTensor, T.Normalize)) or name in ("MaybeConvertMode", "MaybeToTensor") or (
+        elif _is(step, "ToTensor", "Normalize", "MaybeConvertMode", "MaybeToTensor", "ConvertImageDtype") or (
             "convert" in getattr(step, "__name__", getattr(getattr(step, "lambd", None), "__name__", ""))
         ):
             continue

@@ -35,15 +35,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import MMSearchError
+from .errors import ExplainUnsupportedError
 
 # Gradient maps on a grid smaller than this per side cannot point at anything;
 # convolutional towers are cut at an earlier stage until the grid is this big.
 MIN_GRID_SIDE = 4
-
-
-class ExplainUnsupportedError(MMSearchError):
-    """An explanation method cannot be applied to this model's image tower (the message names one that can)."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
      "store_schema"},
     {"loading", "sources"},  # what files exist; decoding them
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
-    {"encoder", "fast_paths", "text_export", "zeroshot"},  # the model side
+    {"encoder", "fast_paths", "text_export", "zeroshot",
+     "explain", "explain_towers", "explain_overlay", "explanation"},  # the model side (explain_overlay, explanation: torch-free)
     {"search", "ann", "ann_policy", "ann_lifecycle"},  # vectors: ANN, tuning, ranking
     {"store"},  # the index folder
     {"indexer", "maintenance", "integrity", "catalog", "shards", "thumbnails"},  # changing an index, its caches
@@ -39,7 +40,7 @@ LAYERS: list[set[str]] = [
      "cli.training", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
-MODEL_SIDE = {"encoder", "fast_paths", "text_export"}
+MODEL_SIDE = {"encoder", "fast_paths", "text_export", "explain", "explain_towers"}
 DOOR = {"api", "query", "search", "errors", "config"}
 FACE_HELPERS = {"html_report", "thumbnails", "server_guard"}
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server"}
