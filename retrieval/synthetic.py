@@ -7,6 +7,11 @@ background. Each picture gets several captions from templates and synonyms,
 each naming a subset of its attributes ("red shoes", "a photo of a striped blue
 shirt", "a small mug on the left").
 
+The catalogue records each object's tight box, and two-object scenes ("a red
+shoe on the left and a blue cup on the right") are drawn apart from it
+(:func:`generate_scenes`): the renderer knows where everything is, so where a
+model looks can be checked (docs/explain.md).
+
 Some (kind, colour) combinations are *held out*: no training picture shows
 them, so a model's generalisation to unseen combinations can be measured.
 
@@ -23,7 +28,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -105,6 +110,9 @@ class SyntheticItem:
     attributes: dict[str, str]
     captions: tuple[str, ...]
     split: str  # train | val | test (seen combinations) | unseen (held-out combinations)
+    # Each object drawn: its attributes and "box" [x0, y0, x1, y1] (pixels, right/bottom exclusive).
+    # One for a catalogue picture; empty for a catalogue written before boxes were recorded.
+    objects: tuple[dict[str, object], ...] = ()
 
     @property
     def label(self) -> str:
@@ -267,15 +275,46 @@ def _contrast(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def render(attributes: Mapping[str, str], size: int, rng: random.Random) -> Image.Image:
     """Draw one picture with the given attributes (jittered by ``rng``)."""
+    return render_with_box(attributes, size, rng)[0]
+
+
+def render_with_box(attributes: Mapping[str, str], size: int, rng: random.Random
+                    ) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """:func:`render`, and the drawn object's tight box ``[x0, y0, x1, y1]`` (pixels, right/bottom exclusive)."""
+    image = _background(size, rng)
+    box = _draw_object(image, attributes, rng)
+    return image, box
+
+
+def _background(size: int, rng: random.Random) -> Image.Image:
     if rng.random() < 0.5:
         bg = (255, 255, 255)
     else:
         bg = tuple(rng.randint(215, 250) for _ in range(3))
-    image = Image.new("RGB", (size, size), bg)
+    return Image.new("RGB", (size, size), bg)
+
+
+# Horizontal centre of an object at each position, as a fraction of the side.
+_CENTRES: dict[str, float] = {"left": 0.27, "center": 0.5, "right": 0.73}
+
+
+def _draw_object(image: Image.Image, attributes: Mapping[str, str], rng: random.Random, *,
+                 centres: Mapping[str, float] = _CENTRES, jitter: float = 0.04) -> tuple[int, int, int, int]:
+    """Draw one object onto the square ``image`` (jittered by ``rng``) and return its tight box.
+
+    The box ``(x0, y0, x1, y1)`` covers every pixel the object changed (its
+    filled silhouette and the dark outline around it), clipped to the canvas,
+    right/bottom exclusive. ``jitter`` is the random horizontal shift (a
+    fraction of the side); 0 draws no random number for it. With the defaults
+    the random numbers are drawn in the order :func:`render` always drew them,
+    so catalogues stay byte-identical.
+    """
+    size = image.width
     frac = rng.uniform(0.34, 0.40) if attributes["size"] == "small" else rng.uniform(0.58, 0.66)
     side = frac * size
-    cx = {"left": 0.27, "center": 0.5, "right": 0.73}[attributes["position"]] * size
-    cx += rng.uniform(-0.04, 0.04) * size
+    cx = centres[attributes["position"]] * size
+    if jitter:
+        cx += rng.uniform(-jitter, jitter) * size
     cy = size * 0.5 + rng.uniform(-0.12, 0.12) * size * (1 - frac)
     box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
@@ -309,7 +348,12 @@ def render(attributes: Mapping[str, str], size: int, rng: random.Random) -> Imag
     # A thin dark outline keeps the silhouette readable on any background.
     edge = mask.point(lambda v: 255 if v else 0).filter(_EDGE_FILTER)
     image.paste((20, 20, 20), (0, 0), edge)
-    return image
+    # The tight box: where the fill (mask) or the outline (edge) touched the picture. getbbox is
+    # already clipped to the canvas and right/bottom exclusive.
+    drawn = [b for b in (mask.getbbox(), edge.getbbox()) if b is not None]
+    if not drawn:  # cannot happen for the world's sizes; a box must still be a box
+        return (0, 0, 0, 0)
+    return (min(b[0] for b in drawn), min(b[1] for b in drawn), max(b[2] for b in drawn), max(b[3] for b in drawn))
 
 
 _EDGE_FILTER = ImageFilter.FIND_EDGES
@@ -354,7 +398,9 @@ def generate_catalogue(
       ``images/NNNNNN.png``  the pictures;
       ``captions.csv``       ``image,caption,label,split``, one row per caption (image paths
                              relative to ``out_dir``, so ``mmsearch train out_dir/captions.csv`` works);
-      ``attributes.jsonl``   one line per picture: image, attributes, captions, split;
+      ``attributes.jsonl``   one line per picture: image, attributes, captions, split, and
+                             ``objects``: each object drawn with its attributes and tight ``box``
+                             ``[x0, y0, x1, y1]`` in pixels (right/bottom exclusive);
       ``catalogue.json``     seed, sizes, held-out pairs, vocabulary.
 
     Splits: ``train``/``val``/``test`` hold seen (kind, colour) pairs; ``unseen`` holds
@@ -373,8 +419,10 @@ def generate_catalogue(
         split = _split_for(attributes, rng, val_fraction, test_fraction)
         captions = make_captions(attributes, rng, captions_per_image)
         name = f"images/{i:06d}.png"
-        render(attributes, image_size, rng).save(root / name, optimize=False, compress_level=1)
-        items.append(SyntheticItem(image=name, attributes=attributes, captions=captions, split=split))
+        image, box = render_with_box(attributes, image_size, rng)
+        image.save(root / name, optimize=False, compress_level=1)
+        items.append(SyntheticItem(image=name, attributes=attributes, captions=captions, split=split,
+                                   objects=({**attributes, "box": list(box)},)))
 
     with (root / "captions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -385,7 +433,7 @@ def generate_catalogue(
     with (root / "attributes.jsonl").open("w", encoding="utf-8") as f:
         for item in items:
             f.write(json.dumps({"image": item.image, **item.attributes, "captions": list(item.captions),
-                                "split": item.split}) + "\n")
+                                "split": item.split, "objects": list(item.objects)}) + "\n")
     meta = {
         "seed": seed, "n_images": n_images, "image_size": image_size,
         "captions_per_image": captions_per_image,
@@ -407,7 +455,7 @@ def load_catalogue(root: str | Path) -> Catalogue:
             row = json.loads(line)
             items.append(SyntheticItem(
                 image=row["image"], attributes={a: row[a] for a in ATTRIBUTES},
-                captions=tuple(row["captions"]), split=row["split"],
+                captions=tuple(row["captions"]), split=row["split"], objects=tuple(row.get("objects", ())),
             ))
     return Catalogue(root=root, items=items, seed=int(meta["seed"]), image_size=int(meta["image_size"]),
                      held_out=frozenset(tuple(p) for p in meta["held_out"]))
@@ -422,6 +470,86 @@ def catalogue_matches(root: str | Path, n_images: int, seed: int, image_size: in
     return (meta.get("n_images"), meta.get("seed"), meta.get("image_size")) == (n_images, seed, image_size) and all(
         (Path(root) / f"images/{i:06d}.png").is_file() for i in (0, n_images - 1)
     )
+
+
+# -- two-object scenes ---------------------------------------------------------------
+
+# Where the two objects of a scene stand: small ones (frames <= 0.40 of the side) at these
+# centres, with no horizontal jitter, so their frames are always >= 0.10 of the side apart.
+SCENE_CENTRES: dict[str, float] = {"left": 0.25, "right": 0.75}
+
+
+@dataclass(frozen=True)
+class SyntheticScene:
+    """A picture with two objects, left and right, each with its attributes and tight ``box``."""
+
+    image: str
+    objects: tuple[dict[str, object], ...]
+    captions: tuple[str, ...]
+    split: str = "scenes"
+
+
+def _object_phrase(obj: Mapping[str, object]) -> str:
+    colour, kind = str(obj["colour"]), str(obj["kind"])
+    return f"{_article(colour)} {colour} {kind}"
+
+
+def scene_captions(objects: Sequence[Mapping[str, object]]) -> tuple[str, ...]:
+    """The pair in both orders, then each object alone: "a red shoe on the left and a blue cup on the right", ..."""
+    left, right = objects
+    pair = (f"{_object_phrase(left)} on the left and {_object_phrase(right)} on the right",
+            f"{_object_phrase(right)} on the right and {_object_phrase(left)} on the left")
+    return pair + (_object_phrase(left), _object_phrase(right))
+
+
+def generate_scenes(out_dir: str | Path, n: int = 200, seed: int = 0, image_size: int = 96) -> list[SyntheticScene]:
+    """Write ``n`` two-object scenes under ``out_dir`` and return them.
+
+    Each scene has one background and two small objects, one on the left and
+    one on the right, of different kinds and different colours, with any
+    pattern; their frames never touch. Files written: ``scenes/NNNNNN.png`` and
+    ``scenes.jsonl`` (image, objects with their boxes, captions, split
+    ``"scenes"``). Nothing goes into ``captions.csv``: training and the
+    retrieval evaluation are unchanged. The same arguments always produce the
+    same files (the random stream is the seed's own, apart from the catalogue's).
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    root = Path(out_dir)
+    (root / "scenes").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"scenes-{seed}")
+    scenes = []
+    for i in range(n):
+        left = {**sample_attributes(rng), "size": "small", "position": "left"}
+        right = {**sample_attributes(rng), "size": "small", "position": "right"}
+        while right["kind"] == left["kind"] or right["colour"] == left["colour"]:
+            right["kind"], right["colour"] = rng.choice(KINDS), rng.choice(tuple(COLOURS))
+        image = _background(image_size, rng)
+        objects = tuple({**attrs, "box": list(_draw_object(image, attrs, rng, centres=SCENE_CENTRES, jitter=0.0))}
+                        for attrs in (left, right))
+        name = f"scenes/{i:06d}.png"
+        image.save(root / name, optimize=False, compress_level=1)
+        scenes.append(SyntheticScene(image=name, objects=objects, captions=scene_captions(objects)))
+    with (root / "scenes.jsonl").open("w", encoding="utf-8") as f:
+        for scene in scenes:
+            f.write(json.dumps({"image": scene.image, "objects": list(scene.objects), "captions": list(scene.captions),
+                                "split": scene.split}) + "\n")
+    return scenes
+
+
+def load_scenes(root: str | Path) -> list[SyntheticScene]:
+    """Read back the scenes written by :func:`generate_scenes` (none when ``root`` has no ``scenes.jsonl``)."""
+    path = Path(root) / "scenes.jsonl"
+    if not path.is_file():
+        return []
+    scenes = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                scenes.append(SyntheticScene(image=row["image"], objects=tuple(row["objects"]),
+                                             captions=tuple(row["captions"]), split=row.get("split", "scenes")))
+    return scenes
 
 
 def relevance(attributes: Iterable[Mapping[str, str]], captions: Iterable[str]) -> list[list[bool]]:
