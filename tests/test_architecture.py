@@ -35,14 +35,14 @@ LAYERS: list[set[str]] = [
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
     {"api"},  # the door
-    {"html_report", "server_guard", "server"},  # faces
+    {"html_report", "explain_report", "server_guard", "server"},  # faces
     {"cli", "cli.options", "cli.indexing", "cli.searching", "cli.inspecting", "cli.maintenance", "cli.serving", "cli.scaling",
-     "cli.training", "cli.__main__", "__init__"},
+     "cli.training", "cli.explaining", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
 MODEL_SIDE = {"encoder", "fast_paths", "text_export", "explain", "explain_towers"}
 DOOR = {"api", "query", "search", "errors", "config"}
-FACE_HELPERS = {"html_report", "thumbnails", "server_guard"}
+FACE_HELPERS = {"html_report", "explain_report", "thumbnails", "server_guard"}
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server"}
 EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}}
 
