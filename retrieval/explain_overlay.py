@@ -121,7 +121,8 @@ class _Affine:
     def resize(self, w: int, h: int) -> None:
         if (w, h) == (self.w, self.h):
             return
-        if not _same_aspect((self.w, self.h), (w, h)):
+        # A resize that keeps the aspect up to its one pixel of rounding is no squash (96x72 -> 42x32).
+        if abs(w - self.w * h / self.h) > 1 and abs(h - self.h * w / self.w) > 1:
             self.squashed = True
         self.ax *= self.w / w
         self.ay *= self.h / h

@@ -64,8 +64,9 @@ class Tower:
 
     family = "tower"
 
-    def __init__(self, visual: torch.nn.Module) -> None:
+    def __init__(self, visual: torch.nn.Module, min_side: int = MIN_GRID_SIDE) -> None:
         self.visual = visual
+        self.min_side = min_side  # convolutional towers: the smallest grid side a cut may have
         self.where = ""  # set by prefix(): which activations ``A`` are, for the report
 
     def prefix(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -99,8 +100,8 @@ class OpenClipViT(Tower):
 
     family = "open_clip ViT"
 
-    def __init__(self, visual: torch.nn.Module) -> None:
-        super().__init__(visual)
+    def __init__(self, visual: torch.nn.Module, min_side: int = MIN_GRID_SIDE) -> None:
+        super().__init__(visual, min_side)
         self.blocks = visual.transformer.resblocks
         self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.grid = tuple(int(g) for g in visual.grid_size)
@@ -176,8 +177,8 @@ class OpenClipResNet(Tower):
 
     family = "open_clip ResNet"
 
-    def __init__(self, visual: torch.nn.Module) -> None:
-        super().__init__(visual)
+    def __init__(self, visual: torch.nn.Module, min_side: int = MIN_GRID_SIDE) -> None:
+        super().__init__(visual, min_side)
         self.stages = [visual.stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4]
         self._cut = 4
 
@@ -188,7 +189,7 @@ class OpenClipResNet(Tower):
             x = stage(x)
             outs.append(x)
         # The deepest stage (layer1..layer4) whose grid is big enough to point with.
-        self._cut = next((i for i in (4, 3, 2, 1) if min(outs[i].shape[-2:]) >= MIN_GRID_SIDE), 1)
+        self._cut = next((i for i in (4, 3, 2, 1) if min(outs[i].shape[-2:]) >= self.min_side), 1)
         h, w = outs[self._cut].shape[-2:]
         self.where = f"output of layer{self._cut} ({h}x{w}" + (")" if self._cut == 4 else ", layer4's grid is too small)")
         return outs[self._cut]
@@ -276,8 +277,8 @@ class TimmViT(Tower):
 
     family = "timm ViT"
 
-    def __init__(self, visual: torch.nn.Module) -> None:
-        super().__init__(visual)
+    def __init__(self, visual: torch.nn.Module, min_side: int = MIN_GRID_SIDE) -> None:
+        super().__init__(visual, min_side)
         self.trunk = visual.trunk
         self.npt = int(getattr(self.trunk, "num_prefix_tokens", 0))
         self.grid: tuple[int, int] = (0, 0)
@@ -354,8 +355,8 @@ class TimmConv(Tower):
 
     family = "timm convnet"
 
-    def __init__(self, visual: torch.nn.Module) -> None:
-        super().__init__(visual)
+    def __init__(self, visual: torch.nn.Module, min_side: int = MIN_GRID_SIDE) -> None:
+        super().__init__(visual, min_side)
         self.trunk = visual.trunk
         stages = getattr(self.trunk, "stages", None)
         self._staged = stages is not None and hasattr(self.trunk, "stem") and hasattr(self.trunk, "norm_pre")
@@ -377,7 +378,7 @@ class TimmConv(Tower):
             outs.append(x)
         outs[-1] = self.trunk.norm_pre(outs[-1])
         last = len(outs) - 1
-        self._cut = next((i for i in range(last, -1, -1) if min(outs[i].shape[-2:]) >= MIN_GRID_SIDE), 0)
+        self._cut = next((i for i in range(last, -1, -1) if min(outs[i].shape[-2:]) >= self.min_side), 0)
         h, w = outs[self._cut].shape[-2:]
         self.where = f"output of stage {self._cut + 1} of {len(outs)} ({h}x{w})"
         return outs[self._cut]
@@ -410,22 +411,26 @@ class TimmConv(Tower):
         return self.visual.head(self.trunk.forward_head(cells)).reshape(b, h, w, -1)
 
 
-def tower_of(model: torch.nn.Module) -> Tower:
-    """The cut for ``model.visual``; raises :class:`ExplainUnsupportedError` for an unknown family."""
+def tower_of(model: torch.nn.Module, min_side: int = MIN_GRID_SIDE) -> Tower:
+    """The cut for ``model.visual``; raises :class:`ExplainUnsupportedError` for an unknown family.
+
+    ``min_side``: a convolutional tower is cut after its deepest stage whose
+    grid is at least this many cells a side (ViTs are always cut at their last block).
+    """
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
     visual = getattr(model, "visual", None)
     if isinstance(visual, VisionTransformer):
-        return OpenClipViT(visual)
+        return OpenClipViT(visual, min_side)
     if isinstance(visual, ModifiedResNet):
-        return OpenClipResNet(visual)
+        return OpenClipResNet(visual, min_side)
     trunk = getattr(visual, "trunk", None)
     if trunk is not None and hasattr(visual, "head"):
         if all(hasattr(trunk, name) for name in ("blocks", "patch_embed", "norm", "fc_norm", "forward_head")):
-            return TimmViT(visual)
+            return TimmViT(visual, min_side)
         if hasattr(trunk, "forward_features") and hasattr(trunk, "forward_head"):
-            return TimmConv(visual)
+            return TimmConv(visual, min_side)
     raise ExplainUnsupportedError(
         f"no gradient or token maps for a {type(visual).__name__} image tower; use occlusion or rise"
     )

@@ -131,7 +131,7 @@ EXPECTED_GRIDS = {
 @pytest.mark.parametrize("method", METHODS)
 def test_grid_shapes_and_work_counted(encoders, family, method):
     enc = encoders[family]
-    wanted = {**EXPECTED_GRIDS[family], "occlusion": (7, 7), "rise": (14, 14)}[method]
+    wanted = {**EXPECTED_GRIDS[family], "occlusion": (7, 7), "rise": (14, 14), "intgrad": (7, 7)}[method]
     if wanted is None:
         with pytest.raises(ExplainUnsupportedError, match="gradcam"):
             explain(enc, _query(enc), _photo(), method=method)
@@ -142,8 +142,9 @@ def test_grid_shapes_and_work_counted(encoders, family, method):
     with torch.no_grad():
         cosine = float(enc.encode_images([_photo()])[0] @ (_query(enc) / np.linalg.norm(_query(enc))))
     assert e.score == pytest.approx(cosine, abs=1e-5)
-    expected_forward = {"occlusion": 37, "rise": 97}.get(method, 1)
-    assert e.passes == {"forward": expected_forward, "backward": 1 if method in ("gradcam", "gradeclip") else 0}
+    expected_forward = {"occlusion": 37, "rise": 97, "intgrad": 3}.get(method, 1)
+    expected_backward = {"gradcam": 1, "gradeclip": 1, "intgrad": 2}.get(method, 0)
+    assert e.passes == {"forward": expected_forward, "backward": expected_backward}
     assert e.method == method and e.tower
 
 
@@ -265,7 +266,7 @@ def test_peak_boxes_find_each_hot_region_strongest_first():
 # -- queries ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["gradcam", "occlusion", "tokens"])
+@pytest.mark.parametrize("method", ["intgrad", "gradcam", "occlusion", "tokens"])
 def test_combined_query_adds_up_and_a_negative_term_pushes_away(encoders, method):
     enc = encoders["vit"]
     a, b = _query(enc, 1), _query(enc, 2)
@@ -344,7 +345,7 @@ def test_bad_input_is_a_typed_error(tmp_path, encoders):
         explain(enc, [], _photo())
     with pytest.raises(InvalidQueryError, match="unknown explain method"):
         explain(enc, q, _photo(), method="magic")
-    with pytest.raises(InvalidQueryError, match="takes no options"):
+    with pytest.raises(InvalidQueryError, match="takes min_side"):
         explain(enc, q, _photo(), method="gradcam", masks=3)
     with pytest.raises(InvalidQueryError, match="takes batch, grid, window"):
         explain(enc, q, _photo(), method="occlusion", masks=3)
@@ -354,6 +355,10 @@ def test_bad_input_is_a_typed_error(tmp_path, encoders):
         explain(enc, q, _photo(), method="rise", masks=0)
     with pytest.raises(InvalidQueryError, match="window"):
         explain(enc, q, _photo(), method="occlusion", grid=3, window=4)
+    with pytest.raises(InvalidQueryError, match="intgrad grid must be 1..32"):
+        explain(enc, q, _photo(), method="intgrad", grid=33)
+    with pytest.raises(InvalidQueryError, match="positive whole number"):
+        explain(enc, q, _photo(), method="intgrad", steps=0)
 
 
 def test_int8_towers_have_no_gradients_but_still_explain_by_forward_passes(encoders):
@@ -361,8 +366,9 @@ def test_int8_towers_have_no_gradients_but_still_explain_by_forward_passes(encod
         torch.manual_seed(0)
         model, _, preprocess = open_clip.create_model_and_transforms("explain-test-vit")
     enc = Encoder(model, preprocess, open_clip.get_tokenizer("explain-test-vit"), spec="x", precision="int8")
-    with pytest.raises(ExplainUnsupportedError, match="int8"):
-        explain(enc, _query(enc), _photo(), method="gradcam")
+    for method in ("gradcam", "gradeclip", "intgrad"):
+        with pytest.raises(ExplainUnsupportedError, match="int8"):
+            explain(enc, _query(enc), _photo(), method=method)
     assert explain(enc, _query(enc), _photo(), method="tokens").grid.shape == (4, 4)
 
 
@@ -376,14 +382,13 @@ def _pasted(patch: Image.Image, where: tuple[int, int]) -> Image.Image:
 
 
 @pytest.mark.parametrize("family,method", [("rn", "gradcam"), ("rn", "occlusion"), ("rn", "rise"),
-                                           ("convnext", "gradcam")])
+                                           ("convnext", "gradcam"), *[(f, "intgrad") for f in FAMILIES]])
 def test_peak_falls_on_the_patch_the_query_was_made_from(encoders, family, method):
     """Random weights, yet the query (the embedding of a noise patch) peaks where that patch was pasted.
 
-    Observed for these four (family, method) pairs at every corner, for model
-    seeds 0-3 and three patches; other pairs (ViT gradcam, ResNet tokens) do
-    not localise with random weights, so nothing is claimed for them here:
-    benchmarks/bench_explain.py measures them on a trained model.
+    Observed for these (family, method) pairs at every corner; other pairs (ViT
+    gradcam, ResNet tokens) do not localise with random weights, so nothing is
+    claimed for them here: benchmarks/bench_explain.py measures them on trained models.
     """
     enc = encoders[family]
     patch = _photo((40, 40), seed=7)
@@ -394,6 +399,34 @@ def test_peak_falls_on_the_patch_the_query_was_made_from(encoders, family, metho
         assert x <= px <= x + 40 and y <= py <= y + 40, (x, y, e.peak)
         x0, y0, x1, y1 = e.boxes[0]
         assert x0 < x + 40 and x1 > x and y0 < y + 40 and y1 > y  # the strongest box touches the patch
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_intgrad_shares_add_up_to_the_score_against_a_blank_picture(encoders, family):
+    """Completeness (Sundararajan et al.): the cells' shares sum to cos(picture) - cos(its mean colour)."""
+    enc = encoders[family]
+    q = _query(enc)
+    photo = _photo()
+    e = explain(enc, q, photo, method="intgrad", steps=64)
+    pixels = enc.preprocess(photo).unsqueeze(0)
+    blank = pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels)
+    with torch.no_grad():
+        picture, mean_colour = enc.model.encode_image(torch.cat([pixels, blank])).numpy()
+    unit = q / np.linalg.norm(q)
+    gap = float(picture @ unit / np.linalg.norm(picture) - mean_colour @ unit / np.linalg.norm(mean_colour))
+    # 64 midpoint steps: the path integral to within 1% of the gap.
+    assert float(e.grid.sum()) == pytest.approx(gap, rel=0.01, abs=1e-6)
+    # The default: two steps on the path (one batch of two forward and backward passes), and the
+    # picture's own forward pass for its score.
+    quick = explain(enc, q, photo, method="intgrad")
+    assert quick.passes == {"forward": 3, "backward": 2}
+
+
+def test_the_aspect_rounding_of_a_resize_is_no_squash(tiny_encoder):
+    """96x72 -> 42x32 (a shortest-side resize rounds 42.67 down): a crop, not a squash."""
+    geo = crop_geometry(tiny_encoder.preprocess, (96, 72))
+    assert geo.mode == "crop"
+    assert geo.outside_note() == "The left and right 12% of the photo were outside what the model saw"
 
 
 def test_gradients_work_when_called_inside_inference_mode(encoders):
