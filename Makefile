@@ -8,11 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test demo bench clean
 
+# clip-retrieval's real client and front serve tests/test_clip_retrieval_protocol.py. It is installed
+# without its dependencies (they pin numpy<2, open-clip-torch<3 ...); the test loads clip_client.py by path.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps clip-retrieval==2.45.0
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -5,10 +5,18 @@ starts ``mmsearch serve`` on 127.0.0.1 in a subprocess, then runs ROUNDS
 rounds of REQUESTS requests from CLIENTS threads (a mix of text search,
 combined search, image upload, more-like-this, thumbnails, item lookups) and
 prints latency percentiles, errors and the server's resident memory after
-each round (steady memory = no growth from round to round). Ends with one
-JSON line.
+each round (steady memory = no growth from round to round).
+
+Then the burst of issue 15 (2): BURST_UPLOADS clients upload at once a forged
+JPEG of a few KB whose header claims 6000x6000 pixels, and a text search is
+sent while they are being handled; BURSTS times. It passes when the server's
+peak resident memory (sampled every 5 ms) stays within 1 GiB of its idle
+memory and the text searches during the bursts answer within 2x their idle
+p95 (measured just before, with the same kind of query, each a new text). Ends with one
+JSON line; the exit status is 1 on errors or a failed burst.
 
     .venv/bin/python benchmarks/bench_server.py --clients 8 --requests 400 --rounds 3
+    .venv/bin/python benchmarks/bench_server.py --rounds 0 --burst-uploads 16 --bursts 40   # the burst alone
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ def free_port() -> int:
 
 
 def start_server(root: Path, port: int) -> subprocess.Popen:
+    """``mmsearch serve`` on the bench index, in a subprocess; returns once it answers."""
     cmd = [sys.executable, "-c", "from retrieval.cli import main; main()", "serve", "--index", "bench",
            "--index-dir", str(root / "indexes"), "--host", HOST, "--port", str(port)]
     env = {**os.environ, "MMSEARCH_TOKEN": ""}
@@ -143,6 +152,95 @@ def run_round(base: str, clients: int, requests: int, n_items: int, seed: int) -
     return results
 
 
+def forged_jpeg(width: int = 6000, height: int = 6000) -> bytes:
+    """A few-KB JPEG whose frame header claims ``width`` x ``height`` (its data is for 64x64 pixels)."""
+    buf = io.BytesIO()
+    picture(7, (64, 64)).save(buf, format="JPEG", quality=80)
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length(2) precision(1) height(2) width(2)
+    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def text_latencies(client: httpx.Client, n: int, start: int) -> list[float]:
+    """Latencies (ms) of ``n`` text searches, each a new query (no cache hit)."""
+    out = []
+    for i in range(start, start + n):
+        out.append(timed_text_search(client, i))
+    return out
+
+
+def timed_text_search(client: httpx.Client, i: int) -> float:
+    started = time.perf_counter()
+    response = client.get("/api/search", params={"q": f"{WORDS[i % len(WORDS)]} {i}", "k": 24})
+    if response.status_code != 200:
+        raise SystemExit(f"text search failed during the burst check: {response.status_code} {response.text}")
+    return (time.perf_counter() - started) * 1e3
+
+
+def run_burst(base: str, pid: int, uploads: int, bursts: int, idle_queries: int) -> dict:
+    """Idle text-search p95 and memory; then ``bursts`` times: ``uploads`` forged JPEGs at once, and a text search."""
+    forged = forged_jpeg()
+    with httpx.Client(base_url=base, timeout=60) as client:
+        text_latencies(client, 8, 0)  # warm-up
+        idle = text_latencies(client, idle_queries, 1_000)
+    idle_rss = rss_kib(pid)
+    done = threading.Event()
+    peak = [idle_rss]
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    go = threading.Barrier(uploads + 1)
+    burst_ms: list[float] = []
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.005)
+
+    def upload(w: int) -> None:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            for _ in range(bursts):
+                go.wait()
+                try:
+                    code = client.post("/api/search/image", files={"image": (f"forged{w}.jpg", forged, "image/jpeg")},
+                                       data={"k": "24"}).status_code
+                except httpx.HTTPError:
+                    code = 0
+                with lock:
+                    statuses[code] = statuses.get(code, 0) + 1
+                go.wait()  # the burst is over when every upload has its answer
+
+    sampler = threading.Thread(target=sample)
+    workers = [threading.Thread(target=upload, args=(w,)) for w in range(uploads)]
+    for t in [sampler, *workers]:
+        t.start()
+    during = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for b in range(bursts):
+            go.wait()  # 16 uploads leave now
+            started = time.perf_counter()
+            time.sleep(0.005)  # the search arrives while they are being read and decoded
+            during.append(timed_text_search(client, 100_000 + b))
+            go.wait()
+            burst_ms.append((time.perf_counter() - started) * 1e3)
+            time.sleep(0.1)
+    done.set()
+    for t in [sampler, *workers]:
+        t.join()
+    idle_p95, during_p95 = pct(idle, 95), pct(during, 95)
+    growth_mib = (peak[0] - idle_rss) / 1024
+    return {
+        "uploads": uploads, "bursts": bursts, "forged_bytes": len(forged), "statuses": statuses,
+        "burst_p50_ms": round(pct(burst_ms, 50), 1), "burst_max_ms": round(max(burst_ms), 1),
+        "idle_text_p50_ms": round(pct(idle, 50), 2), "idle_text_p95_ms": round(idle_p95, 2),
+        "burst_text_p50_ms": round(pct(during, 50), 2), "burst_text_p95_ms": round(during_p95, 2),
+        "idle_rss_mib": round(idle_rss / 1024, 1), "peak_rss_mib": round(peak[0] / 1024, 1),
+        "rss_growth_mib": round(growth_mib, 1),
+        "memory_ok": growth_mib <= 1024, "latency_ok": during_p95 <= 2 * idle_p95,
+        "errors": sum(n for code, n in statuses.items() if code not in (200, 415, 503)),
+    }
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -159,6 +257,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--requests", type=int, default=600, help="requests per round (all clients together)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (memory is read after each)")
+    parser.add_argument("--burst-uploads", type=int, default=16, help="clients sending forged uploads (0: no burst)")
+    parser.add_argument("--bursts", type=int, default=40, help="bursts (one text search timed during each)")
+    parser.add_argument("--idle-queries", type=int, default=100, help="text searches timed before the burst")
     parser.add_argument("--json", help="also write the JSON summary to this file")
     args = parser.parse_args()
 
@@ -180,6 +281,8 @@ def main() -> None:
                 wall = time.perf_counter() - started
                 rss.append(rss_kib(server.pid))
                 rounds.append((res, wall))
+            burst = (run_burst(base, server.pid, args.burst_uploads, args.bursts, args.idle_queries)
+                     if args.burst_uploads > 0 else None)
         finally:
             server.terminate()
             try:
@@ -189,29 +292,44 @@ def main() -> None:
 
     all_lat = [v for res, _ in rounds for k in KINDS for v in res[k]]
     errors = [e for res, _ in rounds for e in res["errors"]]
-    total_wall = sum(w for _, w in rounds)
-    per_kind = {k: [v for res, _ in rounds for v in res[k]] for k in KINDS}
-    rows = [[k, len(lat), pct(lat, 50), pct(lat, 95), max(lat)] for k, lat in per_kind.items()]
-    rows.append(["all", len(all_lat), pct(all_lat, 50), pct(all_lat, 95), max(all_lat)])
-    print_table(
-        f"mmsearch serve load check: {args.images} images (mmsearch-tiny), {args.clients} clients, "
-        f"{args.rounds} x {args.requests} requests on {HOST} (setup {setup_s:.1f}s)",
-        ["request", "n", "p50 ms", "p95 ms", "max ms"], rows,
-    )
-    print(f"\nthroughput: {len(all_lat) / total_wall:.0f} requests/s; errors: {len(errors)}"
-          + (f" (first: {errors[0]})" if errors else ""))
-    print("server RSS MiB after warm-up, then after each round: " + " -> ".join(f"{v / 1024:.0f}" for v in rss))
-    summary = {
-        "benchmark": "server", "machine": machine(),
-        "images": args.images, "clients": args.clients, "requests_per_round": args.requests, "rounds": args.rounds,
-        "p50_ms": round(pct(all_lat, 50), 2), "p95_ms": round(pct(all_lat, 95), 2),
-        "per_kind": {k: {"n": len(lat), "p50_ms": round(pct(lat, 50), 2), "p95_ms": round(pct(lat, 95), 2)}
-                     for k, lat in per_kind.items()},
-        "requests_per_s": round(len(all_lat) / total_wall, 1), "errors": len(errors),
-        "rss_mib": [round(v / 1024, 1) for v in rss],
-    }
+    summary: dict = {"benchmark": "server", "machine": machine(), "images": args.images}
+    if rounds:
+        total_wall = sum(w for _, w in rounds)
+        per_kind = {k: [v for res, _ in rounds for v in res[k]] for k in KINDS}
+        rows = [[k, len(lat), pct(lat, 50), pct(lat, 95), max(lat)] for k, lat in per_kind.items()]
+        rows.append(["all", len(all_lat), pct(all_lat, 50), pct(all_lat, 95), max(all_lat)])
+        print_table(
+            f"mmsearch serve load check: {args.images} images (mmsearch-tiny), {args.clients} clients, "
+            f"{args.rounds} x {args.requests} requests on {HOST} (setup {setup_s:.1f}s)",
+            ["request", "n", "p50 ms", "p95 ms", "max ms"], rows,
+        )
+        print(f"\nthroughput: {len(all_lat) / total_wall:.0f} requests/s; errors: {len(errors)}"
+              + (f" (first: {errors[0]})" if errors else ""))
+        print("server RSS MiB after warm-up, then after each round: " + " -> ".join(f"{v / 1024:.0f}" for v in rss))
+        summary.update({
+            "clients": args.clients, "requests_per_round": args.requests, "rounds": args.rounds,
+            "p50_ms": round(pct(all_lat, 50), 2), "p95_ms": round(pct(all_lat, 95), 2),
+            "per_kind": {k: {"n": len(lat), "p50_ms": round(pct(lat, 50), 2), "p95_ms": round(pct(lat, 95), 2)}
+                         for k, lat in per_kind.items()},
+            "requests_per_s": round(len(all_lat) / total_wall, 1), "errors": len(errors),
+            "rss_mib": [round(v / 1024, 1) for v in rss],
+        })
+    if burst is not None:
+        print_table(
+            f"burst: {burst['uploads']} forged {burst['forged_bytes']}-byte JPEGs (header: 6000x6000) uploaded at "
+            f"once, {burst['bursts']} times, a text search during each",
+            ["", "idle", "during the burst", "limit", "ok"],
+            [["text p95 ms", burst["idle_text_p95_ms"], burst["burst_text_p95_ms"],
+              f"<= {2 * burst['idle_text_p95_ms']:.1f}", burst["latency_ok"]],
+             ["text p50 ms", burst["idle_text_p50_ms"], burst["burst_text_p50_ms"], "", ""],
+             ["server RSS MiB", burst["idle_rss_mib"], burst["peak_rss_mib"],
+              f"<= {burst['idle_rss_mib'] + 1024:.0f}", burst["memory_ok"]]],
+        )
+        print(f"\nupload replies: {dict(sorted(burst['statuses'].items()))}; a burst took "
+              f"{burst['burst_p50_ms']:.0f} ms (p50), {burst['burst_max_ms']:.0f} ms (max)")
+        summary["burst"] = burst
     emit_json(summary, args.json)
-    if errors:
+    if errors or (burst is not None and (burst["errors"] or not burst["memory_ok"] or not burst["latency_ok"])):
         sys.exit(1)
 
 

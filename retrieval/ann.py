@@ -194,6 +194,77 @@ def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
     return pos
 
 
+RANGE_EXACT_BELOW = 4096  # range_pairs compares every pair below this many vectors
+
+
+def range_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    exact_below: int = RANGE_EXACT_BELOW,
+    block: int = 4096,
+    seed: int = 1234,
+) -> np.ndarray:
+    """Every pair (i, j), i < j, of rows of unit ``vectors`` with inner product >= ``threshold``: (m, 2) int64.
+
+    What near-duplicate grouping needs (:func:`retrieval.duplicates.find_duplicates`
+    takes it as its ``neighbours``), without an all-pairs loop: an inverted-file
+    range search of the vectors against themselves, turned inside out so that
+    BLAS does the scanning. FAISS k-means (spherical, seeded, on a sample of 40
+    points per list) splits the vectors into ``nlist`` lists (~sqrt(n)); each
+    vector is compared with the members of its ``nprobe`` nearest lists (~1/12
+    of them), one matrix product per list. A pair is found when either
+    vector's probes reach the other's list: near-duplicates, a small angle
+    apart, almost always do (pair recall 0.99+ in benchmarks/bench_duplicates.py).
+    FAISS's own IVF range search scans vector by vector, 2-3x slower on the same
+    lists and probes there. Below ``exact_below`` vectors every pair is compared.
+    Deterministic for a given ``seed``.
+    """
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(x)
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    if n < exact_below:
+        return _pairs_above(x, np.arange(n), x, np.arange(n), threshold, block)
+    nlist = nlist or int(np.clip(round(np.sqrt(n)), 16, 4096))
+    nprobe = min(nlist, nprobe or max(8, nlist // 12))
+    kmeans = faiss.Kmeans(x.shape[1], nlist, niter=8, seed=seed, spherical=True, verbose=False,
+                          max_points_per_centroid=40, min_points_per_centroid=1)
+    kmeans.train(x)
+    _, probes = kmeans.index.search(x, nprobe)  # nearest lists first: probes[:, 0] is a vector's own list
+    home = probes[:, 0]
+    members_order = np.argsort(home, kind="stable")
+    members_start = np.searchsorted(home[members_order], np.arange(nlist + 1))
+    probe_lists = probes.ravel()
+    probe_order = np.argsort(probe_lists, kind="stable")
+    probers = np.repeat(np.arange(n, dtype=np.int64), nprobe)[probe_order]
+    probers_start = np.searchsorted(probe_lists[probe_order], np.arange(nlist + 1))
+    found = []
+    for cell in range(nlist):
+        members = members_order[members_start[cell]:members_start[cell + 1]]
+        queries = probers[probers_start[cell]:probers_start[cell + 1]]
+        if len(members) and len(queries):
+            found.append(_pairs_above(x[queries], queries, x[members], members, threshold, block))
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
+def _pairs_above(
+    queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, threshold: float, block: int
+) -> np.ndarray:
+    """(min id, max id) of every query/base pair of different ids with inner product >= threshold."""
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for start in range(0, len(queries), block):
+        rows, cols = np.nonzero(queries[start:start + block] @ base.T >= threshold)
+        i, j = query_ids[rows + start], base_ids[cols]
+        keep = i != j
+        found.append(np.stack([np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep])], axis=1).astype(np.int64))
+    pairs = np.concatenate(found)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
 _OMP_LOCK = threading.Lock()
 
 

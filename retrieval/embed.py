@@ -7,6 +7,10 @@ the cost of pickling pixels between processes (benchmarks/bench_index.py
 measures both). Workers stop at cropped uint8 pixels; the float conversion
 and normalisation run once per batch. Memory stays bounded: at most a few
 batches are in flight, whatever the size of the folder.
+
+Each file's capture metadata (EXIF/XMP time, camera, GPS: :mod:`retrieval.photo_meta`)
+is read from the same bytes in memory: a parse of its headers, no second read
+of the file and no pixel decode (benchmarks/bench_metadata.py measures the cost).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, Sequ
 import numpy as np
 
 from .loading import load_image
+from .photo_meta import PhotoMeta, read_photo_metadata
 from .sources import FileEntry
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ class Prepared:
     height: int
     error: str | None
     reused: bool = False
+    photo: PhotoMeta | None = None  # capture metadata; None when not read (a reused file takes its twin's)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Embedded:
     height: int
     error: str | None
     reused: bool = False  # same content as an item already indexed: its vector is copied, not encoded
+    photo: PhotoMeta | None = None  # capture metadata read from the file's bytes (None: not read)
 
 
 def content_hash(data: bytes) -> str:
@@ -136,17 +143,20 @@ class ImagePipeline:
         known_hashes: Collection[str] = (),
         min_side: int | None = None,
         read: Callable[[FileEntry], tuple[bytes | None, str | None]] | None = None,
+        read_metadata: bool = True,
     ):
         """``min_side``: reduced-size JPEG decoding keeps the shorter side >= this
         (default: the model's input side, see :func:`default_min_side`); 0 decodes
         every image at full size. ``read`` fetches a file's bytes (default: the
-        local file; the Ray engine passes one that also opens URLs)."""
+        local file; the Ray engine passes one that also opens URLs).
+        ``read_metadata``: also read each file's capture metadata (``Embedded.photo``)."""
         self.encoder = encoder
         self.known_hashes = known_hashes
         self.batch_size = max(1, batch_size)
         self.workers = workers or default_workers()
         self.max_pixels = max_pixels
         self.read = read or read_file
+        self.read_metadata = read_metadata
         self.min_side = default_min_side(encoder) if min_side is None else max(0, min_side)
         # Encoders without the split preprocessing (fakes in tests) run theirs whole.
         self._prepare_image = getattr(encoder, "prepare_image", None) or encoder.preprocess
@@ -162,14 +172,16 @@ class ImagePipeline:
             return Prepared(entry, digest, None, 0, 0, "empty file (0 bytes)")
         if digest in self.known_hashes:
             return Prepared(entry, digest, None, 0, 0, None, reused=True)
+        # Headers only, from the bytes in memory; never raises (a damaged tag is skipped).
+        photo = read_photo_metadata(data, mtime_ns=entry.mtime_ns) if self.read_metadata else None
         loaded = load_image(io.BytesIO(data), min_side=self.min_side or None, max_pixels=self.max_pixels)
         if not loaded.ok or loaded.image is None:
-            return Prepared(entry, digest, None, 0, 0, loaded.error)
+            return Prepared(entry, digest, None, 0, 0, loaded.error, photo=photo)
         try:
             pixels = self._prepare_image(_clip_aspect(loaded.image))
         except Exception as exc:  # a transform failing on an odd image must not end the run
-            return Prepared(entry, digest, None, loaded.width, loaded.height, f"preprocessing failed: {exc}")
-        return Prepared(entry, digest, pixels, loaded.width, loaded.height, None)
+            return Prepared(entry, digest, None, loaded.width, loaded.height, f"preprocessing failed: {exc}", photo=photo)
+        return Prepared(entry, digest, pixels, loaded.width, loaded.height, None, photo=photo)
 
     def run(self, entries: Iterable[FileEntry]) -> Iterator[list[Embedded]]:
         """Yield one list of outcomes per encoder batch, in input order."""
@@ -199,7 +211,7 @@ class ImagePipeline:
             feats = self.encoder.encode_pixels(self._stack([p.pixels for p in good]))
             vectors = {id(p): feats[i] for i, p in enumerate(good)}
         return [
-            Embedded(p.entry, p.hash, vectors.get(id(p)), p.width, p.height, p.error, p.reused)
+            Embedded(p.entry, p.hash, vectors.get(id(p)), p.width, p.height, p.error, p.reused, p.photo)
             for p in batch
         ]
 

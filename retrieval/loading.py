@@ -11,6 +11,7 @@ import io
 import os
 import re
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from collections.abc import Iterator
@@ -18,13 +19,15 @@ from typing import BinaryIO
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from .errors import reading_problem
 from .jxl import jpeg_xl_size
 
 __all__ = ["LoadedImage", "load_image", "register_format_plugins", "DEFAULT_MAX_PIXELS"]
 
 # Pillow's own decompression-bomb error threshold (2 * Image.MAX_IMAGE_PIXELS).
 # Image.open refuses anything above that whatever max_pixels says, and warns
-# (DecompressionBombWarning) above half of it; we leave the global alone.
+# (DecompressionBombWarning) above half of it; we leave the limit alone, and
+# silence the warning (register_format_plugins): max_pixels decides.
 DEFAULT_MAX_PIXELS = 178_956_970
 
 _HEADER_BYTES = 64
@@ -105,6 +108,7 @@ def load_image(
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     register_format_plugins()
+    _quiet_bomb_warnings()
     header = b""
     try:
         with _open_stream(source) as stream:
@@ -117,7 +121,22 @@ def load_image(
         if _is_jpeg_xl(header) and not isinstance(exc, OSError | MemoryError):
             # libjxl's errors say "Generic Error. Please build libjxl from source...": not for users.
             return LoadedImage(None, "cannot decode: damaged or truncated JPEG XL file")
-        return LoadedImage(None, _describe(exc))
+        return LoadedImage(None, _describe(exc, max_pixels))
+
+
+def _quiet_bomb_warnings() -> None:
+    """Keep Pillow's DecompressionBombWarning (two lines on stderr per picture above 89 MP) quiet.
+
+    The limit that counts is ``max_pixels``, checked from the header before
+    decoding; a refusal is a reason in ``LoadedImage.error``, not a warning. A
+    filter, not ``catch_warnings()`` (which is not thread-safe, and decoding runs
+    on many threads); checked on every call because ``catch_warnings()`` blocks
+    elsewhere (test runners, user code) restore the filters they found. Someone
+    who set a filter for this warning themselves (e.g. "error": treat such
+    pictures as bombs) keeps it: they are then refused as too large.
+    """
+    if not any(entry[2] is Image.DecompressionBombWarning for entry in warnings.filters):
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @contextmanager
@@ -244,6 +263,12 @@ def _too_large(width: int, height: int, limit: int) -> str:
     return f"too large: {width}x{height} pixels exceeds the {limit}-pixel limit"
 
 
+def _pillow_limit() -> int | None:
+    """The pixel count above which Image.open itself refuses a file (None: no limit set)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
 _BOMB = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+)")
 
 # ISO-BMFF (ftyp box) brands, to name formats that Pillow could not identify.
@@ -280,21 +305,23 @@ def _unidentified_reason(header: bytes) -> str:
     return "not an image (cannot identify image file)"
 
 
-def _describe(exc: Exception) -> str:
-    """One line a user can act on, for any exception raised while reading a file."""
+def _describe(exc: Exception, max_pixels: int) -> str:
+    """One line a user can act on, for any exception raised while reading a file.
+
+    A decompression bomb refused by Pillow itself is reported against the
+    caller's ``max_pixels`` (the limit a user set or a server announced), or
+    Pillow's own when that is the lower one.
+    """
     if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        pillow = _pillow_limit()
+        limit = max_pixels if pillow is None else min(max_pixels, pillow)
         match = _BOMB.search(str(exc))
         if match:
-            return f"too large: {match.group(1)} pixels exceeds the {match.group(2)}-pixel limit"
-        return "too large: possible decompression bomb"
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not a file"
-    if isinstance(exc, MemoryError):
-        return "out of memory while decoding"
+            return f"too large: {int(match.group(1))} pixels exceeds the {limit}-pixel limit"
+        return f"too large: more than the {limit}-pixel limit (possible decompression bomb)"
+    common = reading_problem(exc)
+    if common:
+        return common
     message = " ".join(str(exc).split())  # one line, whatever the library wrote
     lowered = message.lower()
     if "truncated" in lowered or "broken data stream" in lowered or "unexpected end" in lowered:

@@ -2,75 +2,101 @@
 
 ``create_app(index)`` returns an ASGI app; ``mmsearch serve`` runs it with
 uvicorn. Every answer comes from the Python API (``Index.search``,
-``similar``, ``info`` ...); this module only translates HTTP to calls and
-errors to status codes.
+``similar``, ``open_original``, ``thumbnail`` ...); this module only
+translates HTTP to calls and errors to status codes. With
+``clip_retrieval=True`` the same app also speaks clip-retrieval's back-end
+protocol (:mod:`retrieval.server_clip_retrieval`) over this index and
+``more_indexes``.
 
 Concurrency: ``IndexStore`` holds one sqlite connection, which sqlite3 binds
-to the thread that opened it. So the app opens its own ``Index`` on one
-dedicated worker thread ("the index thread") and runs every call that
-touches the index there, one at a time; torch already spreads each forward
-pass over all cores. Upload decoding, thumbnails and file streaming run in
-the ordinary threadpool, concurrently.
+to the thread that opened it. So the app opens its own ``Index`` objects on
+one dedicated worker thread ("the index thread") and runs every call that
+touches a store there, one at a time; torch already spreads each forward pass
+over all cores. Uploads are decoded on a small bounded pool
+(:mod:`retrieval.server_files`); thumbnails and file streaming run in the
+ordinary threadpool, concurrently.
 
-Security (see docs/serving.md, "Running it safely"): files are served only by item
-id, never by a client-given path; uploads must decode as images within a
-pixel limit. The Host check, body cap, token and error bodies live in
-:mod:`retrieval.server_guard`.
+Security (see docs/serving.md, "Running it safely"): files are served only by
+item id, never by a client-given path, and only while they are still the files
+that were indexed (``Index.open_original``); uploads must decode as images
+within a pixel limit, in bounded numbers; query terms are bounded in number,
+length and weight alike in JSON and forms. The Host check, the Origin rule,
+body cap, token and error bodies live in :mod:`retrieval.server_guard`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 import os
+from functools import partial
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Callable, Literal, Sequence, TypeVar
+from pathlib import Path as FilePath
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from .errors import ImageDecodeError
-from .query import QueryTerm, parse_terms, read_query_image
+from .errors import ImageDecodeError, MMSearchError, VideoDecodeError
+from .query import QueryTerm, parse_terms
 from .search import Filters
 from .server_guard import LOOPBACK_HOSTS, ApiError, RequestGuard, install_error_handlers, is_loopback, token_checker
+from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool
+from .server_ranges import stream_ranges
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from .api import Index, ItemRow
     from .search import Hit
 
-__all__ = ["create_app", "is_loopback", "LOOPBACK_HOSTS", "DEFAULT_MAX_UPLOAD_BYTES"]
+__all__ = ["create_app", "is_loopback", "LOOPBACK_HOSTS", "DEFAULT_MAX_UPLOAD_BYTES", "MAX_K", "MAX_ITEM_ID"]
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = FilePath(__file__).resolve().parent / "web"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000  # ~120 MB of RGB once decoded; phones shoot 12-50 MP
 MAX_K = 500
+MAX_ITEM_ID = 2**63 - 1  # sqlite's largest integer: a larger id names no item
+MAX_TERMS = 32  # terms per query, JSON or form
+MAX_TERM_CHARS = 2000
+MAX_WEIGHT = 10.0
 T = TypeVar("T")
 Target = Literal["image", "text", "all"]
+ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="an item id, as search results give it")]
+FilterText = Annotated[str | None, StringConstraints(max_length=4096)]
 
 
 # -- response and request models (they are the OpenAPI docs) -------------------------
 
 
+class MomentOut(BaseModel):
+    time: float = Field(description="seconds into the video")
+    score: float = Field(description="cosine similarity of that moment's frame to the query")
+    frame: int = Field(description="item id of the frame: its thumbnail, or 'more like this moment'")
+    thumbnail: str | None = Field(None, description="URL of a JPEG of that moment")
+
+
 class HitOut(BaseModel):
     rank: int
-    score: float = Field(description="cosine similarity to the query")
+    score: float = Field(description="cosine similarity to the query (a video: its best moment's)")
     id: int
-    kind: Literal["image", "text"]
+    kind: Literal["image", "text", "video"]
     path: str | None = None
     text: str | None = None
     meta: dict[str, Any] | None = None
-    name: str | None = Field(None, description="file name (images)")
-    thumbnail: str | None = Field(None, description="URL of a JPEG thumbnail (images)")
-    original: str | None = Field(None, description="URL of the original file (images)")
+    name: str | None = Field(None, description="file name (images, videos)")
+    width: int | None = Field(None, description="pixels, as shown (EXIF orientation or video rotation applied)")
+    height: int | None = None
+    thumbnail: str | None = Field(None, description="URL of a JPEG thumbnail (a video: of its best moment)")
+    original: str | None = Field(None, description="URL of the original file (images, videos; range requests served)")
+    time: float | None = Field(None, description="videos: seconds into the video of the best moment")
+    frame: int | None = Field(None, description="videos: item id of the best moment's frame")
+    play: str | None = Field(None, description="videos: URL that plays the video from the best moment (#t=SECONDS)")
+    moments: list[MomentOut] | None = Field(None, description="videos: the best moments, best first")
 
 
 class SearchOut(BaseModel):
@@ -81,11 +107,12 @@ class SearchOut(BaseModel):
 
 class ItemOut(BaseModel):
     id: int
-    kind: Literal["image", "text"]
+    kind: Literal["image", "text", "video", "frame"]
     path: str | None = None
+    name: str | None = None
     text: str | None = None
-    size: int | None = None
-    mtime_ns: int | None = None
+    size: int | None = Field(None, description="bytes")
+    mtime_ns: int | None = Field(None, description="modification time, ns since 1970 (UTC)")
     width: int | None = None
     height: int | None = None
     status: str
@@ -93,6 +120,8 @@ class ItemOut(BaseModel):
     meta: dict[str, Any] | None = None
     thumbnail: str | None = None
     original: str | None = None
+    parent_id: int | None = Field(None, description="frames: the video's item id")
+    time: float | None = Field(None, description="frames: seconds into the video")
 
 
 class ErrorOut(BaseModel):
@@ -104,9 +133,9 @@ class ErrorOut(BaseModel):
 class TermIn(BaseModel):
     """One query term: a text, or an indexed item (its stored vector); a negative weight pushes away."""
 
-    text: str | None = Field(None, max_length=2000)
-    item: int | None = Field(None, description="id of an indexed item: 'more like this item'")
-    weight: float = Field(1.0, ge=-10, le=10)
+    text: str | None = Field(None, min_length=1, max_length=MAX_TERM_CHARS)
+    item: int | None = Field(None, ge=0, le=MAX_ITEM_ID, description="id of an indexed item: 'more like this item'")
+    weight: float = Field(1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT)
 
     @model_validator(mode="after")
     def _one_kind(self) -> "TermIn":
@@ -118,49 +147,97 @@ class TermIn(BaseModel):
 class SearchIn(BaseModel):
     """A combined query: the weighted sum of its terms (see ``Index.search``)."""
 
-    terms: list[TermIn] = Field(min_length=1, max_length=32)
+    terms: list[TermIn] = Field(min_length=1, max_length=MAX_TERMS)
     k: int = Field(10, ge=1, le=MAX_K)
     target: Target = "image"
     min_score: float | None = Field(None, ge=-1, le=1)
-    under: str | None = None
-    glob: str | None = None
-    types: list[str] = Field(default_factory=list, max_length=32)
-    after: str | None = None
-    before: str | None = None
+    under: FilterText = None
+    glob: FilterText = None
+    types: list[Annotated[str, StringConstraints(max_length=64)]] = Field(default_factory=list, max_length=32)
+    after: FilterText = None
+    before: FilterText = None
     dedup: float | None = Field(None, ge=0, le=1)
+
+
+ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 413, 422, 500, 503)}
+IMAGE_ROUTE_ERRORS = {415: {"model": ErrorOut, "description": "not an image, or more pixels than the limit"},
+                      503: {"model": ErrorOut, "description": "too many uploads being decoded (see Retry-After)"}}
+
+
+def filters_of(**raw: Any) -> Filters:
+    """``Filters.parse`` with any complaint about the strings as a 400 (never a 500)."""
+    try:
+        return Filters.parse(**raw)
+    except MMSearchError:
+        raise
+    except (ValueError, OverflowError) as exc:  # e.g. a date Python can parse but not place in time
+        raise ApiError(400, "invalid_query", f"invalid filter: {exc}") from None
 
 
 def _query_filters(
     target: Annotated[Target, Query(description="what to return; 'text' gives image->text")] = "image",
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
-    under: Annotated[str | None, Query(description="only files under this folder")] = None,
-    glob: Annotated[str | None, Query(description="only files whose path or name matches")] = None,
-    types: Annotated[str | None, Query(description="comma-separated extensions, e.g. jpg,png")] = None,
-    after: Annotated[str | None, Query(description="modified on/after YYYY-MM-DD")] = None,
-    before: Annotated[str | None, Query(description="modified before YYYY-MM-DD")] = None,
+    under: Annotated[str | None, Query(max_length=4096, description="only files under this folder")] = None,
+    glob: Annotated[str | None, Query(max_length=4096, description="only files whose path or name matches")] = None,
+    types: Annotated[str | None, Query(max_length=1024, description="comma-separated extensions, e.g. jpg,png")] = None,
+    after: Annotated[str | None, Query(max_length=64, description="modified on/after YYYY-MM-DD")] = None,
+    before: Annotated[str | None, Query(max_length=64, description="modified before YYYY-MM-DD")] = None,
 ) -> Filters:
-    return Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
-                         before=before)
+    return filters_of(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
+                      before=before)
 
 
 def _form_filters(
     target: Annotated[Target, Form()] = "image",
     min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
-    under: Annotated[str | None, Form()] = None,
-    glob: Annotated[str | None, Form()] = None,
-    types: Annotated[str | None, Form()] = None,
-    after: Annotated[str | None, Form()] = None,
-    before: Annotated[str | None, Form()] = None,
+    under: Annotated[str | None, Form(max_length=4096)] = None,
+    glob: Annotated[str | None, Form(max_length=4096)] = None,
+    types: Annotated[str | None, Form(max_length=1024)] = None,
+    after: Annotated[str | None, Form(max_length=64)] = None,
+    before: Annotated[str | None, Form(max_length=64)] = None,
 ) -> Filters:
-    return Filters.parse(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
-                         before=before)
+    return filters_of(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
+                      before=before)
 
 
-def _hit_out(hit: "Hit") -> dict[str, Any]:
+def form_terms(texts: Sequence[str], not_texts: Sequence[str]) -> list[QueryTerm]:
+    """``[WEIGHT:]TEXT`` form values as query terms, within the limits of the JSON endpoint.
+
+    At most ``MAX_TERMS`` terms, each at most ``MAX_TERM_CHARS`` characters,
+    each weight within ±``MAX_WEIGHT``: ``ApiError(422)`` otherwise.
+    """
+    if len(texts) + len(not_texts) > MAX_TERMS - 1:  # the image is a term too
+        raise ApiError(422, "invalid_request", f"too many text terms: at most {MAX_TERMS - 1} with an image")
+    terms = parse_terms(texts=texts, not_texts=not_texts)
+    for term in terms:
+        if len(str(term.value)) > MAX_TERM_CHARS:
+            raise ApiError(422, "invalid_request", f"a text term is longer than {MAX_TERM_CHARS} characters")
+        if not -MAX_WEIGHT <= term.weight <= MAX_WEIGHT:
+            raise ApiError(422, "invalid_request", f"weight {term.weight:g} is out of range: use -{MAX_WEIGHT:g} to "
+                           f"{MAX_WEIGHT:g}")
+    return terms
+
+
+def _image_links(item_id: int) -> dict[str, str]:
+    return {"thumbnail": f"/api/items/{item_id}/thumbnail", "original": f"/api/items/{item_id}/original"}
+
+
+def _play_link(video_id: int, seconds: float) -> str:
+    """The URL that plays a video from ``seconds`` on (a media fragment on its original)."""
+    text = f"{float(seconds):.3f}".rstrip("0").rstrip(".") or "0"
+    return f"/api/items/{video_id}/original#t={text}"
+
+
+def _hit_out(hit: "Hit", row: "ItemRow | None") -> dict[str, Any]:
     data = hit.as_dict()
-    if hit.kind == "image" and hit.path is not None:
-        data.update(name=os.path.basename(hit.path), thumbnail=f"/api/items/{hit.id}/thumbnail",
-                    original=f"/api/items/{hit.id}/original")
+    if hit.kind in ("image", "video") and hit.path is not None:
+        data.update(name=os.path.basename(hit.path), **_image_links(hit.id))
+        if row is not None:
+            data.update(width=row.width, height=row.height)
+    if hit.kind == "video" and hit.frame is not None and hit.time is not None:
+        # The moment's picture, and the video playing from it (the original route serves ranges).
+        data.update(thumbnail=f"/api/items/{hit.frame}/thumbnail", play=f"/api/items/{hit.id}/original{hit.fragment}")
+        data["moments"] = [{**m, "thumbnail": f"/api/items/{m['frame']}/thumbnail"} for m in hit.moments or []]
     return data
 
 
@@ -168,9 +245,17 @@ def _item_out(row: "ItemRow") -> dict[str, Any]:
     import json
 
     data = {f: getattr(row, f) for f in ItemOut.model_fields if hasattr(row, f) and f != "meta"}
-    data["meta"] = json.loads(row.meta) if row.meta else None
-    if row.kind == "image" and row.status == "ok":
-        data.update(thumbnail=f"/api/items/{row.id}/thumbnail", original=f"/api/items/{row.id}/original")
+    try:
+        meta = json.loads(row.meta) if row.meta else None
+    except ValueError:
+        meta = None
+    data["meta"] = meta if isinstance(meta, dict) else None
+    if row.path is not None:
+        data["name"] = os.path.basename(row.path)
+    if row.kind in ("image", "video") and row.status == "ok":
+        data.update(_image_links(row.id))
+    if row.kind == "frame" and row.parent_id is not None:
+        data.update(thumbnail=f"/api/items/{row.id}/thumbnail", original=_play_link(row.parent_id, row.time or 0.0))
     return data
 
 
@@ -178,7 +263,7 @@ def _item_out(row: "ItemRow") -> dict[str, Any]:
 
 
 class _IndexThread:
-    """Runs callables on the one thread that owns the served index (see module docstring)."""
+    """Runs callables on the one thread that owns the served indexes (see module docstring)."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsearch-index")
@@ -193,6 +278,74 @@ class _IndexThread:
         self._pool.shutdown(wait=True)
 
 
+class _Backend:
+    """The served indexes, opened on the index thread; closed when the app stops, opened again if it restarts.
+
+    An ASGI app's lifespan may run more than once (a test client per test, a
+    fuzzer); the indexes' sqlite connections belong to the thread that opened
+    them, so a restart opens them again, on a new thread.
+    """
+
+    def __init__(self, indexes: Sequence["Index"]) -> None:
+        # (name, root, model): the model is loaded now, once, and kept across restarts.
+        self._sources = [(index.path.name, index.path.parent, index.encoder) for index in indexes]
+        self.names = [name for name, _, _ in self._sources]
+        self.indexes: dict[str, "Index"] = {}
+        self._thread: _IndexThread | None = None
+        self.open()
+
+    def open(self) -> None:
+        """Open the indexes on a new index thread (nothing to do when open); a broken index raises now."""
+        from .api import open_index
+
+        if self._thread is not None:
+            return
+        thread = _IndexThread()
+        try:
+            opened = {name: thread.run(open_index, name, root=root, encoder=encoder)
+                      for name, root, encoder in self._sources}
+            for index in opened.values():
+                thread.run(index.info)  # opens the connection now: a broken index fails at startup, not later
+        except BaseException:
+            thread.shutdown()
+            raise
+        self.indexes, self._thread = opened, thread
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            for index in self.indexes.values():
+                thread.run(index.close)
+            thread.shutdown()
+
+    @property
+    def main(self) -> "Index":
+        """The index of the page and the JSON API."""
+        return self.indexes[self.names[0]]
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """``await backend(fn, ...)``: run ``fn`` on the index thread."""
+        if self._thread is None:
+            raise ApiError(503, "unavailable", "the server is stopping")
+        return self._thread(fn, *args, **kwargs)
+
+
+class _LiveIndexes(Mapping[str, "Index"]):
+    """The backend's indexes by name, as they are now (a restart replaces the objects, not the names)."""
+
+    def __init__(self, backend: _Backend) -> None:
+        self._backend = backend
+
+    def __getitem__(self, name: str) -> "Index":
+        return self._backend.indexes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._backend.names)
+
+    def __len__(self) -> int:
+        return len(self._backend.names)
+
+
 def create_app(
     index: "Index",
     *,
@@ -200,61 +353,89 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+    allow_origins: Sequence[str] = (),
+    clip_retrieval: bool = False,
+    more_indexes: Sequence["Index"] = (),
+    fetch_urls: bool = False,
+    public_url: str | None = None,
+    decode_workers: int = DEFAULT_DECODE_WORKERS,
+    decode_queue: int = DEFAULT_DECODE_QUEUE,
 ) -> FastAPI:
     """The web page + JSON API over ``index``.
 
-    The model is loaded now (once). ``token``: required by every ``/api`` route
-    but health (``Authorization: Bearer TOKEN`` or the ``mmsearch_token``
-    cookie the page sets). ``allowed_hosts``: accepted ``Host`` header names
-    (None: any). Request bodies over ``max_upload_bytes`` get 413.
-    """
-    from .api import open_index
+    The model is loaded now (once). ``token``: required by every route but
+    health and the page (``Authorization: Bearer TOKEN``, Basic auth with the
+    token as password, or the ``mmsearch_token`` cookie the page sets).
+    ``allowed_hosts``: accepted ``Host`` header names (None: any).
+    ``allow_origins``: web pages of these origins (``scheme://host[:port]`` or
+    ``*``) may call the server (CORS); others may not POST. Request bodies over
+    ``max_upload_bytes`` get 413; at most ``decode_workers`` uploads are decoded
+    at once and ``decode_queue`` wait, beyond that 503.
 
-    encoder = index.encoder  # load the model once, before the first request
-    thread = _IndexThread()
-    # The server's own Index, opened on the index thread, so its sqlite connection lives there.
-    served: "Index" = thread.run(open_index, index.path.name, root=index.path.parent, encoder=encoder)
-    thread.run(served.info)  # opens the connection now: a broken index fails at startup, not later
+    ``clip_retrieval``: also answer clip-retrieval's protocol (``/knn-service``,
+    ``/metadata``, ``/indices-list``, ``/config.json``) over ``index`` (the
+    default) and ``more_indexes``; ``fetch_urls`` lets its ``image_url`` name
+    other servers' images; ``public_url`` is the base of the links it returns
+    when a proxy hides the server's own. Raises ``MMSearchError`` for a token
+    or origin no client could use, or clashing index names.
+    """
+    guard = RequestGuard(  # checks the origins and the token now, before any model loads
+        None, max_body=max_upload_bytes, allowed_origins=allow_origins,
+        allowed_hosts=None if allowed_hosts is None else {h.strip("[]").lower() for h in allowed_hosts},
+    )
+    require_token = token_checker(token)
+    names = [index.path.name, *(other.path.name for other in more_indexes)]
+    if len(set(names)) != len(names):
+        raise MMSearchError(f"an index is named twice: {', '.join(names)}")
+    if more_indexes and not clip_retrieval:
+        raise MMSearchError("more than one index is served only with the clip-retrieval protocol")
+
+    image_side = int(getattr(index.encoder, "image_size", 0) or 0) or None  # loads the model, once
+    # The server's own Index objects, opened on the index thread, so their sqlite connections live there.
+    backend = _Backend([index, *more_indexes])
+    decoder = DecodePool(decode_workers, decode_queue)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend.open()  # again, if an earlier run of the app closed it
+        app.state.index = backend.main
         yield
-        thread.run(served.close)
-        thread.shutdown()
+        backend.close()
+        decoder.shutdown()
 
     app = FastAPI(
         title="mmsearch", version=_version(), lifespan=lifespan,
         description="Search an mmsearch index by text, by image, or both. The web page is at `/`.",
-        responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut},
-                   422: {"model": ErrorOut}, 500: {"model": ErrorOut}},
+        responses=ERRORS,  # type: ignore[arg-type]
     )
-    app.state.index = served
-    app.add_middleware(
-        RequestGuard, max_body=max_upload_bytes,
-        allowed_hosts=None if allowed_hosts is None else {h.strip("[]").lower() for h in allowed_hosts},
-    )
+    app.state.index = backend.main
+    app.state.decoder = decoder
+    app.add_middleware(RequestGuard, max_body=guard.max_body, allowed_hosts=guard.allowed_hosts,
+                       allowed_origins=guard.allowed_origins)
     install_error_handlers(app)
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(token_checker(token))])
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
-    async def rows_of(item_id: int) -> "ItemRow":
-        row = await thread(served.item, item_id)
+    async def row_of(item_id: int) -> "ItemRow":
+        row = await backend(backend.main.item, item_id)
         if row is None:
             raise ApiError(404, "not_found", f"no item with id {item_id}")
         return row
 
-    async def image_file(item_id: int) -> "ItemRow":
-        row = await rows_of(item_id)
-        if row.kind != "image" or row.path is None:
-            raise ApiError(404, "not_found", f"item {item_id} is a text, it has no image")
-        if row.status != "ok":
-            raise ApiError(404, "not_found", f"item {item_id} could not be indexed: {row.error}")
-        if not os.path.isfile(row.path):
-            raise ApiError(404, "not_found", f"the file of item {item_id} is gone: {row.path}")
-        return row
+    def search_rows(terms: list[QueryTerm], k: int, filters: Filters, dedup: float | None) -> tuple[list, dict]:
+        served = backend.main
+        hits = served.search(terms, k, filters=filters, dedup=dedup)
+        return hits, served.items([h.id for h in hits])
 
-    def searched(hits: list["Hit"], k: int, started: float) -> dict[str, Any]:
-        return {"hits": [_hit_out(h) for h in hits], "k": k, "took_ms": round((time.perf_counter() - started) * 1e3, 2)}
+    def similar_rows(item_id: int, k: int, filters: Filters, dedup: float | None) -> tuple[list, dict]:
+        served = backend.main
+        hits = served.similar(item_id, k, filters=filters, dedup=dedup)
+        return hits, served.items([h.id for h in hits])
+
+    def searched(found: tuple[list["Hit"], dict[int, "ItemRow"]], k: int, started: float) -> dict[str, Any]:
+        hits, rows = found
+        return {"hits": [_hit_out(h, rows.get(h.id)) for h in hits], "k": k,
+                "took_ms": round((time.perf_counter() - started) * 1e3, 2)}
 
     @app.get("/api/health", tags=["server"], summary="Liveness: the server answers (no token needed)")
     def health() -> dict[str, str]:
@@ -262,97 +443,123 @@ def create_app(
 
     @api.get("/info", tags=["server"], summary="The index: model, counts, size; and the server's limits")
     async def info() -> dict[str, Any]:
-        data = (await thread(served.info)).as_dict()
+        data = (await backend(backend.main.info)).as_dict()
         data["limits"] = {"max_upload_bytes": max_upload_bytes, "max_upload_pixels": max_upload_pixels,
-                          "max_k": MAX_K, "thumbnail_sizes": list(THUMB_SIZES)}
+                          "max_k": MAX_K, "max_terms": MAX_TERMS, "max_term_chars": MAX_TERM_CHARS,
+                          "max_weight": MAX_WEIGHT, "thumbnail_sizes": list(THUMB_SIZES)}
         data["auth"] = token is not None
         return data
 
     @api.get("/search", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
              summary="Text search (text -> images or texts)")
     async def search_text(
-        q: Annotated[str, Query(min_length=1, max_length=2000, description="what to look for, in words")],
+        q: Annotated[str, Query(min_length=1, max_length=MAX_TERM_CHARS, description="what to look for, in words")],
         filters: Annotated[Filters, Depends(_query_filters)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         dedup: Annotated[float | None, Query(ge=0, le=1, description="drop hits this similar to a better hit")] = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        hits = await thread(served.search, [QueryTerm.text(q)], k, filters=filters, dedup=dedup)
-        return searched(hits, k, started)
+        return searched(await backend(search_rows, [QueryTerm.text(q)], k, filters, dedup), k, started)
 
     @api.post("/search", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
               summary="Combined query: weighted texts and indexed items, negatives push away")
     async def search_combined(body: SearchIn) -> dict[str, Any]:
         started = time.perf_counter()
-        filters = Filters.parse(target=body.target, min_score=body.min_score, under=body.under, glob=body.glob,
-                                types=body.types, after=body.after, before=body.before)
+        filters = filters_of(target=body.target, min_score=body.min_score, under=body.under, glob=body.glob,
+                             types=body.types, after=body.after, before=body.before)
         terms = [QueryTerm.text(t.text, t.weight) if t.text is not None else QueryTerm.item(t.item, t.weight)
                  for t in body.terms]  # type: ignore[arg-type]
-        hits = await thread(served.search, terms, body.k, filters=filters, dedup=body.dedup)
-        return searched(hits, body.k, started)
+        return searched(await backend(search_rows, terms, body.k, filters, body.dedup), body.k, started)
 
     @api.post("/search/image", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
-              summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')")
+              summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')",
+              responses=IMAGE_ROUTE_ERRORS)  # type: ignore[arg-type]
     async def search_image(
         image: Annotated[UploadFile, File(description="the query image (JPEG, PNG, WebP, HEIC ...)")],
         filters: Annotated[Filters, Depends(_form_filters)],
-        text: Annotated[list[str], Form(description="[WEIGHT:]TEXT terms to add, e.g. '2:red'")] = [],  # noqa: B006
-        not_text: Annotated[list[str], Form(description="[WEIGHT:]TEXT terms to push away from")] = [],  # noqa: B006
-        image_weight: Annotated[float, Form(ge=-10, le=10)] = 1.0,
+        text: Annotated[list[Annotated[str, StringConstraints(max_length=MAX_TERM_CHARS + 32)]], Form(
+            max_length=MAX_TERMS - 1, description="[WEIGHT:]TEXT terms to add, e.g. '2:red'")] = [],  # noqa: B006
+        not_text: Annotated[list[Annotated[str, StringConstraints(max_length=MAX_TERM_CHARS + 32)]], Form(
+            max_length=MAX_TERMS - 1, description="[WEIGHT:]TEXT terms to push away from")] = [],  # noqa: B006
+        image_weight: Annotated[float, Form(ge=-MAX_WEIGHT, le=MAX_WEIGHT)] = 1.0,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
         dedup: Annotated[float | None, Form(ge=0, le=1)] = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        picture = await _read_upload(image, max_upload_bytes, max_upload_pixels)
-        terms = [QueryTerm.image(picture, image_weight), *parse_terms(texts=text, not_texts=not_text)]
-        hits = await thread(served.search, terms, k, filters=filters, dedup=dedup)
-        return searched(hits, k, started)
+        words = form_terms(text, not_text)  # cheap checks first: a refused form costs no decoding
+        data = await image.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise ApiError(413, "too_large", f"the upload is larger than {max_upload_bytes} bytes")
+        # Decoded and embedded on the bounded pool: the image tower does not hold up the index thread,
+        # which only ranks, so other people's searches do not wait behind a burst of uploads.
+        _, vector = await decoder.decode_and_embed(data, backend.main.embed_image, min_side=image_side,
+                                                   max_pixels=max_upload_pixels)
+        terms = [QueryTerm.vector(vector, image_weight), *words]
+        return searched(await backend(search_rows, terms, k, filters, dedup), k, started)
 
     @api.get("/items/{item_id}/similar", response_model=SearchOut, response_model_exclude_none=True, tags=["items"],
              summary="More like this: neighbours of an indexed item (no model run)")
     async def similar(
-        item_id: int, filters: Annotated[Filters, Depends(_query_filters)],
+        item_id: ItemId, filters: Annotated[Filters, Depends(_query_filters)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         dedup: Annotated[float | None, Query(ge=0, le=1)] = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        await rows_of(item_id)
-        hits = await thread(served.similar, item_id, k, filters=filters, dedup=dedup)
-        return searched(hits, k, started)
+        await row_of(item_id)
+        return searched(await backend(similar_rows, item_id, k, filters, dedup), k, started)
 
     @api.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=True, tags=["items"],
-             summary="One item's metadata")
-    async def item(item_id: int) -> dict[str, Any]:
-        return _item_out(await rows_of(item_id))
+             summary="One item: path, size, dimensions, date, metadata")
+    async def item(item_id: ItemId) -> dict[str, Any]:
+        return _item_out(await row_of(item_id))
 
     @api.get("/items/{item_id}/thumbnail", tags=["items"], response_class=FileResponse,
-             summary="JPEG thumbnail of an indexed image (made once, cached, orientation applied)")
+             responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}},
+             summary="JPEG thumbnail of an indexed image, or of a video at a moment (made once, cached, upright)")
     async def thumbnail(
-        item_id: int,
+        item_id: ItemId,
         size: Annotated[int, Query(description=f"longest side: one of {THUMB_SIZES}")] = DEFAULT_THUMB_SIZE,
     ) -> FileResponse:
         if size not in THUMB_SIZES:
             raise ApiError(422, "invalid_size", f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
-        row = await image_file(item_id)
+        row = await row_of(item_id)
+        if row.kind in ("video", "frame"):
+            row, moment = await backend(backend.main.shown_at, row)  # store reads: on the index thread
+        else:
+            moment = None
         try:
-            path = await run_in_threadpool(served.thumbnail, row, size)
-        except ImageDecodeError as exc:
+            path = await run_in_threadpool(partial(backend.main.thumbnail, row, size, time=moment))
+        except (ImageDecodeError, VideoDecodeError) as exc:
             raise ApiError(404, "not_found", f"item {item_id}: {exc}") from None
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
-    @api.get("/items/{item_id}/original", tags=["items"], response_class=FileResponse,
-             summary="The original image file of an indexed item (by id only)")
-    async def original(item_id: int) -> FileResponse:
-        row = await image_file(item_id)
+    @api.get("/items/{item_id}/original", tags=["items"], response_class=StreamingResponse,
+             responses={200: {"content": {"image/*": {}, "video/*": {}, "application/octet-stream": {}},
+                              "description": "the file as it was indexed"},
+                        206: {"description": "the bytes a Range header asked for (videos seek this way)"},
+                        416: {"model": ErrorOut, "description": "a Range outside the file"}},
+             summary="The original file of an indexed item (by id only, only while it is the file indexed; ranges)")
+    async def original(
+        item_id: ItemId,
+        range_header: Annotated[str | None, Header(alias="Range", include_in_schema=False)] = None,
+    ) -> StreamingResponse:
+        row = await row_of(item_id)
+        if row.kind == "frame":
+            row, _ = await backend(backend.main.shown_at, row)  # a moment plays its video
+        source, row = await run_in_threadpool(backend.main.open_original, row)
         assert row.path is not None
-        media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
-        return FileResponse(
-            row.path, media_type=media_type, filename=os.path.basename(row.path), content_disposition_type="inline",
-            headers={"Cache-Control": "private, max-age=3600",
-                     "Content-Security-Policy": "default-src 'none'; sandbox"},
-        )
+        return stream_ranges(source, row.path, range_header)
 
     app.include_router(api)
+
+    if clip_retrieval:
+        from .server_clip_retrieval import clip_retrieval_router
+
+        app.include_router(clip_retrieval_router(
+            _LiveIndexes(backend), run=backend, require_token=require_token, max_k=MAX_K,
+            fetch_urls=fetch_urls, public_url=public_url, decoder=decoder, max_image_bytes=max_upload_bytes,
+            max_image_pixels=max_upload_pixels,
+        ))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -360,17 +567,6 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
-
-
-async def _read_upload(upload: UploadFile, max_bytes: int, max_pixels: int) -> "Image.Image":
-    """The uploaded image, decoded (orientation applied); 413/415 when too big or not an image."""
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ApiError(413, "too_large", f"the upload is larger than {max_bytes} bytes")
-    try:
-        return await run_in_threadpool(read_query_image, data, max_pixels=max_pixels)
-    except ImageDecodeError as exc:
-        raise ApiError(415, "not_an_image", str(exc)) from None
 
 
 def _version() -> str:

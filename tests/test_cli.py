@@ -169,3 +169,12 @@ def test_help_shows_bracketed_text_as_written() -> None:
     out = run("query", "--help").stdout
     assert "[WEIGHT:]FILE" in out and "$MMSEARCH_INDEX_DIR" in out
     assert "1e-5" in run("train", "--help").stdout
+
+
+def test_a_text_run_reports_texts_per_second(tmp_path: Path) -> None:
+    """Issue 15 (10): 'mmsearch index --texts' spoke of images/s."""
+    texts = tmp_path / "captions.txt"
+    texts.write_text("a red shoe\na blue cup\n")
+    result = runner.invoke(app, ["index", "--texts", str(texts), "--model", TINY_MODEL])
+    assert result.exit_code == 0, result.output
+    assert "texts/s" in result.stdout and "images/s" not in result.stdout

@@ -497,3 +497,31 @@ def test_sample_photos_decode_or_give_a_reason() -> None:
         print(f"  {rel}: {reason}")
     # Every format here has a decoder (JPEG XL through pillow-jxl-plugin).
     assert not failed, failed
+
+
+def test_bomb_refused_by_pillow_quotes_the_callers_limit() -> None:
+    # 200 MP is above Pillow's own error threshold (178,956,970): Image.open refuses it before our
+    # check, and the reason must still name the limit the caller set (a server's 40 MP).
+    result = load_image(png_header_only(20000, 10000), max_pixels=40_000_000)
+    assert_failed(result, "too large: 200000000 pixels exceeds the 40000000-pixel limit")
+    assert "178956970" not in (result.error or "")
+    # Without a limit of its own, the caller's default is Pillow's ceiling, quoted as such.
+    assert_failed(load_image(png_header_only(20000, 10000)), "exceeds the 178956970-pixel limit")
+
+
+def test_no_decompression_bomb_warning_on_stderr_for_90_to_179_megapixels(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "panorama.png"
+    path.write_bytes(png_header_only(15000, 10000))  # 150 MP: Pillow warns above 89.5 MP
+    code = (
+        "import sys; from retrieval.loading import load_image; "
+        f"r = load_image({str(path)!r}); print(r.error); "
+        f"r = load_image({str(path)!r}, max_pixels=40_000_000); print(r.error)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stderr == "", out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == "too large: 15000x10000 pixels exceeds the 40000000-pixel limit"
+    assert lines[0] and "too large" not in lines[0]  # within the default limit: decoded (and found damaged)

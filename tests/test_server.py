@@ -7,6 +7,7 @@ test_queries, so what each query must return is known exactly.
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -368,6 +369,7 @@ def test_serve_wires_index_token_and_hosts(tiny_encoder, image_folder: Path, mon
     result = runner.invoke(cli_app, ["serve", "--host", "0.0.0.0", "--port", "8123"])
     assert result.exit_code == 0, result.output
     assert calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 8123
+    assert calls[0]["http"].__name__.startswith("Json")  # uvicorn's own 400s in the JSON error shape
     assert calls[0]["info"]["images"] == 12 and calls[0]["anonymous"] == 401
     monkeypatch.delenv("MMSEARCH_TOKEN")
     assert runner.invoke(cli_app, ["serve"]).exit_code == 0  # localhost needs no token
@@ -385,3 +387,307 @@ def test_cli_does_not_import_the_web_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# -- files are served only while they are the files that were indexed ---------------------------
+
+
+@pytest.fixture
+def swappable(tmp_path: Path):
+    """A small index of its own (its files are replaced by the tests), a client, and a secret file beside it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n, colour in enumerate(("red", "green", "blue")):
+        draw(colour, "cup", 64 + n).save(folder / f"{colour}.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    draw("yellow", "hat").save(elsewhere / "linked-target.png")
+    os.symlink(elsewhere / "linked-target.png", folder / "linked.png")  # a legitimate link, there at index time
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
+    index = retrieval.create_index("swap", encoder=FakeEncoder(), root=tmp_path / "root")
+    index.add_folder(folder)
+    ids = {Path(r.path).name: r.id for r in index.items(range(1, 10)).values()}
+    with TestClient(create_app(index), raise_server_exceptions=False) as c:
+        yield {"client": c, "index": index, "folder": folder, "secret": secret, "ids": ids}
+    index.close()
+
+
+def assert_refused(response, *words: str) -> None:
+    body = assert_error(response, 404, *words)
+    assert "root:" not in response.text and "SQLite" not in response.text, body
+
+
+def test_a_file_replaced_by_a_symlink_is_not_served(swappable) -> None:
+    c, folder, ids = swappable["client"], swappable["folder"], swappable["ids"]
+    red = folder / "red.png"
+    assert c.get(f"/api/items/{ids['red.png']}/original").content == red.read_bytes()
+    for target in (swappable["secret"], swappable["index"].path / "items.sqlite"):
+        red.unlink()
+        os.symlink(target, red)
+        assert_refused(c.get(f"/api/items/{ids['red.png']}/original"), f"item {ids['red.png']}")
+        assert_refused(c.get(f"/api/items/{ids['red.png']}/thumbnail", params={"size": 512}))
+    assert not list((swappable["index"].path / "thumbs").rglob("*.jpg"))  # nothing was made from the secret
+
+
+def test_a_forged_size_and_time_or_a_hard_link_is_not_served(swappable) -> None:
+    c, folder, secret, ids = swappable["client"], swappable["folder"], swappable["secret"], swappable["ids"]
+    green = folder / "green.png"
+    # The secret made to look like the indexed picture: same size, same modification time.
+    stat = green.stat()
+    secret.write_bytes(b"root:x:0:0:" + b"s" * (stat.st_size - 11))
+    os.utime(secret, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    green.unlink()
+    os.symlink(secret, green)
+    swapped = c.get(f"/api/items/{ids['green.png']}/original")
+    assert_refused(swapped)  # the store recorded its inode: "a symbolic link now"; an older store: by content
+    assert "symbolic link" in swapped.json()["message"] or "not the file that was indexed" in swapped.json()["message"]
+    green.unlink()
+    os.link(secret, green)  # a hard link: no symlink to notice, the content tells
+    assert_refused(c.get(f"/api/items/{ids['green.png']}/original"), "not the file that was indexed")
+    assert_refused(c.get(f"/api/items/{ids['green.png']}/thumbnail"))
+
+
+def test_a_fifo_or_an_edited_file_is_refused_without_hanging(swappable) -> None:
+    c, folder, ids = swappable["client"], swappable["folder"], swappable["ids"]
+    blue = folder / "blue.png"
+    blue.unlink()
+    os.mkfifo(blue)
+    replies: list = []
+    worker = threading.Thread(target=lambda: replies.append(c.get(f"/api/items/{ids['blue.png']}/original")))
+    worker.start()
+    worker.join(timeout=15)
+    assert not worker.is_alive(), "opening a FIFO blocked the request"
+    assert_refused(replies[0], "not a regular file")
+    blue.unlink()
+    draw("blue", "cup", 99).save(blue)  # edited after indexing: another size, another time
+    assert_refused(c.get(f"/api/items/{ids['blue.png']}/original"), "changed since it was indexed")
+    blue.unlink()
+    assert_refused(c.get(f"/api/items/{ids['blue.png']}/original"), "is gone")
+
+
+def test_a_symlink_that_was_indexed_is_still_served(swappable) -> None:
+    c, folder, ids = swappable["client"], swappable["folder"], swappable["ids"]
+    linked = c.get(f"/api/items/{ids['linked.png']}/original")
+    assert linked.status_code == 200 and linked.content == (folder / "linked.png").read_bytes()
+    assert linked.headers["content-type"] == "image/png" and linked.headers["content-length"] == str(len(linked.content))
+    assert 'filename="linked.png"' in linked.headers["content-disposition"]
+    assert c.get(f"/api/items/{ids['linked.png']}/thumbnail").headers["content-type"] == "image/jpeg"
+    # Pointed elsewhere after indexing: what is served is still the file that was indexed (opened at the
+    # real path the store recorded), never what the link points at now.
+    target = (folder / "linked.png").resolve().read_bytes()
+    (folder / "linked.png").unlink()
+    os.symlink(swappable["secret"], folder / "linked.png")
+    again = c.get(f"/api/items/{ids['linked.png']}/original")
+    assert again.status_code == 200 and again.content == target and b"root:" not in again.content
+    (swappable["folder"].parent / "elsewhere" / "linked-target.png").unlink()
+    assert_refused(c.get(f"/api/items/{ids['linked.png']}/original"), "is gone")
+
+
+# -- uploads: bounded decoding, the Origin rule, form limits --------------------------------------
+
+
+def forged_jpeg(width: int = 6000, height: int = 6000) -> bytes:
+    """A few-KB JPEG whose frame header claims ``width`` x ``height`` pixels (its data is for 64x64)."""
+    buf = io.BytesIO()
+    make_image(5, (64, 64)).save(buf, format="JPEG", quality=80)
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_uploads_are_decoded_at_the_models_size(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrieval.server_files as server_files
+
+    calls: list[tuple[dict, tuple[int, int], tuple[int, int]]] = []
+    real = server_files.load_image
+
+    def spy(data, **kwargs):
+        loaded = real(data, **kwargs)
+        calls.append((kwargs, loaded.image.size, (loaded.width, loaded.height)))
+        return loaded
+
+    monkeypatch.setattr(server_files, "load_image", spy)
+    forged = forged_jpeg()
+    assert len(forged) < 8_000
+    # libjpeg pads the missing data: the upload is a (grey) picture, decoded at the model's input side
+    # (FakeEncoder: 16 px), so the 6000x6000 claim costs a 1/8 decode (750x750), not 108 MB of pixels.
+    answer = client.post("/api/search/image", files={"image": ("q.jpg", forged, "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    assert calls == [({"min_side": 16, "max_pixels": 40_000_000}, (750, 750), (6000, 6000))]
+    loaded = real(_real_jpeg(1600, 1200), min_side=16, max_pixels=40_000_000)
+    assert loaded.image is not None and loaded.image.size == (200, 150) and (loaded.width, loaded.height) == (1600, 1200)
+
+
+def _real_jpeg(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    make_image(7, (width, height)).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def test_a_full_decode_pool_answers_503_with_retry_after(shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrieval.server_files as server_files
+
+    started, release = threading.Event(), threading.Event()
+    real = server_files.load_image
+
+    def slow(data, **kwargs):
+        started.set()
+        release.wait(timeout=20)
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(server_files, "load_image", slow)
+    query = png_bytes(draw("red", "cup"))
+    with TestClient(create_app(shop, decode_workers=1, decode_queue=0)) as c:
+        first: list = []
+        worker = threading.Thread(target=lambda: first.append(
+            c.post("/api/search/image", files={"image": ("q.png", query, "image/png")})))
+        worker.start()
+        assert started.wait(timeout=20)
+        busy = c.post("/api/search/image", files={"image": ("q.png", query, "image/png")})
+        assert_error(busy, 503, "try again")
+        assert busy.headers["retry-after"] == "2"
+        assert c.get("/api/search", params={"q": "red cup", "k": 1}).status_code == 200  # others are not held up
+        release.set()
+        worker.join(timeout=20)
+        assert first[0].status_code == 200
+        assert c.post("/api/search/image", files={"image": ("q.png", query, "image/png")}).status_code == 200
+    paths = create_app(shop).openapi()["paths"]["/api/search/image"]["post"]["responses"]
+    assert {"413", "415", "503"} <= set(paths), sorted(paths)
+
+
+def test_pages_of_other_origins_may_not_post(shop) -> None:
+    query = png_bytes(draw("red", "cup"))
+    body = {"terms": [{"text": "red"}], "k": 1}
+    with TestClient(create_app(shop)) as c:
+        for origin in ("http://evil.example", "null", "http://testserver.evil.example", "https://testserver:8443"):
+            refused = c.post("/api/search/image", files={"image": ("q.png", query, "image/png")},
+                             headers={"Origin": origin})
+            assert_error(refused, 403, "--allow-origin")
+            assert_error(c.post("/api/search", json=body, headers={"Origin": origin}), 403)
+        # The page itself (same origin), and clients that send no Origin (curl, scripts), are served.
+        assert c.post("/api/search", json=body, headers={"Origin": "http://testserver"}).status_code == 200
+        assert c.post("/api/search", json=body).status_code == 200
+        # Reading is not work done for the other page: allowed, but without CORS it cannot read the answer.
+        looked = c.get("/api/search", params={"q": "red"}, headers={"Origin": "http://evil.example"})
+        assert looked.status_code == 200 and "access-control-allow-origin" not in looked.headers
+    with TestClient(create_app(shop, allow_origins=["http://evil.example"])) as c:
+        allowed = c.post("/api/search", json=body, headers={"Origin": "http://evil.example"})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "http://evil.example"
+        assert_error(c.post("/api/search", json=body, headers={"Origin": "http://other.example"}), 403)
+
+
+def test_form_terms_have_the_json_endpoints_limits(client: TestClient) -> None:
+    query = png_bytes(draw("green", "hat"))
+
+    def upload(**data):
+        return client.post("/api/search/image", files={"image": ("q.png", query, "image/png")}, data=data)
+
+    assert_error(upload(text=[f"word{i}" for i in range(990)]), 422, "text")
+    assert_error(upload(text=["x" * 200_000]), 422)
+    assert_error(upload(text=["-1000:red"]), 422, "out of range")
+    assert_error(upload(not_text=["11:red"]), 422, "out of range")
+    assert_error(upload(image_weight="-11"), 422)
+    ok = upload(text=["10:yellow"], not_text=[f"{i}" for i in range(1, 20)], k="2")
+    assert ok.status_code == 200, ok.text
+
+
+def test_item_ids_beyond_64_bits_are_404_or_422_not_500(shop) -> None:
+    big = 2**63
+    with TestClient(create_app(shop), raise_server_exceptions=False) as c:
+        for url in (f"/api/items/{big}", f"/api/items/{big}/original", f"/api/items/{big}/similar",
+                    f"/api/items/{big}/thumbnail", f"/api/items/{2**70}/original", "/api/items/-1/original"):
+            response = c.get(url)
+            assert response.status_code in (404, 422), (url, response.status_code)
+            assert_error(response, response.status_code)
+        assert_error(c.post("/api/search", json={"terms": [{"item": big}]}), 422, "item")
+        assert_error(c.post("/api/search", json={"terms": [{"item": 2**63 - 1}]}), 404)
+
+
+def test_tokens_no_client_could_send_are_refused(shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad, words in (("        ", "blank"), ("  secret-token  ", "whitespace"), ("sécret-token", "ASCII"),
+                       ("tab\there-token", "ASCII"), ("short", "too short")):
+        with pytest.raises(retrieval.MMSearchError, match=words):
+            create_app(shop, token=bad)
+        monkeypatch.delenv("MMSEARCH_TOKEN", raising=False)
+        result = runner.invoke(cli_app, ["serve", "--host", "0.0.0.0", "--token", bad])
+        assert result.exit_code == 1 and words in result.stderr and "Traceback" not in result.output
+    import base64
+
+    with TestClient(create_app(shop, token=TOKEN)) as locked:
+        basic = base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
+        assert locked.get("/api/info", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+        wrong = base64.b64encode(b"anyone:wrong-token").decode()
+        assert_error(locked.get("/api/info", headers={"Authorization": f"Basic {wrong}"}), 401)
+
+
+def test_bomb_messages_quote_the_servers_limit(client: TestClient) -> None:
+    from .test_loading import png_header_only
+
+    for width, height in ((7000, 7000), (20000, 10000)):  # above our 40 MP; above Pillow's own 179 MP
+        refused = client.post("/api/search/image",
+                              files={"image": ("bomb.png", png_header_only(width, height), "image/png")})
+        body = assert_error(refused, 415, "40000000-pixel limit")
+        assert "178956970" not in body["message"]
+
+
+def test_malformed_http_gets_the_json_error_shape(shop) -> None:
+    import socket as sockets
+
+    from retrieval.server_http import json_http_protocol
+
+    from .serving_helpers import RunningServer
+
+    with RunningServer(create_app(shop), http=json_http_protocol()) as server:
+        for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+            with sockets.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+                conn.sendall(garbage)
+                reply = b""
+                while chunk := conn.recv(65536):
+                    reply += chunk
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower(), reply
+            error = json.loads(body)
+            assert error["status"] == 400 and error["error"] == "bad_request" and error["message"]
+
+
+def test_serve_flags_that_belong_to_other_modes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MMSEARCH_TOKEN", raising=False)
+    for args, words in (
+        (["serve", "--index", "a", "--index", "b"], "--clip-retrieval"),
+        (["serve", "--fetch-urls"], "--clip-retrieval"),
+        (["serve", "--model", "ViT-B-32:openai"], "--immich-ml"),
+        (["serve", "--immich-ml", "--clip-retrieval"], "cannot be combined"),
+        (["serve", "--immich-ml", "--token", TOKEN], "no token"),
+        (["serve", "--allow-origin", "photos.example"], "not an origin"),
+    ):
+        result = runner.invoke(cli_app, args)
+        assert result.exit_code == 1 and words in result.stderr and "Traceback" not in result.output, (args, result.output)
+
+
+def test_an_upload_being_embedded_does_not_hold_up_other_searches(shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(shop)
+    served = app.state.index
+    started, release = threading.Event(), threading.Event()
+    real = served.embed_image
+
+    def slow(image):
+        started.set()
+        release.wait(timeout=20)
+        return real(image)
+
+    monkeypatch.setattr(served, "embed_image", slow)
+    with TestClient(app) as c:
+        upload: list = []
+        worker = threading.Thread(target=lambda: upload.append(c.post(
+            "/api/search/image", files={"image": ("q.png", png_bytes(draw("blue", "hat")), "image/png")})))
+        worker.start()
+        assert started.wait(timeout=20)
+        # The image tower runs on the decode pool, not on the index thread: text searches and
+        # item lookups are answered meanwhile.
+        assert c.get("/api/search", params={"q": "red cup", "k": 2}).status_code == 200
+        assert c.get("/api/items/1").status_code == 200
+        release.set()
+        worker.join(timeout=20)
+        assert upload[0].status_code == 200 and attrs(upload[0].json()["hits"][0]) == ("blue", "hat")

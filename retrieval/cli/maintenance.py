@@ -136,6 +136,10 @@ def repair(
         typer.Option("--model", "-m", help="The model the index was built with, for an index from an older mmsearch "
                                            "whose items.sqlite does not record it (checked against the vectors)."),
     ] = None,
+    salvage: Annotated[
+        bool, typer.Option("--salvage", help="items.sqlite is damaged: first copy every row that can still be read "
+                                             "into a new file (the damaged one is kept beside it).")
+    ] = False,
     no_wait: NoWaitOpt = False,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
@@ -149,7 +153,11 @@ def repair(
                 (out if dry_run else err)(("would: " if dry_run else "") + line)
 
     report = repair_index(index_name, root=index_dir, model=model, dry_run=dry_run, on_plan=plan,
-                          **writer_waits(no_wait, index_name))
+                          salvage=salvage, **writer_waits(no_wait, index_name))
+    if report.salvage and not json_out:
+        got = report.salvage
+        err(f"salvaged {got['items']} items and {got['vectors']} vectors; {got['unreadable_ranges']} unreadable "
+            f"ranges skipped; the damaged file is kept as {got['kept_as']}")
     if json_out:
         echo_json(report.as_dict())
         return

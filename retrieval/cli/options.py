@@ -42,7 +42,10 @@ ThreadsOpt = Annotated[
 ExcludeOpt = Annotated[
     Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
 ]
-BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per encoder batch.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images (or video frames) per encoder batch.")]
+NoVideoOpt = Annotated[
+    bool, typer.Option("--no-video", help="Leave videos out (those already indexed stay as they are).")
+]
 AnnOpt = Annotated[
     Optional[str],
     typer.Option("--ann", help="ANN index: auto (by size and --max-memory), flat, hnsw, ivf or ivfpq [default: auto]."),
@@ -76,14 +79,53 @@ NumWorkersOpt = Annotated[
 KOpt = Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results (after filtering).")]
 TargetOpt = Annotated[
     Optional[str],
-    typer.Option("--target", help="What to return: image, text or all [default: image; text for --image queries on a text-only index]."),
+    typer.Option("--target", help="What to return: image (photos and videos), text or all [default: image; text for --image queries on a text-only index]."),
 ]
 MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine.")]
 UnderOpt = Annotated[Optional[str], typer.Option("--under", help="Only files under this folder.")]
 GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="Only files whose path or name matches this glob.")]
-TypeOpt = Annotated[Optional[str], typer.Option("--type", help="Only these file types, e.g. 'jpg,png'.")]
+TypeOpt = Annotated[
+    Optional[str],
+    typer.Option("--type", help="Only these file types, e.g. 'jpg,png', or kinds: 'video' (videos only), 'image' (photos only)."),
+]
 AfterOpt = Annotated[Optional[str], typer.Option("--after", help="Only files modified on/after this date (YYYY-MM-DD).")]
 BeforeOpt = Annotated[Optional[str], typer.Option("--before", help="Only files modified before this date (YYYY-MM-DD).")]
+TakenAfterOpt = Annotated[
+    Optional[str],
+    typer.Option("--taken-after", help="Only photos taken on/after this date (YYYY, YYYY-MM, YYYY-MM-DD or "
+                 "YYYY-MM-DDTHH:MM, on the photo's own clock; no date in the file: its file date)."),
+]
+TakenBeforeOpt = Annotated[
+    Optional[str], typer.Option("--taken-before", help="Only photos taken before this date (as --taken-after).")
+]
+PlaceOpt = Annotated[
+    Optional[str],
+    typer.Option("--place", help="Only photos taken in this city, region or country, in any language "
+                 "(e.g. Spain, München, 'Paris, Texas')."),
+]
+NearOpt = Annotated[
+    Optional[str], typer.Option("--near", help="Only photos taken near this city (or LAT,LON); see --within.")
+]
+WithinOpt = Annotated[Optional[float], typer.Option("--within", help="Kilometres around --near [default: 25].")]
+CameraOpt = Annotated[
+    Optional[str], typer.Option("--camera", help="Only photos from this camera: words of its make and model (e.g. iphone).")
+]
+HasGpsOpt = Annotated[
+    Optional[bool], typer.Option("--has-gps/--no-gps", help="Only photos with (or without) a GPS position.")
+]
+
+
+class SortBy(str, Enum):
+    """The order of the results: by score, or the k best matches by capture time (newest first)."""
+
+    score = "score"
+    taken = "taken"
+
+
+SortOpt = Annotated[
+    SortBy,
+    typer.Option("--sort", help="score: best match first; taken: the k best matches, newest capture first."),
+]
 DedupOpt = Annotated[
     Optional[float], typer.Option("--dedup", min=0.0, max=1.0, help="Drop hits this similar (cosine) to a better hit.")
 ]
@@ -101,20 +143,30 @@ class ResultOptions:
     json_out: bool
     paths_only: bool
     html: Path | None
+    sort: str = "score"
+
+    @property
+    def about_photos(self) -> bool:
+        """Whether the user asked about capture metadata (a photo filter, or --sort taken): listings then show it."""
+        return self.sort == "taken" or any(self.filters.get(name) is not None for name in _PHOTO_FILTER_NAMES)
 
 
 # (name, annotation, default) of the options in ResultOptions, in --help order.
 _RESULT_OPTIONS: list[tuple[str, Any, Any]] = [
     ("k", KOpt, 10), ("target", TargetOpt, None), ("min_score", MinScoreOpt, None), ("under", UnderOpt, None),
     ("glob", GlobOpt, None), ("types", TypeOpt, None), ("after", AfterOpt, None), ("before", BeforeOpt, None),
-    ("dedup", DedupOpt, None), ("index_name", IndexOpt, None), ("index_dir", IndexDirOpt, None),
-    ("json_out", JsonOpt, False), ("paths_only", PathsOpt, False), ("html", HtmlOpt, None),
+    ("taken_after", TakenAfterOpt, None), ("taken_before", TakenBeforeOpt, None), ("place", PlaceOpt, None),
+    ("near", NearOpt, None), ("within", WithinOpt, None), ("camera", CameraOpt, None), ("has_gps", HasGpsOpt, None),
+    ("sort", SortOpt, SortBy.score), ("dedup", DedupOpt, None), ("index_name", IndexOpt, None),
+    ("index_dir", IndexDirOpt, None), ("json_out", JsonOpt, False), ("paths_only", PathsOpt, False),
+    ("html", HtmlOpt, None),
 ]
-_FILTER_NAMES = ("target", "min_score", "under", "glob", "types", "after", "before")
+_PHOTO_FILTER_NAMES = ("taken_after", "taken_before", "place", "near", "within", "camera", "has_gps")
+_FILTER_NAMES = ("target", "min_score", "under", "glob", "types", "after", "before", *_PHOTO_FILTER_NAMES)
 
 
 def with_result_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a search command the shared options (-k, the filters, --dedup, --index, output formats).
+    """Give a search command the shared options (-k, the filters, --sort, --dedup, --index, output formats).
 
     The command declares ``results: ResultOptions`` (keyword-only, no default)
     where the options should appear in --help, and ``index_name`` / ``index_dir``
@@ -139,7 +191,7 @@ def with_result_options(command: Callable[..., None]) -> Callable[..., None]:
         results = ResultOptions(
             k=values.pop("k"), filters={name: values.pop(name) for name in _FILTER_NAMES},
             dedup=values.pop("dedup"), json_out=values.pop("json_out"), paths_only=values.pop("paths_only"),
-            html=values.pop("html"),
+            html=values.pop("html"), sort=SortBy(values.pop("sort")).value,
         )
         command(**values, results=results)
 
