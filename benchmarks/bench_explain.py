@@ -116,9 +116,10 @@ def read_scenes(root: Path) -> list[Scene]:
 def make_world(root: Path, n: int, seed: int, image_size: int) -> list[Scene]:
     """N new catalogue pictures and N two-object scenes under ``root``, with their recorded boxes."""
     from retrieval import synthetic as syn
+    from retrieval import synthetic_scenes as scenes_mod
 
     syn.generate_catalogue(root, n_images=n, seed=seed, image_size=image_size)
-    syn.generate_scenes(root, n=n, seed=seed, image_size=image_size)
+    scenes_mod.generate_scenes(root, n=n, seed=seed, image_size=image_size)
     return read_scenes(root)
 
 

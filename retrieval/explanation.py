@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageDecodeError, MMSearchError
+from .errors import ImageDecodeError, InvalidQueryError, MMSearchError
 from .explain_overlay import CropGeometry, draw_overlay
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "ExplainedItem", "Explanation", "TermMap", "oriented_photo"]
@@ -104,9 +104,9 @@ class Explanation:
         large photo first; otherwise the result has the oriented photo's size.
         """
         if term is not None and not 0 <= term < len(self.terms):
-            raise MMSearchError(f"this explanation has {len(self.terms)} term(s); there is no term {term}")
+            raise InvalidQueryError(f"this explanation has {len(self.terms)} term(s); there is no term {term}")
         if max_side is not None and max_side < 1:
-            raise MMSearchError(f"max_side must be at least 1 pixel, got {max_side}")
+            raise InvalidQueryError(f"max_side must be at least 1 pixel, got {max_side}")
         # A thumbnail-sized overlay of a large JPEG needs no full-size decode.
         image = oriented_photo(photo, max_side)[0]
         if max_side is not None and max(image.size) > max_side:

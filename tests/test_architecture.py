@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
+    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_scenes", "synthetic_vectors", "text_light",
      "store_schema", "export_cache", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
      "synthetic_zh"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from retrieval import synthetic as syn
+from retrieval import synthetic_scenes as scenes_mod
 
 # sha256 of images/*.png then captions.csv of generate_catalogue(n_images=24, seed=5, image_size=64),
 # computed with the renderer as it was before boxes were recorded (main at 86b3b1e): recording
@@ -83,9 +84,9 @@ def test_a_catalogue_written_before_boxes_still_loads(tmp_path: Path) -> None:
 def test_two_object_scenes(tmp_path: Path) -> None:
     syn.generate_catalogue(tmp_path, n_images=10, seed=0, image_size=96)
     captions_before = (tmp_path / "captions.csv").read_bytes()
-    scenes = syn.generate_scenes(tmp_path, n=40, seed=0, image_size=96)
+    scenes = scenes_mod.generate_scenes(tmp_path, n=40, seed=0, image_size=96)
     assert (tmp_path / "captions.csv").read_bytes() == captions_before  # scenes never reach training
-    assert syn.load_scenes(tmp_path) == scenes and len(scenes) == 40
+    assert scenes_mod.load_scenes(tmp_path) == scenes and len(scenes) == 40
     for scene in scenes:
         left, right = scene.objects
         assert (left["position"], right["position"]) == ("left", "right")
@@ -110,11 +111,11 @@ def test_two_object_scenes(tmp_path: Path) -> None:
 
 
 def test_scenes_are_deterministic(tmp_path: Path) -> None:
-    one = syn.generate_scenes(tmp_path / "a", n=6, seed=4, image_size=64)
-    two = syn.generate_scenes(tmp_path / "b", n=6, seed=4, image_size=64)
-    other = syn.generate_scenes(tmp_path / "c", n=6, seed=5, image_size=64)
+    one = scenes_mod.generate_scenes(tmp_path / "a", n=6, seed=4, image_size=64)
+    two = scenes_mod.generate_scenes(tmp_path / "b", n=6, seed=4, image_size=64)
+    other = scenes_mod.generate_scenes(tmp_path / "c", n=6, seed=5, image_size=64)
     assert one == two and one != other
     for scene in one:
         assert (tmp_path / "a" / scene.image).read_bytes() == (tmp_path / "b" / scene.image).read_bytes()
     with pytest.raises(ValueError):
-        syn.generate_scenes(tmp_path / "d", n=0)
+        scenes_mod.generate_scenes(tmp_path / "d", n=0)
