@@ -117,7 +117,7 @@ def drop(
     if not yes and not typer.confirm(f"delete {what}?", err=True):
         raise typer.Exit(1)
     delete_index(index_name, root=index_dir, wait=not no_wait, on_wait=waiting(index_name))
-    out(f"deleted index {index_name!r}")
+    out(f"deleted {what}")  # with --yes too: the user sees what went
 
 
 models_app = typer.Typer(
