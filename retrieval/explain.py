@@ -90,7 +90,8 @@ RISE_SEED = 0
 BATCH = 16
 # Integrated gradients: points on the straight path from the picture's mean colour to the picture
 # (midpoint rule), shares summed onto a 14x14 grid and spread over each cell's 3x3 neighbourhood.
-# Chosen by the pointing game on a tuning world apart from the reported one (docs/explain.md).
+# Chosen on a small pointing-game check with the demo model (docs/explain.md: 40 pictures and 40
+# two-object scenes); benchmarks/bench_explain.py at full size is what should confirm or change it.
 INTGRAD_STEPS = 2
 INTGRAD_GRID = 14
 INTGRAD_SPREAD = 1
