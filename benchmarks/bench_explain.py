@@ -1,8 +1,11 @@
 """Explanations: seconds per heatmap per method on the CPU, and the pointing game on the synthetic world.
 
     .venv/bin/python benchmarks/bench_explain.py                        # default model, timing only
-    .venv/bin/python benchmarks/bench_explain.py --model models/demo --photos 0 --world 300
-    .venv/bin/python benchmarks/bench_explain.py --train mmsearch-small --input-size 96 --minutes 5 --world 300
+    # the demo model's recipe at a 96 px input (a 3x3 last map, so raw patch similarity can play), both tables:
+    .venv/bin/python benchmarks/bench_explain.py --train mmsearch-small --input-size 96 --minutes 5 \
+        --world 300 --photos 5 --repeat 3 --threads 2 --json bench-out/explain-96px.json
+    # the demo model itself (48 px: tokens and gradeclip cannot read its 1x1 last map):
+    .venv/bin/python benchmarks/bench_explain.py --model models/demo --world 300 --photos 5 --threads 2
     .venv/bin/python benchmarks/bench_explain.py --model mmsearch-tiny --photos 1 --repeat 1 --world 8   # quick check
 
 Speed: each method explains ``--photos`` photo-sized JPEGs (decode included),
