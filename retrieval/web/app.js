@@ -672,6 +672,8 @@ document.addEventListener("keydown", (event) => {
     event.preventDefault();
   } else if (event.key === "m" && !typing && focusedHit()) {
     moreLike(focusedHit());
+  } else if (event.key === "w" && !typing && focusedHit()) {
+    document.activeElement.closest(".card").querySelector(".why")?.click();  // why did it match? (pictures)
   } else if (event.key === "o" && !typing && focusedHit()?.original) {
     window.open(focusedHit().play || focusedHit().original, "_blank", "noopener");
   }
