@@ -121,3 +121,36 @@ def test_the_page_has_a_why_toggle_that_asks_the_endpoint() -> None:
     script = (WEB_DIR / "app.js").read_text(encoding="utf-8")
     assert "/explain`" in script and "why?" in script
     assert "explainTerms" in script  # the terms of the query the hits answered, not what is typed now
+
+
+def test_why_in_a_real_browser_swaps_the_thumbnail_for_the_heatmap_and_back(served) -> None:
+    """Headless Chromium (skipped without it): search, press why?, see the overlay; press again, the thumbnail."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser check needs the 'playwright' package")
+    pytest.importorskip("uvicorn", reason="the browser check needs 'uvicorn' to run the server")
+    from .test_browser import CHROMIUM_ARGS, new_page, search
+    from .serving_helpers import RunningServer
+    from .test_browser import CHROMIUM
+
+    index, _ = served
+    with sync_api.sync_playwright() as p, RunningServer(create_app(index)) as server:
+        try:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        except Exception as exc:  # noqa: BLE001 - an unusable browser is the environment's problem
+            pytest.skip(f"{CHROMIUM} does not start under Playwright: {exc}".splitlines()[0])
+        try:
+            page = new_page(chromium, server.url)
+            page.goto(server.url + "/")
+            search(page, "red shoes", "red shoes", images=4)
+            card = page.locator("#results .card.image").first
+            img = card.locator(".thumb img")
+            thumbnail = img.get_attribute("src")
+            card.locator("button.why").click()
+            sync_api.expect(card.locator("button.why")).to_have_attribute("aria-pressed", "true")
+            assert img.get_attribute("src").startswith("data:image/png;base64,")
+            assert "score" in card.locator("button.why").get_attribute("title")
+            card.locator("button.why").click()
+            sync_api.expect(card.locator("button.why")).to_have_attribute("aria-pressed", "false")
+            assert img.get_attribute("src") == thumbnail
+            assert not page.errors, page.errors
+        finally:
+            chromium.close()
