@@ -32,7 +32,8 @@ LAYERS: list[set[str]] = [
     {"embed", "urls", "video_embed"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot",
      "explain", "explain_towers", "explain_overlay", "explanation"},  # the model side (explain_overlay, explanation: torch-free)
-    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking
+    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_tuning", "ann_lifecycle", "vector_copy",
+     "duplicates"},  # vectors: ANN, tuning, ranking
     {"store", "store_salvage"},  # the index folder
     {"indexer", "photo_store", "video_index", "maintenance", "integrity", "catalog", "shards", "thumbnails"},
     # changing an index
