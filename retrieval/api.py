@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from . import catalog
 from .config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
 from .config import check_model_options
 from .errors import (
-    ImageDecodeError,
     IndexExistsError,
     IndexLockedError,
     IndexNotFoundError,
@@ -39,29 +38,38 @@ from .indexer import IndexReport, ProgressFn, SkipFn, update_index, update_texts
 from .explanation import DEFAULT_METHOD as EXPLAIN_DEFAULT_METHOD
 from .explanation import METHODS as EXPLAIN_METHODS
 from .explanation import ExplainedItem
-from .query import QueryEncoder, QueryTerm, combine, load_query_model
+from .query import QueryEncoder, QueryTerm, load_query_model
 from .search import Filters, Hit, search_vector
 from .store import IndexStore, ItemRow, PhotoStats
 
 if TYPE_CHECKING:
+    from .zeroshot import Prediction
     from PIL import Image
 
     from .ann import VectorIndex
     from .duplicates import DuplicateGroup
     from .encoder import Encoder
     from .engine_ray import RayCfg
-    from .explanation import Explanation
     from .integrity import RepairReport, VerifyReport
-    from .merge import MergeResult
     from .originals import VerifiedFiles
-    from .shard_embed import EmbedResult
     from .thumbnails import ThumbnailCache
     from .video import FrameSampling
-    from .zeroshot import Prediction
+
+from .api_explain import ExplainMixin, ExplainQuery
+from .api_items import ItemsMixin
+from .api_models import (
+    check_sources,
+    embed_to_shards,
+    list_models,
+    load_model,
+    merge_shards,
+    multilingual_models,
+    parse_labels,
+    ray_engine,
+    save_model,
+)
 
 PathLike = str | os.PathLike[str]
-# What Index.explain takes as a query: a text, one term or several, or a vector.
-ExplainQuery = str | QueryTerm | Sequence[QueryTerm] | np.ndarray
 
 __all__ = [
     "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "EXPLAIN_DEFAULT_METHOD", "EXPLAIN_METHODS", "DropPlan", "ExplainQuery",
@@ -109,7 +117,7 @@ class IndexInfo:
                    error=error)
 
 
-class Index:
+class Index(ItemsMixin, ExplainMixin):
     """One named index: its store, its vector index and (loaded on demand) its model.
 
     Pass ``encoder`` to reuse a model you already hold (tests pass a tiny one);
@@ -211,172 +219,6 @@ class Index:
     def failed(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed: undecodable ones, and what the walks skipped."""
         return sorted(self.store.failed_items() + self.store.skipped_files())
-
-    # -- items ------------------------------------------------------------------
-
-    def item(self, item_id: int) -> ItemRow | None:
-        """One item's stored row (path or text, size, dimensions, status, metadata), or None."""
-        return self.items([item_id]).get(item_id)
-
-    def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
-        """Stored rows of the given ids (ids not in the index are left out)."""
-        for item_id in ids:
-            if isinstance(item_id, bool) or not isinstance(item_id, int):
-                raise InvalidQueryError(f"an item id is a whole number (got {item_id!r})")
-        return self.store.items_by_id([i for i in ids if 0 <= i < 2**63])
-
-    def find_item(self, path_or_id: "PathLike | int") -> int:
-        """The id of an indexed item, given its id, its file path, its text key, or a moment of a video.
-
-        A moment is ``PATH#t=SECONDS`` (or ``#t=MM:SS``): the id of the video's
-        frame nearest that time.
-        """
-        if isinstance(path_or_id, bool) or not isinstance(path_or_id, (int, str, os.PathLike)):
-            raise InvalidQueryError(f"an item is named by its id or its path, not {type(path_or_id).__name__}")
-        if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isascii() and path_or_id.isdigit()):
-            item_id = int(path_or_id)
-            if 0 <= item_id < 2**63 and self.store.items_by_id([item_id]):
-                return item_id
-            raise ItemNotFoundError(f"no item with id {item_id} in index {self.name!r}")
-        row = self._row_by_path(os.fspath(path_or_id))
-        if row is None:
-            from .video_files import split_moment
-
-            moment = split_moment(os.fspath(path_or_id))
-            if moment is not None and (video := self._row_by_path(moment[0])) is not None:
-                return self._frame_near(video, moment[1])
-            raise ItemNotFoundError(
-                f"{os.fspath(path_or_id)} is not in index {self.name!r} (index it first, or use 'query --image')"
-            )
-        if row.status != "ok":
-            raise ItemNotFoundError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
-        return row.id
-
-    def _row_by_path(self, text: str) -> ItemRow | None:
-        key = os.path.abspath(os.path.expanduser(text))
-        return self.store.item_by_key(key) or self.store.item_by_key(text)
-
-    def _frame_near(self, video: ItemRow, seconds: float) -> int:
-        """The id of the frame of ``video`` nearest ``seconds`` (what a moment names)."""
-        if video.kind != "video":
-            raise ItemNotFoundError(f"{video.key} is not a video: a moment (#t=SECONDS) names a time in a video")
-        if video.status != "ok":
-            raise ItemNotFoundError(f"{video.key} could not be indexed: {video.error}")
-        frames = self.store.frames_of(video.id)
-        if not frames:
-            raise ItemNotFoundError(f"{video.key} has no indexed frames ('mmsearch repair', then index it again)")
-        return min(frames, key=lambda f: (abs(f[1] - seconds), f[1]))[0]
-
-    def item_vector(self, item_id: int) -> np.ndarray | None:
-        """An item's stored vector; for a video, the mean of its frames' (the video as a whole); None if none."""
-        vector = self.store.vector(int(item_id))
-        if vector is not None:
-            return vector
-        frames = self.store.frames_of(int(item_id))
-        if not frames:
-            return None
-        mean = self.store.vectors_of([i for i, _ in frames]).mean(axis=0)
-        norm = float(np.linalg.norm(mean))
-        return (mean / norm).astype(np.float32) if norm > 1e-8 else None
-
-    def moments(self, item_id: int) -> list[tuple[int, float]]:
-        """(frame id, seconds) of a video's indexed frames in time order; [] for anything else."""
-        return self.store.frames_of(int(item_id))
-
-    def open_original(self, item: "ItemRow | int") -> tuple[BinaryIO, ItemRow]:
-        """The file of an image or video item, open for reading, only while it is still the file that was indexed.
-
-        Opened without following a symlink put in its place, checked on the open
-        descriptor (a regular file of the recorded size and time) and by its
-        content hash (once per unchanged file); see :mod:`retrieval.originals`.
-        A frame of a video opens its video (the row returned is the video's).
-        Raises ``ItemNotFoundError`` with the reason for a text, an item that
-        failed, or a file that is gone, changed or replaced. Given a row (not an
-        id) it does not touch the store, except to find a frame's video. The
-        caller closes the file.
-        """
-        return self._open_checked(item, check_content=True)
-
-    def _file_row(self, item: "ItemRow | int") -> ItemRow:
-        """The row whose file an item shows: itself for images and videos, the video for a frame."""
-        row = self.item(item) if isinstance(item, int) else item
-        if row is None:
-            raise ItemNotFoundError(f"no item with id {item} in index {self.name!r}")
-        if row.kind == "frame":
-            video = self.item(row.parent_id) if row.parent_id is not None else None
-            if video is None:
-                raise ItemNotFoundError(f"item {row.id} is a frame of a video that is no longer indexed")
-            row = video
-        if row.kind not in ("image", "video") or row.path is None:
-            raise ItemNotFoundError(f"item {row.id} is a text, it has no image")
-        if row.status != "ok":
-            raise ItemNotFoundError(f"item {row.id} could not be indexed: {row.error}")
-        return row
-
-    def _open_checked(self, item: "ItemRow | int", *, check_content: bool) -> tuple[BinaryIO, ItemRow]:
-        from .originals import ExpectedFile, VerifiedFiles, open_indexed_file
-
-        row = self._file_row(item)
-        if self._verified is None:
-            with self._thumbnails_lock:
-                if self._verified is None:
-                    self._verified = VerifiedFiles()
-        expected = ExpectedFile.of(row)
-        return open_indexed_file(expected, self._verified, check_content=check_content), row
-
-    def shown_at(self, item: "ItemRow | int") -> tuple[ItemRow, float | None]:
-        """(the row of the file an item shows, the time it shows): what a thumbnail or a player needs.
-
-        An image: itself, no time. A video: itself at its first indexed frame
-        (after any black intro). A frame: its video at the frame's time. Reads
-        the store (the server calls it on its index thread, then hands the
-        result to :meth:`thumbnail` and :meth:`open_original` elsewhere).
-        """
-        if isinstance(item, ItemRow) and item.kind == "image":
-            return item, None
-        row = self._file_row(item)
-        if row.kind != "video":
-            return row, None
-        given = item if isinstance(item, ItemRow) else self.item(item)
-        if given is not None and given.kind == "frame":
-            return row, float(given.time or 0.0)
-        frames = self.store.frames_of(row.id)
-        return row, frames[0][1] if frames else 0.0
-
-    def thumbnail(self, item: ItemRow, size: int | None = None, *, time: float | None = None) -> Path:
-        """A JPEG thumbnail of an image item, or of a video at a moment (longest side ``size``), made once and cached.
-
-        A video shows ``time`` (seconds); a frame item, or a video without
-        ``time``, is first resolved with :meth:`shown_at` (which reads the
-        store). Served only while the item's file is still the file that was
-        indexed (the rule of :meth:`open_original`) and made from that open
-        file; a thumbnail made earlier is served after the cheap part of the
-        check (the content was checked when it was made). Raises
-        ``ItemNotFoundError`` when the file is not the one indexed,
-        ``ImageDecodeError`` (``VideoDecodeError``) when it can no longer be
-        decoded. Given an image, or a video with ``time``, it does not touch
-        the store: any thread may call it.
-        """
-        from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
-
-        if self._thumbnails is None:
-            with self._thumbnails_lock:
-                if self._thumbnails is None:
-                    self._thumbnails = ThumbnailCache.for_index(self.path)
-        row = item
-        if item.kind == "frame" or (item.kind == "video" and time is None):
-            row, time = self.shown_at(item)
-        key = row.hash or f"id{row.id}-{row.mtime_ns}"
-        if row.kind == "video":
-            from .video_files import format_seconds
-
-            time = float(time or 0.0)
-            key = f"{key}-t{format_seconds(time)}"
-        size = size or DEFAULT_THUMB_SIZE
-        made = self._thumbnails.path_for(key, size).is_file()
-        source, row = self._open_checked(row, check_content=not made)
-        with source:
-            return self._thumbnails.get(source, key, size, name=row.path, time=time if row.kind == "video" else None)
 
     # -- writing ----------------------------------------------------------------
 
@@ -575,139 +417,6 @@ class Index:
         vectors = self.store.vectors_of([r.id for r in rows]) if rows else np.zeros((0, self.store.manifest.dim))
         facts = [ItemFacts(r.id, r.width, r.height, r.taken_ts, r.hash, r.size, r.path, r.taken_at) for r in rows]
         return find_duplicates(vectors, facts, range_pairs, threshold=float(threshold))
-
-    # -- why did this match? heatmaps over the picture (issue 21) ----------------
-
-    def explain(
-        self, query: ExplainQuery, item: "PathLike | int | Image.Image", *, method: str = EXPLAIN_DEFAULT_METHOD,
-        **options: Any,
-    ) -> "Explanation":
-        """Why ``item`` scores as it does for ``query``: a signed heatmap over the picture, with the index's model.
-
-        ``query``: a text, one :class:`QueryTerm` or several (combined and
-        negative queries, as :meth:`search` takes them), or a vector. ``item``:
-        an indexed item's id, a picture's path (indexed or not) or a PIL image.
-        ``method``: one of :data:`EXPLAIN_METHODS` (see :mod:`retrieval.explain`);
-        ``options`` go to it. The result's ``terms`` hold each term's share of
-        the map: a negative term's share shows what pushed the picture away.
-
-        Raises ``InvalidQueryError`` (bad query, unknown method or option),
-        ``ItemNotFoundError``, ``ImageDecodeError`` (no such picture, or not
-        decodable) and ``ExplainUnsupportedError`` (the method cannot read this
-        model's image tower; the message names one that can).
-        """
-        return self._explain(self._explain_terms(query), self._explain_picture(item), method, options)
-
-    def explain_overlay(
-        self, query: ExplainQuery, item: "PathLike | int | Image.Image", *, method: str = EXPLAIN_DEFAULT_METHOD,
-        max_side: int | None = 1024, format: str = "PNG", alpha: float = 0.6, term: int | None = None,
-        **options: Any,
-    ) -> "ExplainedItem":
-        """:meth:`explain`, and the overlay drawn on the photo as the user sees it, as an image file.
-
-        The overlay is the EXIF-oriented full frame (parts the model did not see
-        shaded), its longest side at most ``max_side`` (None: full size), in
-        ``format`` (PNG, JPEG or WEBP); ``term`` (0-based) draws one query
-        term's share instead of the total. What an HTTP endpoint returns: the
-        result's ``explanation.as_dict()`` and its ``image`` bytes
-        (``media_type``). Raises as :meth:`explain` does.
-        """
-        picture = self._explain_picture(item)
-        explanation = self._explain(self._explain_terms(query), picture, method, options)
-        data = explanation.overlay_bytes(picture, format=format, max_side=max_side, alpha=alpha, term=term)
-        return ExplainedItem(item, explanation, data, format.upper())
-
-    def explain_overlays(
-        self, query: ExplainQuery, items: "Sequence[PathLike | int]", *, method: str = EXPLAIN_DEFAULT_METHOD,
-        max_side: int | None = 256, format: str = "JPEG", alpha: float = 0.6, **options: Any,
-    ) -> Iterator["ExplainedItem"]:
-        """:meth:`explain_overlay` for several pictures (e.g. a query's hits), the query embedded once.
-
-        A picture that cannot be explained (its file gone or undecodable) is
-        yielded with ``error`` set, and the others still are; a bad query, an
-        unknown method or a tower the method cannot read raises at once.
-        """
-        terms = self._explain_terms(query)
-        for item in items:
-            try:
-                picture = self._explain_picture(item)
-                explanation = self._explain(terms, picture, method, options)
-                data = explanation.overlay_bytes(picture, format=format, max_side=max_side, alpha=alpha)
-            except (ImageDecodeError, ItemNotFoundError) as exc:
-                yield ExplainedItem(item, None, None, format.upper(), error=str(exc))
-                continue
-            yield ExplainedItem(item, explanation, data, format.upper())
-
-    def _explain(self, terms: list[tuple[np.ndarray, float, str | None]], picture: "PathLike | Image.Image",
-                 method: str, options: dict[str, Any]) -> "Explanation":
-        from .explain import explain as compute  # torch: only when a heatmap is asked for
-
-        return compute(self.encoder, terms, picture, method=method, **options)
-
-    def _explain_terms(self, query: ExplainQuery) -> list[tuple[np.ndarray, float, str | None]]:
-        """(unit vector, weight, label) per query term, embedded as a search embeds them."""
-        if isinstance(query, str):
-            terms = [QueryTerm.text(query)]
-        elif isinstance(query, QueryTerm):
-            terms = [query]
-        elif isinstance(query, np.ndarray):
-            terms = [QueryTerm.vector(query)]
-        else:
-            try:
-                terms = list(query)
-            except TypeError:
-                raise InvalidQueryError(
-                    f"a query to explain is a text, query terms or a vector, not {type(query).__name__}"
-                ) from None
-        if not terms:
-            raise InvalidQueryError("empty query: give some words (or an image) whose match to explain")
-        if not all(isinstance(t, QueryTerm) for t in terms):
-            raise InvalidQueryError("a query to explain is a text, query terms or a vector")
-        vectors, labels = [], []
-        for term in terms:
-            if term.kind == "text":
-                vectors.append(self.queries.text(str(term.value)))
-                labels.append(str(term.value).strip())
-            elif term.kind == "image":
-                vectors.append(self.queries.image(term.value))  # type: ignore[arg-type]
-                path = term.value if isinstance(term.value, (str, os.PathLike)) else None
-                labels.append(f"image {os.path.basename(os.fspath(path))}" if path is not None else "image")
-            elif term.kind == "item":
-                vectors.append(self.queries.item(term.value))  # type: ignore[arg-type]
-                labels.append(f"item {term.value}")
-            else:
-                vectors.append(np.asarray(term.value, dtype=np.float32).reshape(-1))
-                labels.append(None)
-        weights = [t.weight for t in terms]
-        combine(vectors, weights)  # the checks (and messages) of a search: weights, sizes, cancelling terms
-        return [(v, float(w), label) for v, w, label in zip(vectors, weights, labels)]
-
-    def _explain_picture(self, item: "PathLike | int | Image.Image") -> "PathLike | Image.Image":
-        """The picture named by an item id, a path (an existing file is used as it is) or a PIL image."""
-        from PIL import Image
-
-        if isinstance(item, Image.Image):
-            return item
-        if isinstance(item, bool) or not isinstance(item, (int, str, os.PathLike)):
-            raise InvalidQueryError(f"a picture to explain is an item id, a file path or a PIL image, not "
-                                    f"{type(item).__name__}")
-        if not isinstance(item, int):
-            if os.path.isfile(item):
-                return Path(item)
-            if os.path.isdir(item):
-                raise ImageDecodeError(f"{os.fspath(item)} is a folder, not a picture")
-            if not os.fspath(item).strip():
-                raise ImageDecodeError("name the picture to explain (an empty path names nothing)")
-        try:
-            item_id = self.find_item(item)
-        except ItemNotFoundError:
-            if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):
-                raise
-            raise ImageDecodeError(f"no such file: {os.fspath(item)}") from None
-        row = self.item(item_id)
-        if row is None or row.kind != "image" or row.path is None:
-            raise InvalidQueryError(f"item {item_id} is a text: a heatmap needs a picture")
-        return Path(row.path)
 
     # -- maintenance: explicit removal, consistency check, repair ----------------
 
@@ -970,44 +679,6 @@ def repair_index(
     return report
 
 
-def check_sources(paths: Sequence[PathLike] = (), text_files: Sequence[PathLike] = ()) -> None:
-    """Raise ``SourceError`` unless every folder/file (or URL) to index is there; cheap, so callers check first."""
-    from .urls import is_url
-
-    if not paths and not text_files:
-        raise SourceError("nothing to index: give a folder of images and/or --texts FILE")
-    for path in [*paths, *text_files]:
-        if not is_url(os.fspath(path)) and not os.path.exists(path):
-            raise SourceError(f"no such file or directory: {os.fspath(path)}")
-
-
-# -- the rest of the engine ---------------------------------------------------------
-
-
-def ray_engine(address: str | None = None, num_workers: int | None = None) -> "RayCfg":
-    """Settings for ``add_folder(engine="ray")`` / ``embed_to_shards(engine="ray")``; says at once if Ray is missing."""
-    from .engine_ray import RayCfg, require_ray
-
-    require_ray()
-    return RayCfg(address=address, num_workers=num_workers)
-
-
-def embed_to_shards(
-    paths: Sequence[PathLike], output: PathLike, *, model: str = DEFAULT_MODEL, **options: Any
-) -> "EmbedResult":
-    """Embed every image under ``paths`` into Parquet shards in ``output`` (no index); see :mod:`retrieval.shard_embed`."""
-    from .shard_embed import embed_to_shards as embed
-
-    return embed(paths, output, model=model, **options)
-
-
-def merge_shards(name: str, shards: Sequence[PathLike], *, root: PathLike | None = None, **options: Any) -> "MergeResult":
-    """Build or update index ``name`` from Parquet embedding shards; see :func:`retrieval.merge.merge_into_index`."""
-    from .merge import merge_into_index
-
-    return merge_into_index(name, shards, root=root, **options)
-
-
 def classify_images(
     images: Sequence["PathLike | Image.Image"], labels: Sequence[str], *, model: str | None = None,
     index: str = DEFAULT_INDEX_NAME, root: PathLike | None = None, device: str = "cpu",
@@ -1019,49 +690,10 @@ def classify_images(
     if model is None:
         model = DEFAULT_MODEL
         if catalog.index_exists(index, root):
+            from .api import (
+                open_index,  # the door's own function: imported when it is needed (no cycle)
+            )
+
             with open_index(index, root=root) as opened:
                 model = opened.model
     return classify(load_encoder(model, device=device), images, list(labels))
-
-
-def load_model(spec: str, *, device: str = "cpu", precision: str = "fp32") -> "Encoder":
-    """The model a spec names, for callers that embed without an index (the immich stand-in, notebooks)."""
-    from .encoder import load_encoder
-
-    check_model_options(device, precision)
-    return load_encoder(spec, device=device, precision=precision)
-
-
-def list_models(*, pretrained: bool = False) -> list[str]:
-    """Architectures (or ``ARCH:PRETRAINED`` pairs) that a model spec may name."""
-    from .encoder import available_models
-
-    return available_models(pretrained=pretrained)
-
-
-def multilingual_models(lang: str = "zh") -> list[dict[str, Any]]:
-    """The published multilingual models, best first by Crossmodal-3600 recall@1 in ``lang``, and the English default.
-
-    One JSON-ready row each (see :func:`retrieval.multilingual.model_rows`); no torch is imported.
-    """
-    from .multilingual import model_rows
-
-    return model_rows(lang)
-
-
-def save_model(spec: str, out_dir: PathLike, *, overwrite: bool = False, device: str = "cpu") -> Path:
-    """Write model ``spec`` into one folder that ``--model out_dir`` loads with no network; returns the folder.
-
-    Downloads the model if it is not cached; see :func:`retrieval.model_save.save_model_folder`.
-    """
-    from .model_save import save_model_folder
-
-    return save_model_folder(spec, out_dir, overwrite=overwrite, device=device)
-
-
-def parse_labels(raw: str | None = None, labels_file: PathLike | None = None) -> list[str]:
-    """Labels from a comma-separated string and/or a file with one label per line."""
-    from .zeroshot import parse_labels as parse
-
-    return parse(raw, labels_file)
-

@@ -40,6 +40,7 @@ LAYERS: list[set[str]] = [
     # changing an index
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
+    {"api_items", "api_explain", "api_models"},  # the door's halves
     {"api"},  # the door
     {"html_report", "explain_report", "duplicates_report", "server_guard", "server_files", "server_ranges", "server_http", "server",
      "server_clip_retrieval", "immich_models", "immich_ml"},  # faces
