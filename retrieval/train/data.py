@@ -1,15 +1,18 @@
 """Image-caption pairs for training and evaluation.
 
-Three layouts are read:
+Five layouts are read:
   - a CSV file with a header (``image,caption[,label][,split]``; other common column
     names are recognised), image paths relative to an images folder;
   - a JSONL file, one object per line with ``image`` and ``caption`` (or ``captions``:
     a list), optionally ``label`` and ``split``;
-  - a folder of images, each with a sidecar ``.txt`` file of captions (one per line).
+  - a folder of images, each with a sidecar ``.txt`` file of captions (one per line);
+  - webdataset tar shards and Parquet files (:mod:`retrieval.train.shards`).
 
 Several captions of one image are the same item's positives, never separate items.
-Bad rows and undecodable images are skipped and counted; only data with no usable
-item at all is an error.
+Reading is an index pass: captions and where each image is, never its pixels. Bad
+rows and missing files are skipped and counted here; undecodable images are
+skipped and counted when training or evaluation meets them (see
+:mod:`retrieval.train.pipeline`). Only data with no usable item at all is an error.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import torch
 from PIL import Image
 
 from ..config import IMAGE_EXTENSIONS
 from ..errors import DataError
+from ..loading import LoadedImage
+from .shards import BlobReader, BlobRef, looks_like_shards, read_shards
 
 IMAGE_COLUMNS = ("image", "filepath", "file", "path", "image_path", "img", "filename")
 CAPTION_COLUMNS = ("caption", "text", "title", "captions")
@@ -35,14 +39,20 @@ SPLIT_COLUMNS = ("split",)
 TRAIN_SPLIT = "train"
 
 
-@dataclass
+@dataclass(slots=True)
 class PairItem:
-    """One image and every caption that describes it."""
+    """One image and every caption that describes it.
+
+    ``blob`` says where the image's bytes are when they live inside a shard (a tar
+    member, a Parquet row); ``image_path`` is then a name for messages and for the
+    train/validation split (``SHARD/KEY.jpg``), not a file.
+    """
 
     image_path: Path
     captions: list[str]
     label: str | None = None
     split: str | None = None
+    blob: BlobRef | None = None
 
 
 @dataclass
@@ -92,12 +102,21 @@ def read_pairs(
     caption_column: str | None = None,
     check_images: bool = True,
 ) -> PairData:
-    """Read image-caption pairs from a CSV, a JSONL file or a folder with sidecar captions.
+    """Read image-caption pairs from a CSV, a JSONL file, a folder with sidecar captions,
+    webdataset tar shards (``'shards/{00000..00099}.tar'``, local or fsspec URLs) or Parquet.
 
     ``images_dir``: where relative image paths start (default: the file's folder).
-    ``check_images``: decode every image once, skipping (and counting) the bad ones.
+    ``check_images``: skip (and count) rows whose image file does not exist. No image
+    is decoded here: an undecodable one is skipped and counted when it is first met.
     Raises ``DataError`` when the source is missing or yields no usable item.
     """
+    if looks_like_shards(str(source)):
+        data = read_shards(str(source), images_dir, image_column, caption_column)
+        if check_images:
+            _drop_missing(data)
+        if not data.items:
+            raise DataError(f"no usable image-caption pairs in {str(source)!r} ({data.summary()})")
+        return data
     src = Path(source).expanduser()
     if not src.exists():
         raise DataError(f"training data {str(src)!r} does not exist")
@@ -116,7 +135,7 @@ def read_pairs(
             raise DataError(f"{str(src)!r}: expected a .csv, a .jsonl or a folder of images with .txt captions")
         data = _group_rows(src, rows, base)
     if check_images:
-        _drop_undecodable(data)
+        _drop_missing(data)
     if not data.items:
         raise DataError(f"no usable image-caption pairs in {str(src)!r} ({data.summary()})")
     return data
@@ -253,13 +272,41 @@ def decode_image(path: Path, min_side: int | None = None) -> Image.Image | None:
     return load_image(path, min_side=min_side).image
 
 
-def _drop_undecodable(data: PairData) -> None:
+def load_item(item: PairItem, reader: BlobReader | None = None, min_side: int | None = None) -> LoadedImage:
+    """Decode ``item``'s picture wherever it is (a file, a tar member, a Parquet row); never raises.
+
+    ``min_side``: reduced-size JPEG decoding keeping the shorter side >= this (as indexing does).
+    """
+    from ..loading import load_image
+
+    source: str | Path | bytes | None = item.image_path
+    if item.blob is not None:
+        if reader is None:
+            reader = _shared_reader()
+        source, error = reader.read(item.blob)
+        if source is None:
+            return LoadedImage(None, error or "unreadable shards")
+    elif not item.image_path.is_file():
+        return LoadedImage(None, "missing image files")
+    return load_image(source, min_side=min_side)
+
+
+_READER: BlobReader | None = None
+
+
+def _shared_reader() -> BlobReader:
+    global _READER
+    if _READER is None:
+        _READER = BlobReader()
+    return _READER
+
+
+def _drop_missing(data: PairData) -> None:
+    """Skip rows whose image file is not there (a stat each, no decoding: cheap even for 100k rows)."""
     kept = []
     for item in data.items:
-        if not item.image_path.is_file():
+        if item.blob is None and not item.image_path.is_file():
             data._skip("missing image files", image=True)
-        elif decode_image(item.image_path, min_side=64) is None:
-            data._skip("undecodable images", image=True)
         else:
             kept.append(item)
     data.items = kept
@@ -302,68 +349,3 @@ def _split_key(item: PairItem) -> str:
 def _hash_unit(key: str, seed: int) -> float:
     digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """(pixels, tokens) samples: each image once per epoch with one of its captions drawn at random.
-
-    Small datasets are decoded once and kept in memory (at most ``cache_side`` pixels
-    a side), which matters on a CPU-only machine; with ``deterministic_transform`` (no
-    augmentation) the transformed pixels themselves are kept. Tokens are cached per caption.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[PairItem],
-        transform: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
-        seed: int = 0,
-        cache_images: bool = True,
-        cache_side: int = 256,
-        deterministic_transform: bool = False,
-    ) -> None:
-        self.items = list(items)
-        self.transform = transform
-        self.tokenizer = tokenizer
-        self.rng = random.Random(seed)
-        self.cache_side = cache_side
-        self._cache: dict[int, Image.Image] | None = {} if cache_images else None
-        self._pixels: dict[int, torch.Tensor] | None = {} if cache_images and deterministic_transform else None
-        self._tokens: dict[str, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def image(self, index: int) -> Image.Image:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        img = decode_image(self.items[index].image_path)
-        if img is None:  # vanished or changed since it was checked: a blank stand-in keeps the batch shape
-            img = Image.new("RGB", (self.cache_side, self.cache_side))
-        if self._cache is not None:
-            img.thumbnail((self.cache_side, self.cache_side))
-            self._cache[index] = img
-        return img
-
-    def pixels(self, index: int) -> torch.Tensor:
-        if self._pixels is None:
-            return self.transform(self.image(index))
-        cached = self._pixels.get(index)
-        if cached is None:
-            cached = self._pixels[index] = self.transform(self.image(index))
-        return cached
-
-    def tokens(self, captions: Sequence[str]) -> torch.Tensor:
-        missing = [c for c in dict.fromkeys(captions) if c not in self._tokens]
-        if missing:
-            self._tokens.update(zip(missing, self.tokenizer(missing)))
-        return torch.stack([self._tokens[c] for c in captions])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        caption = self.rng.choice(self.items[index].captions)
-        return self.pixels(index), self.tokens([caption])[0]
-
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Collate a batch without a DataLoader (no worker processes to compete for two cores)."""
-        captions = [self.rng.choice(self.items[i].captions) for i in indices]
-        return torch.stack([self.pixels(i) for i in indices]), self.tokens(captions)
