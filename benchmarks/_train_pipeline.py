@@ -139,17 +139,16 @@ def training_rates(items: Sequence[Any], arch: str, batch: int, steps: int, work
 
     def run(batches: Iterator[tuple[Any, Any]], label: str, w: int) -> None:
         done, t0 = 0, 0.0
-        for k, (pixels, tokens) in enumerate(batches):
-            if k == 1:  # the first step pays for warm-up (allocations, kernels, thread start)
+        for k in range(steps + 1):
+            if k == 1:  # the first step pays for warm-up (allocations, kernels, thread start): not timed
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
+            pixels, tokens = next(batches)  # timed: waiting for data is what the pipelines differ in
             optimizer.zero_grad(set_to_none=True)
             accumulate(model, loss_fn, "clip", [(pixels, tokens)], 1, dev)
             optimizer.step()
             done += len(pixels) if k >= 1 else 0
-            if k == steps:
-                break
         if dev.type == "cuda":
             torch.cuda.synchronize()
         rows.append({"training": label, "workers": w, "steps": steps,
