@@ -14,6 +14,9 @@ OpenMP's own default, spelled out as ``GOMP_SPINCOUNT=300000`` so that mmsearch 
 it alone). Training reports samples/s per epoch (from ``metrics.jsonl``): the first
 epoch decodes the pictures, the later ones read them from the cache, and on a loaded
 machine they are the ones that suffered (issue 17). Indexing reports images/s.
+With ``--budget-minutes M`` (default 60: never reached) training runs as a user with a
+deadline runs it, ``--max-minutes M``, which lets the trainer tune its thread count
+(retrieval/train/threads.py); ``--budget-minutes 0`` trains a fixed count of threads.
 """
 
 from __future__ import annotations
@@ -77,10 +80,12 @@ def epoch_rates(metrics_jsonl: Path, step_samples: int) -> list[float]:
 
 
 def train_once(data: Path, out: Path, policy: str, epochs: int, batch: int, threads: int | None,
-               extra: Sequence[str]) -> dict[str, Any]:
+               extra: Sequence[str], budget_minutes: float = 0) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "retrieval.cli", "train", str(data), "--out", str(out), "--overwrite",
            "--model", "mmsearch-small", "--epochs", str(epochs), "--batch-size", str(batch), "--no-augment",
            "--device", "cpu", "--checkpoint-minutes", "0", "--json", *extra]
+    if budget_minutes:  # a budget that the epochs finish within: what a user with a deadline runs (tuned threads)
+        cmd += ["--max-minutes", str(budget_minutes)]
     env = _env(policy)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -129,7 +134,7 @@ def run_load(args: Any) -> dict[str, Any]:
             try:
                 _log(f"train, {policy} waiting, {condition}" + (f" ({n} competitors)" if procs else ""))
                 row = train_once(catalogue.captions_csv, out / "load-model", policy, args.load_epochs,
-                                 args.load_batch, args.threads or None, [])
+                                 args.load_batch, args.threads or None, [], args.budget_minutes)
                 if args.index:
                     _log(f"index, {policy} waiting, {condition}")
                     photos = make_photo_folder(out / "load-photos-1600x1200", args.index_photos, size=(1600, 1200))

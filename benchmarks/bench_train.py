@@ -295,6 +295,8 @@ def main() -> int:
                                                                   "spin (GNU OpenMP's default)")
     load.add_argument("--load-epochs", type=int, default=3)
     load.add_argument("--load-batch", type=int, default=128)
+    load.add_argument("--budget-minutes", type=float, default=60.0,
+                      help="train with --max-minutes this (tuned threads); 0: a fixed thread count")
     load.add_argument("--index", action="store_true", help="also time `mmsearch index` in each condition")
     load.add_argument("--index-photos", type=int, default=150, help="1600x1200 JPEGs indexed")
     args = parser.parse_args()

@@ -373,3 +373,30 @@ def test_cache_keeps_a_fixed_set_within_its_budget() -> None:
     kept = set(cache._items)
     cache.put(5000, np.zeros(300, dtype=np.uint8))
     assert set(cache._items) == kept  # full: nothing is evicted, nothing churns
+
+
+def test_thread_tuner_keeps_the_fastest_count_and_measures_again_when_the_load_changes() -> None:
+    from retrieval.train.threads import ThreadTuner
+
+    now = [0.0]
+    applied: list[int] = []
+    # Seconds per step by thread count: first a busy machine (barriers wait), then a quiet one.
+    busy = {4: 0.50, 2: 0.30, 1: 0.25}
+    quiet = {4: 0.10, 2: 0.15, 1: 0.25}
+    tuner = ThreadTuner(4, probe_steps=3, hold_seconds=20.0, clock=lambda: now[0], set_threads=applied.append)
+    assert tuner.candidates == [4, 2, 1] and applied == [4]
+
+    def run(steps: int, cost: dict[int, float]) -> None:
+        for _ in range(steps):
+            tuner.before_step()
+            now[0] += cost[tuner.current]
+            tuner.after_step(cost[tuner.current])
+
+    run(12, busy)  # 3 counts x (1 warm-up + 3 measured) steps
+    assert tuner.choices == [1] and tuner.current == 1 and not tuner.probing
+    assert applied == [4, 2, 1]
+    run(79, quiet)  # holds 1 thread for 20 s of 0.25 s steps
+    assert tuner.choices == [1] and tuner.current == 1
+    run(12, quiet)  # then measures again, the held count first, and moves to 4
+    assert tuner.choices == [1, 4] and tuner.current == 4 and applied == [4, 2, 1, 4, 2, 4]
+    assert ThreadTuner(1, set_threads=lambda n: None).candidates == [1]

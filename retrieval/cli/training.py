@@ -104,6 +104,9 @@ def train(
         "--workers", min=0, help="Decode threads preparing the next batches while the model runs [default: half "
                                  "the CPUs, at most 8; on a GPU all but one]; 0 decodes on the training thread.")
     ] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="torch threads [default: one per CPU; on a CPU with --max-minutes, the count "
+                                 "that trains fastest, measured as the machine's load changes].")] = None,
     cache_mb: Annotated[Optional[float], typer.Option(
         "--cache-mb", min=0, help="Memory for decoded pictures, kept as uint8 at the model's input size; the rest "
                                   "are decoded each time they are met [default: 1/8 of RAM, at most 1536].")
@@ -137,7 +140,7 @@ def train(
         weight_decay=weight_decay, warmup_steps=warmup, grad_clip=grad_clip or None, accum_steps=accum_steps,
         loss=loss.value, lock_image=lock_image, lock_text=lock_text, augment=augment, val_fraction=val_fraction,
         seed=seed, resume=resume, overwrite=overwrite, budget_clock=budget_clock.value, device=device, amp=amp,
-        workers=workers, cache_mb=cache_mb, checkpoint_minutes=checkpoint_minutes or None,
+        workers=workers, threads=threads, cache_mb=cache_mb, checkpoint_minutes=checkpoint_minutes or None,
     )
     result = fit(pairs, out, cfg, progress=sys.stderr)
     if result.rank != 0:

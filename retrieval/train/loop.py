@@ -35,6 +35,7 @@ from .models import (
     param_groups,
 )
 from .progress import Progress, fmt_eta
+from .threads import ThreadTuner
 
 DEFAULT_EPOCHS = 10
 SCRATCH_LR = 1e-3
@@ -72,6 +73,8 @@ class TrainCfg:
     amp: bool = True  # bf16 autocast on CUDA GPUs that support it (CPU and MPS always train in fp32)
     # Where it runs, not what it trains (a resumed run takes the new values):
     workers: int | None = None  # decode threads; None: from the cores (pipeline.plan_threads); 0: none
+    # torch threads; None: one per CPU, and on a CPU under a time budget tuned by measurement (threads.py)
+    threads: int | None = None
     cache_mb: float | None = None  # decoded pixels kept in memory (per machine); None: pipeline.default_cache_mb()
     checkpoint_minutes: float | None = 10.0  # also save last/ this often within an epoch; None: at epoch ends only
     checkpoint_steps: int | None = None  # ... or every this many optimizer steps
@@ -124,7 +127,7 @@ def _resume_state(cfg: TrainCfg, out_dir: Path) -> tuple[TrainCfg, dict[str, Any
     state = ckpt.load_state(last)
     saved = TrainCfg(**{k: v for k, v in state["cfg"].items() if k in TrainCfg.__dataclass_fields__})
     keep = {"epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "device": cfg.device, "amp": cfg.amp}
-    here = {k: getattr(cfg, k) for k in ("workers", "cache_mb", "checkpoint_minutes", "checkpoint_steps")}
+    here = {k: getattr(cfg, k) for k in ("workers", "threads", "cache_mb", "checkpoint_minutes", "checkpoint_steps")}
     merged = TrainCfg(**{**asdict(saved), **{k: v for k, v in keep.items() if v is not None}, **here, "resume": True})
     return merged, state, last
 
@@ -296,7 +299,11 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
     resuming = (f", resuming at epoch {epoch + 1}" + (f" step {start_step + 1}" if start_step else "")) if state else ""
     bar.line(f"training {tm.source}{where} on {len(split.train)} images ({len(split.val)} for validation), "
              f"{steps_per_epoch} steps/epoch of {step_samples} samples{resuming}")
-    bar.line(_input_line(train_loader, torch.get_num_threads()))
+    # A time budget on a CPU: the thread count that makes the most steps, measured as the load changes.
+    tuner = ThreadTuner(torch.get_num_threads()) if (
+        budget_s < math.inf and env.device.type == "cpu" and not env.distributed and cfg.threads is None
+        and "OMP_NUM_THREADS" not in os.environ) else None
+    bar.line(_input_line(train_loader, torch.get_num_threads()) + (", tuned while training" if tuner else ""))
     start = time.monotonic()
     clock = _budget_clock(cfg.budget_clock)
     clock_start = clock()
@@ -325,6 +332,8 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
             s = start_step
             try:
                 while s < steps_per_epoch:
+                    if tuner is not None:
+                        tuner.before_step()
                     t0, t0_clock = time.monotonic(), clock()
                     lr = lr_at(step, base_lr, warmup, total_steps)
                     for group in optimizer.param_groups:
@@ -345,6 +354,8 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
                     losses.append(step_loss)
                     train_time += time.monotonic() - t0
                     train_clock += clock() - t0_clock
+                    if tuner is not None:
+                        tuner.after_step(time.monotonic() - t0)
                     rate = steps_done * step_samples / max(train_time, 1e-9)
                     out_of_time = False
                     if budget_s < math.inf:
@@ -383,7 +394,7 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
                 "elapsed_s": time.monotonic() - start,
                 "logit_scale": float(model.logit_scale.detach().exp()),  # type: ignore[operator]
                 "val": last_metrics.to_dict() if last_metrics else None, "is_best": is_best,
-                "skipped_images": sum(skips.values()),
+                "skipped_images": sum(skips.values()), "threads": torch.get_num_threads(),
             }
             if is_best:
                 best_score, best_epoch = score, epoch
@@ -407,6 +418,9 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
     finally:
         train_loader.close()
         val_loader.close()
+    final_threads = torch.get_num_threads()
+    if tuner is not None:
+        torch.set_num_threads(tuner.candidates and max(tuner.candidates))  # leave the process as planned
     if budget_s < math.inf and step < max_steps:
         stopped_by = "time"  # the schedule fitted to the budget ended before the epochs did
     best = next((h for h in history if h["epoch"] == best_epoch), None)
@@ -418,7 +432,7 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
         rank=env.rank, world_size=env.world_size, skipped_images=sum(skips.values()), skip_reasons=skips,
         cached_items=len(train_loader.cache) + len(val_loader.cache),
         cache_bytes=train_loader.cache.used + val_loader.cache.used,
-        decode_workers=train_loader.workers, threads=torch.get_num_threads(),
+        decode_workers=train_loader.workers, threads=final_threads,
     )
 
 
@@ -427,6 +441,7 @@ def _loaders(tm: TrainableModel, model: torch.nn.Module, cfg: TrainCfg, split: S
     """The training and validation loaders, sharing one memory budget and the machine's cores."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if env.distributed else 1
     threads, workers = plan_threads(cfg.workers, env.device, local)
+    threads = cfg.threads or threads
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     budget = (cfg.cache_mb if cfg.cache_mb is not None else default_cache_mb()) * 2**20 / max(1, local)
