@@ -91,7 +91,8 @@ def legacy_batches(items: Sequence[Any], transform: Any, tokenizer: Any, batch: 
 
 
 def _new_batches(items: Sequence[Any], tm: Any, batch: int, workers: int, augment: bool = False) -> Any:
-    from retrieval.train.pipeline import ImagePrep, PairLoader, PixelCache, epoch_order
+    from retrieval.train.pipeline import PairLoader, epoch_order
+    from retrieval.train.pixels import ImagePrep, PixelCache
 
     prep = ImagePrep(tm.model, tm.preprocess_train, augment)
     loader = PairLoader(items, prep, tm.tokenizer, PixelCache(0), seed=0, workers=workers)
@@ -106,7 +107,7 @@ def pipeline_rates(items: Sequence[Any], tm: Any, batch: int, worker_counts: Seq
     for pixels, _ in legacy_batches(items, tm.preprocess_train, tm.tokenizer, batch):
         n += len(pixels)
     rows.append({"pipeline": "today's loop (full decode in the training thread)", "workers": 0,
-                 "samples_per_s": n / (time.perf_counter() - t0)})
+                 "samples_per_s": n / (time.perf_counter() - t0), "load_avg_1m": os.getloadavg()[0]})
     _log(f"  today's loop: {rows[-1]['samples_per_s']:.1f} samples/s")
     for workers in worker_counts:
         loader, batches = _new_batches(items, tm, batch, workers)
@@ -116,7 +117,7 @@ def pipeline_rates(items: Sequence[Any], tm: Any, batch: int, worker_counts: Seq
             n += len(pixels)
         loader.close()
         rows.append({"pipeline": "PairLoader (reduced-size decode, uint8)", "workers": workers,
-                     "samples_per_s": n / (time.perf_counter() - t0)})
+                     "samples_per_s": n / (time.perf_counter() - t0), "load_avg_1m": os.getloadavg()[0]})
         _log(f"  PairLoader, {workers} worker(s): {rows[-1]['samples_per_s']:.1f} samples/s")
     return rows
 
@@ -127,8 +128,8 @@ def training_rates(items: Sequence[Any], arch: str, batch: int, steps: int, work
     import torch
 
     from retrieval.train.distributed import create_loss
-    from retrieval.train.loop import accumulate
     from retrieval.train.models import create_from_scratch, param_groups
+    from retrieval.train.steps import accumulate
 
     tm = create_from_scratch(arch, seed=0, augment=False)
     dev = torch.device(device)
@@ -152,7 +153,7 @@ def training_rates(items: Sequence[Any], arch: str, batch: int, steps: int, work
         if dev.type == "cuda":
             torch.cuda.synchronize()
         rows.append({"training": label, "workers": w, "steps": steps,
-                     "samples_per_s": done / max(time.perf_counter() - t0, 1e-9)})
+                     "samples_per_s": done / max(time.perf_counter() - t0, 1e-9), "load_avg_1m": os.getloadavg()[0]})
         _log(f"  {label}: {rows[-1]['samples_per_s']:.1f} samples/s")
 
     run(((p.to(dev), t) for p, t in legacy_batches(items, tm.preprocess_train, tm.tokenizer, batch)),
@@ -222,7 +223,7 @@ def run_pipeline(args: Any) -> dict[str, Any]:
 
     from retrieval.train import read_pairs
     from retrieval.train.models import create_from_scratch
-    from retrieval.train.pipeline import default_cache_mb
+    from retrieval.train.pixels import default_cache_mb
 
     out: Path = args.out
     cpus = len(os.sched_getaffinity(0))
@@ -235,18 +236,15 @@ def run_pipeline(args: Any) -> dict[str, Any]:
     _log(f"input pipeline alone, {len(items)} photos of 3000x2000, 224 px batches of {args.batch}")
     workers = sorted({1, 2, cpus})
     summary["pipeline"] = pipeline_rates(items, tm, args.batch, workers)
-    print("| input pipeline (no model) | decode threads | samples/s |\n|---|---|---|")
-    for r in summary["pipeline"]:
-        print(f"| {r['pipeline']} | {r['workers']} | {r['samples_per_s']:.1f} |")
+    _print_rates(summary["pipeline"], "pipeline", "input pipeline (no model)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.train_steps:
         _log(f"training ViT-B-32 at 224 px on {device}, {args.train_steps} timed steps of {args.batch}")
         summary["training"] = training_rates(items, "ViT-B-32", args.batch, args.train_steps,
                                              workers=args.workers or max(1, cpus // 2 if device == "cpu" else cpus - 1),
                                              device=device)
-        print(f"\n| ViT-B-32 training on {device} | decode threads | samples/s |\n|---|---|---|")
-        for r in summary["training"]:
-            print(f"| {r['training']} | {r['workers']} | {r['samples_per_s']:.1f} |")
+        print()
+        _print_rates(summary["training"], "training", f"ViT-B-32 training on {device}")
     summary["memory"] = []
     pair_counts = [int(x) for x in args.pairs.split(",") if x.strip()]
     memory_photos = make_photo_folder(out / "photos-800x600", args.distinct, size=(800, 600)) if pair_counts else out
@@ -260,14 +258,27 @@ def run_pipeline(args: Any) -> dict[str, Any]:
             summary["memory"].append(row)
     if not pair_counts:
         return summary
-    print("\n| pairs | --cache-mb | peak RSS MiB | RSS before fit MiB | cache MiB | cached pictures | within 3 GiB |"
-          "\n|---|---|---|---|---|---|---|")
+    print("\n| pairs | --cache-mb | peak RSS MiB | RSS before fit MiB | cache MiB | cached pictures | cache within "
+          "budget | peak within 3 GiB | epoch s |\n|---|---|---|---|---|---|---|---|---|")
     for r in summary["memory"]:
         if "error" in r:
-            print(f"| {r['pairs']} | {r['cache_mb']} | error: {r['error'][-200:]!r} | | | | |")
+            print(f"| {r['pairs']} | {r['cache_mb']} | error: {r['error'][-200:]!r} | | | | | | |")
             continue
         mib = 2**20
-        print(f"| {r['pairs']} | {r['cache_mb']} | {r['peak_rss_bytes'] / mib:.0f} | "
+        r["cache_within_budget"] = r["cache_bytes"] <= r["cache_mb"] * mib
+        r["peak_within_3gib"] = r["peak_rss_bytes"] <= 3 * 2**30
+        print(f"| {r['pairs']} | {r['cache_mb']:.0f} | {r['peak_rss_bytes'] / mib:.0f} | "
               f"{r['rss_before_fit_bytes'] / mib:.0f} | {r['cache_bytes'] / mib:.0f} | {r['cached_items']} | "
-              f"{'yes' if r['peak_rss_bytes'] <= 3 * 2**30 else 'NO'} |")
+              f"{'yes' if r['cache_within_budget'] else 'NO'} | {'yes' if r['peak_within_3gib'] else 'NO'} | "
+              f"{r['seconds']:.0f} |")
     return summary
+
+
+def _print_rates(rows: list[dict[str, Any]], key: str, title: str) -> None:
+    """A table of samples/s, each row beside today's loop (the first row) and the load average it ran at."""
+    base = rows[0]["samples_per_s"]
+    print(f"| {title} | decode threads | samples/s | x today's loop | load avg (1 min) |\n|---|---|---|---|---|")
+    for r in rows:
+        r["vs_today"] = r["samples_per_s"] / max(base, 1e-9)
+        print(f"| {r[key]} | {r['workers']} | {r['samples_per_s']:.1f} | {r['vs_today']:.2f} | "
+              f"{r['load_avg_1m']:.1f} |")

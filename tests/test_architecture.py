@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
-     "store_schema"},
+     "store_schema", "cpu_threads"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",
      "places"},  # what files exist; decoding them; their metadata and places; opening them to serve
     {"embed", "urls"},  # files -> pixels -> vectors (with any encoder)
@@ -45,7 +45,7 @@ TRAINING = "train"  # a separate application over the model side: it may import 
 MODEL_SIDE = {"encoder", "fast_paths", "text_export"}
 DOOR = {"api", "query", "search", "errors", "config"}
 FACE_HELPERS = {"html_report", "duplicates_report", "thumbnails", "server_guard", "server_files", "server_http",
-                "immich_models"}
+                "immich_models", "cpu_threads"}  # cpu_threads: how OpenMP waits, chosen before torch loads
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server", "server_clip_retrieval", "immich_ml"}
 # The immich stand-in serves a model's raw embeddings, with no index: the model loader is its door.
 EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}, "immich_ml": {"encoder"}}

@@ -23,10 +23,14 @@ from retrieval.train import TrainCfg, fit, read_pairs
 from retrieval.train import checkpoint as ckpt
 from retrieval.train.data import PairItem, load_item
 from retrieval.train.models import create_from_scratch
-from retrieval.train.pipeline import (
-    ImagePrep, PairLoader, PixelCache, epoch_order, plan_threads, rank_share,
+from retrieval.train.pipeline import PairLoader, epoch_order, plan_threads, rank_share
+from retrieval.train.pixels import ImagePrep, PixelCache
+from retrieval.train.shards import (
+    BlobReader,
+    expand_braces,
+    shard_urls,
+    write_tar_shard,
 )
-from retrieval.train.shards import BlobReader, expand_braces, shard_urls, write_tar_shard
 
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
@@ -321,9 +325,8 @@ def test_resume_mid_epoch_from_shards_after_a_crash(shards: Path, tmp_path: Path
 
 
 def test_cli_trains_on_parquet_and_reports_skips_at_the_end(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
     import typer
+    from typer.testing import CliRunner
 
     from retrieval.cli.training import register
 

@@ -20,73 +20,25 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from PIL import Image
 
 from ..config import IMAGE_EXTENSIONS
 from ..errors import DataError
 from ..loading import LoadedImage
-from .shards import BlobReader, BlobRef, looks_like_shards, read_shards
+from .records import PairData, PairItem
+from .shards import BlobReader, looks_like_shards, read_shards
+
+__all__ = ["PairData", "PairItem", "Split", "heldout_items", "load_item", "read_pairs", "split_items"]
 
 IMAGE_COLUMNS = ("image", "filepath", "file", "path", "image_path", "img", "filename")
 CAPTION_COLUMNS = ("caption", "text", "title", "captions")
 LABEL_COLUMNS = ("label", "class", "category")
 SPLIT_COLUMNS = ("split",)
 TRAIN_SPLIT = "train"
-
-
-@dataclass(slots=True)
-class PairItem:
-    """One image and every caption that describes it.
-
-    ``blob`` says where the image's bytes are when they live inside a shard (a tar
-    member, a Parquet row); ``image_path`` is then a name for messages and for the
-    train/validation split (``SHARD/KEY.jpg``), not a file.
-    """
-
-    image_path: Path
-    captions: list[str]
-    label: str | None = None
-    split: str | None = None
-    blob: BlobRef | None = None
-
-
-@dataclass
-class PairData:
-    """Items read from one source plus what was skipped and why."""
-
-    source: Path
-    items: list[PairItem]
-    skipped_rows: int = 0
-    skipped_images: int = 0
-    skip_reasons: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def has_labels(self) -> bool:
-        return any(item.label for item in self.items)
-
-    @property
-    def n_captions(self) -> int:
-        return sum(len(item.captions) for item in self.items)
-
-    def summary(self) -> str:
-        text = f"{len(self.items)} images, {self.n_captions} captions from {self.source}"
-        skipped = self.skipped_rows + self.skipped_images
-        if skipped:
-            reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skip_reasons.items()))
-            text += f"; skipped {skipped} ({reasons})"
-        return text
-
-    def _skip(self, reason: str, image: bool = False) -> None:
-        if image:
-            self.skipped_images += 1
-        else:
-            self.skipped_rows += 1
-        self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -224,11 +176,11 @@ def _group_rows(src: Path, rows: Iterable[_RowT | None], base: Path) -> PairData
     by_image: dict[Path, PairItem] = {}
     for row in rows:
         if row is None:
-            data._skip("malformed rows")
+            data.skip("malformed rows")
             continue
         image, captions, label, split = row
         if not image or not captions:
-            data._skip("rows without image or caption")
+            data.skip("rows without image or caption")
             continue
         path = Path(image).expanduser()
         path = path if path.is_absolute() else base / path
@@ -249,16 +201,16 @@ def _read_sidecar_folder(root: Path) -> PairData:
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
         sidecar = path.with_suffix(".txt")
         if not sidecar.is_file():
-            data._skip("images without a .txt caption")
+            data.skip("images without a .txt caption")
             continue
         try:
             lines = sidecar.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError):
-            data._skip("unreadable caption files")
+            data.skip("unreadable caption files")
             continue
         captions = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
         if not captions:
-            data._skip("empty caption files")
+            data.skip("empty caption files")
             continue
         label = path.parent.name if path.parent != root else None
         data.items.append(PairItem(image_path=path, captions=captions, label=label))
@@ -306,7 +258,7 @@ def _drop_missing(data: PairData) -> None:
     kept = []
     for item in data.items:
         if item.blob is None and not item.image_path.is_file():
-            data._skip("missing image files", image=True)
+            data.skip("missing image files", image=True)
         else:
             kept.append(item)
     data.items = kept

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -29,12 +29,19 @@ from . import distributed as dist_env
 from .data import PairData, Split, split_items
 from .distributed import DistEnv
 from .evaluate import RetrievalMetrics, evaluate
-from .pipeline import ImagePrep, PairLoader, PixelCache, default_cache_mb, epoch_order, plan_threads, rank_share
 from .models import (
-    DEFAULT_ARCH, TrainableModel, create_from_checkpoint, create_from_scratch, create_from_spec, lock_towers,
+    DEFAULT_ARCH,
+    TrainableModel,
+    create_from_checkpoint,
+    create_from_scratch,
+    create_from_spec,
+    lock_towers,
     param_groups,
 )
+from .pipeline import PairLoader, epoch_order, plan_threads, rank_share
+from .pixels import ImagePrep, PixelCache, default_cache_mb
 from .progress import Progress, fmt_eta
+from .steps import accumulate, lr_at
 from .threads import ThreadTuner
 
 DEFAULT_EPOCHS = 10
@@ -102,14 +109,6 @@ class TrainResult:
     cache_bytes: int = 0
     decode_workers: int = 0
     threads: int = 0  # torch intra-op threads
-
-
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warmup then cosine decay to zero (open_clip_train's ``cosine_lr``)."""
-    if step < warmup:
-        return base_lr * (step + 1) / max(1, warmup)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
 
 
 def _resume_state(cfg: TrainCfg, out_dir: Path) -> tuple[TrainCfg, dict[str, Any] | None, Path | None]:
@@ -303,7 +302,7 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
     tuner = ThreadTuner(torch.get_num_threads()) if (
         budget_s < math.inf and env.device.type == "cpu" and not env.distributed and cfg.threads is None
         and "OMP_NUM_THREADS" not in os.environ) else None
-    bar.line(_input_line(train_loader, torch.get_num_threads()) + (", tuned while training" if tuner else ""))
+    bar.line(train_loader.describe(torch.get_num_threads()) + (", tuned while training" if tuner else ""))
     start = time.monotonic()
     clock = _budget_clock(cfg.budget_clock)
     clock_start = clock()
@@ -473,15 +472,6 @@ def _merge_counts(*counts: dict[str, int]) -> dict[str, int]:
     return merged
 
 
-def _input_line(loader: PairLoader, threads: int) -> str:
-    per_item = loader.prep.size[0] * loader.prep.size[1] * 3 * (1 if loader.prep.exact else 1.5)
-    fits = min(len(loader.items), int(loader.cache.budget // max(1.0, per_item)))
-    share = "all" if fits >= len(loader.items) else f"about {fits} of {len(loader.items)}"
-    return (f"input: {loader.workers} decode thread(s), {threads} torch thread(s); "
-            f"cache {loader.cache.budget / 2**20:.0f} MiB holds {share} pictures "
-            f"({loader.prep.size[1]}x{loader.prep.size[0]} uint8{', cropped per sample' if loader.prep.augment else ''})")
-
-
 def _budget_clock(kind: str) -> Any:
     if kind == "wall":
         return time.monotonic
@@ -489,46 +479,6 @@ def _budget_clock(kind: str) -> Any:
         threads = max(1, torch.get_num_threads())
         return lambda: time.process_time() / threads
     raise MMSearchError(f"unknown budget clock {kind!r}: use wall or cpu")
-
-
-def _forward(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[Any, Any, Any, Any]:
-    """(image features, text features, logit scale, logit bias or None), whatever open_clip returns."""
-    out = model(pixels, tokens)
-    if isinstance(out, dict):
-        return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
-    return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)
-
-
-def accumulate(net: torch.nn.Module, loss_fn: torch.nn.Module, kind: str,
-               batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, device: torch.device,
-               amp: bool = True) -> float:
-    """Forward and backward over ``n`` micro-batches (pixels, tokens): one optimizer step's gradients.
-
-    Returns the mean loss. Each micro-batch's negatives are its own (global) batch. Under
-    DDP, gradients are averaged across ranks once, on the last micro-batch.
-    """
-    total = 0.0
-    for a, (pixels, tokens) in enumerate(batches):
-        with dist_env.maybe_no_sync(net, skip=a < n - 1):
-            with dist_env.autocast(device, amp):
-                image_f, text_f, scale, bias = _forward(net, pixels.to(device, non_blocking=True),
-                                                        tokens.to(device, non_blocking=True))
-            loss = _loss(loss_fn, kind, image_f, text_f, scale, bias)
-            (loss / n).backward()
-        total += float(loss.detach()) / n
-    return total
-
-
-def _loss(loss_fn: torch.nn.Module, kind: str, image_f: torch.Tensor, text_f: torch.Tensor, scale: torch.Tensor,
-          bias: torch.Tensor | None) -> torch.Tensor:
-    """The contrastive loss in at least fp32 whatever precision the forward pass ran in (logits x 100 need it)."""
-
-    def wide(t: torch.Tensor) -> torch.Tensor:
-        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-    if kind == "siglip":
-        return loss_fn(wide(image_f), wide(text_f), wide(scale), wide(bias) if bias is not None else None)
-    return loss_fn(wide(image_f), wide(text_f), wide(scale))
 
 
 def _is_hf(tm: TrainableModel) -> bool:

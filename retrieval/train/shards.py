@@ -31,46 +31,18 @@ import os
 import re
 import tarfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable
 
-from ..errors import DataError, MissingDependencyError
-
-if TYPE_CHECKING:
-    from .data import PairData
+from ..errors import DataError
+from ..urls import filesystem, is_url
+from .parquet import RowGroupReader, index_parquet
+from .records import BlobRef, PairData, PairItem
 
 # Member extensions taken as the sample's picture, in order of preference.
 SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "avif", "heic", "jxl", "bmp", "gif", "tif", "tiff", "img",
                     "image")
-PARQUET_IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image", "img", "image_bytes", "bytes")
-PARQUET_PATH_COLUMNS = ("image", "filepath", "file", "path", "image_path", "img", "filename")
-PARQUET_CAPTION_COLUMNS = ("caption", "text", "title", "captions", "txt")
-TARGET_CHUNK_BYTES = 16 << 20
-_COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")  # a Parquet reader holds at most ~2 chunks of this many image bytes
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """Where one item's image bytes are.
-
-    ``kind`` is ``tar`` (``offset``/``size`` of the member's data in the file at
-    ``url``) or ``parquet`` (row ``row`` of row group ``row_group``; ``column`` is the
-    image column, ``field`` the struct field holding bytes, if any). ``block``
-    numbers the shard or row group, ``chunk`` is how many consecutive rows of it a
-    reader fetches at once.
-    """
-
-    kind: str
-    url: str
-    block: int
-    offset: int = 0
-    size: int = 0
-    row_group: int = 0
-    row: int = 0
-    column: str = ""
-    field: str = ""
-    chunk: int = 64
+_COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
 # -- where the shards are --------------------------------------------------------
@@ -93,10 +65,6 @@ def expand_braces(pattern: str) -> list[str]:
     else:
         return [head + "{" + body + "}" + t for t in expand_braces(tail)]
     return [p for part in parts for p in expand_braces(head + part + tail)]
-
-
-def is_url(text: str) -> bool:
-    return "://" in text
 
 
 def looks_like_shards(source: str) -> bool:
@@ -150,36 +118,17 @@ def _kind_of(url: str) -> str:
     return "tar"
 
 
-def _fsspec() -> Any:
-    try:
-        import fsspec
-    except ImportError as exc:
-        raise MissingDependencyError("reading shards from URLs needs fsspec: pip install fsspec "
-                                     "(plus s3fs/gcsfs for s3:// or gs://)") from exc
-    return fsspec
-
-
-def _pyarrow_parquet() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise MissingDependencyError("reading Parquet needs pyarrow: pip install pyarrow") from exc
-    return pq
-
-
 # -- the index pass --------------------------------------------------------------
 
 
 def read_shards(source: str, images_dir: str | Path | None = None, image_column: str | None = None,
-                caption_column: str | None = None) -> "PairData":
+                caption_column: str | None = None) -> PairData:
     """Index the tar shards or Parquet files ``source`` names (see the module docstring). Reads no pixels."""
-    from .data import PairData
-
     urls = shard_urls(source)
     data = PairData(source=Path(source), items=[])
     if _kind_of(urls[0]) == "parquet":
         for url in urls:
-            _index_parquet(url, data, images_dir, image_column, caption_column)
+            index_parquet(url, data, images_dir, image_column, caption_column)
     else:
         for url in urls:
             _index_tar(url, data)
@@ -196,16 +145,15 @@ def _sample_key(name: str) -> tuple[str, str]:
 def _open_tar(url: str) -> tuple[tarfile.TarFile, Any]:
     """A tar reader over a local file (seeking past image data) or a URL (one sequential read)."""
     if is_url(url):
-        handle = _fsspec().open(url, "rb", block_size=1 << 22).open()
+        fs, path = filesystem(url)
+        handle = fs.open(path, "rb", block_size=1 << 22)
         return tarfile.open(fileobj=handle, mode="r|"), handle
     handle = open(url, "rb")
     return tarfile.open(fileobj=handle, mode="r:"), handle
 
 
-def _index_tar(url: str, data: "PairData") -> None:
-    from .data import PairItem
-
-    block = _next_block(data)
+def _index_tar(url: str, data: PairData) -> None:
+    block = data.next_block()
     name = PurePosixPath(url.split("?")[0]).name
     try:
         tf, handle = _open_tar(url)
@@ -220,7 +168,7 @@ def _index_tar(url: str, data: "PairData") -> None:
         image = next(((ext, sample[ext]) for ext in SHARD_IMAGE_EXTS if ext in sample), None)
         captions = _captions_of(sample)
         if image is None or not captions:
-            data._skip("samples without image or caption")
+            data.skip("samples without image or caption")
             return
         ext, member = image
         data.items.append(PairItem(
@@ -244,15 +192,10 @@ def _index_tar(url: str, data: "PairData") -> None:
         flush()
     except (OSError, tarfile.TarError, EOFError) as exc:
         # A truncated last shard (a download cut short) keeps the samples before the damage.
-        data._skip(f"damaged shards ({name}: {exc})")
+        data.skip(f"damaged shards ({name}: {exc})")
     finally:
         tf.close()
         handle.close()
-
-
-def _next_block(data: "PairData") -> int:
-    last = next((item.blob for item in reversed(data.items) if item.blob is not None), None)
-    return 0 if last is None else last.block + 1
 
 
 def _captions_of(sample: dict[str, Any]) -> list[str]:
@@ -283,197 +226,7 @@ def _decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
 
 
-def _index_parquet(url: str, data: "PairData", images_dir: str | Path | None, image_column: str | None,
-                   caption_column: str | None) -> None:
-    from .data import PairItem
-
-    pq = _pyarrow_parquet()
-    try:
-        pf = _parquet_file(url)
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a damaged or foreign file
-        raise DataError(f"cannot read Parquet file {url!r}: {exc}") from exc
-    schema = pf.schema_arrow
-    names = list(schema.names)
-    image_col, field_name, is_bytes = _image_column(schema, image_column, url)
-    cap_col = _pick_column(names, caption_column, PARQUET_CAPTION_COLUMNS, "caption", url)
-    label_col = _pick_column(names, None, ("label", "class", "category"), "label", url, required=False)
-    split_col = _pick_column(names, None, ("split",), "split", url, required=False)
-    path_col = None if is_bytes else image_col
-    if field_name and "path" in schema.field(image_col).type.names:
-        path_col = None  # HF image structs: bytes, with a path only as a fall-back read at training time
-    base = Path(images_dir).expanduser() if images_dir else (Path(url).parent if not is_url(url) else None)
-    name = PurePosixPath(url.split("?")[0]).name
-    meta_cols = [c for c in (cap_col, label_col, split_col, path_col) if c]
-    block = _next_block(data)
-    for rg in range(pf.metadata.num_row_groups):
-        table = pf.read_row_group(rg, columns=list(dict.fromkeys(meta_cols)))
-        n = table.num_rows
-        if is_bytes:
-            col_index = names.index(image_col)
-            per_row = pf.metadata.row_group(rg).column(_leaf_index(pf, col_index)).total_uncompressed_size / max(1, n)
-            chunk = int(max(8, min(1024, TARGET_CHUNK_BYTES // max(1, per_row))))
-        else:
-            chunk = 64
-        caps = table.column(cap_col).to_pylist()
-        labels = table.column(label_col).to_pylist() if label_col else [None] * n
-        splits = table.column(split_col).to_pylist() if split_col else [None] * n
-        paths = table.column(path_col).to_pylist() if path_col else None
-        for row in range(n):
-            value = caps[row]
-            captions = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
-                if isinstance(value, list) else []
-            captions = list(dict.fromkeys(c.strip() for c in captions if c.strip()))
-            if not captions:
-                data._skip("rows without image or caption")
-                continue
-            label = labels[row]
-            split = splits[row]
-            if paths is not None:
-                raw = paths[row]
-                if not isinstance(raw, str) or not raw.strip():
-                    data._skip("rows without image or caption")
-                    continue
-                path = Path(raw.strip()).expanduser()
-                if not path.is_absolute() and base is not None:
-                    path = base / path
-                data.items.append(PairItem(image_path=path, captions=captions,
-                                           label=str(label) if label not in (None, "") else None,
-                                           split=str(split).lower() if split else None))
-                continue
-            data.items.append(PairItem(
-                image_path=Path(name) / f"rowgroup{rg}-row{row}", captions=captions,
-                label=str(label) if label not in (None, "") else None, split=str(split).lower() if split else None,
-                blob=BlobRef("parquet", url, block, row_group=rg, row=row, column=image_col, field=field_name,
-                             chunk=chunk),
-            ))
-        block += 1
-
-
-def _parquet_file(url: str) -> Any:
-    pq = _pyarrow_parquet()
-    if is_url(url):
-        return pq.ParquetFile(_fsspec().open(url, "rb").open())
-    return pq.ParquetFile(url)
-
-
-def _leaf_index(pf: Any, top_index: int) -> int:
-    """The first leaf column (what row-group metadata counts) of top-level column ``top_index``."""
-    schema = pf.schema_arrow
-    leaves = 0
-    for i in range(top_index):
-        leaves += _n_leaves(schema.field(i).type)
-    return leaves
-
-
-def _n_leaves(dtype: Any) -> int:
-    import pyarrow as pa
-
-    if pa.types.is_struct(dtype):
-        return sum(_n_leaves(dtype.field(i).type) for i in range(dtype.num_fields))
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
-        return _n_leaves(dtype.value_type)
-    return 1
-
-
-def _pick_column(names: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, url: str,
-                 required: bool = True) -> str | None:
-    lowered = {n.lower(): n for n in names}
-    if wanted:
-        if wanted in names or wanted.lower() in lowered:
-            return wanted if wanted in names else lowered[wanted.lower()]
-        raise DataError(f"{url!r} has no {what} column {wanted!r}; its columns are {', '.join(names)}")
-    found = next((lowered[c] for c in candidates if c in lowered), None)
-    if found is None and required:
-        raise DataError(f"{url!r} needs a {what} column ({'/'.join(candidates[:4])}); its columns are "
-                        f"{', '.join(names)} (or name it with --{what}-column)")
-    return found
-
-
-def _image_column(schema: Any, wanted: str | None, url: str) -> tuple[str, str, bool]:
-    """(column, struct field holding bytes or "", whether the column holds bytes rather than paths)."""
-    import pyarrow as pa
-
-    def kind(dtype: Any) -> tuple[str, bool] | None:
-        if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
-            return "", True
-        if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
-            return "", False
-        if pa.types.is_struct(dtype) and "bytes" in dtype.names:
-            return "bytes", True
-        return None
-
-    names = list(schema.names)
-    if wanted:
-        col = _pick_column(names, wanted, (), "image", url)
-        assert col is not None
-        found = kind(schema.field(col).type)
-        if found is None:
-            raise DataError(f"column {col!r} of {url!r} holds {schema.field(col).type}, not image bytes or paths")
-        return col, found[0], found[1]
-    lowered = {n.lower(): n for n in names}
-    for candidates, want_bytes in ((PARQUET_IMAGE_COLUMNS, True), (PARQUET_PATH_COLUMNS, False)):
-        for c in candidates:
-            col = lowered.get(c)
-            found = kind(schema.field(col).type) if col else None
-            if found is not None and found[1] == want_bytes:
-                return col, found[0], found[1]  # type: ignore[return-value]
-    raise DataError(f"{url!r} needs an image column of bytes ({'/'.join(PARQUET_IMAGE_COLUMNS[:5])}) or of paths "
-                    f"({'/'.join(PARQUET_PATH_COLUMNS[:4])}); its columns are {', '.join(names)} "
-                    "(or name it with --image-column)")
-
-
 # -- reading an item's bytes -----------------------------------------------------
-
-
-class _RowGroupReader:
-    """Sequential reads of one Parquet row group's image column, ``chunk`` rows at a time.
-
-    Keeps the current and the previous chunk, so requests that arrive slightly out
-    of order (decode threads racing) are served without starting over; a request
-    behind both restarts the row group from its first row.
-    """
-
-    def __init__(self, url: str, row_group: int, column: str, field: str, chunk: int) -> None:
-        self.url, self.row_group, self.column, self.field, self.chunk = url, row_group, column, field, chunk
-        self.lock = threading.Lock()
-        self._iter: Iterator[Any] | None = None
-        self._next_start = 0
-        self._held: list[tuple[int, list[Any]]] = []  # (first row, values)
-
-    def read(self, row: int) -> Any:
-        with self.lock:
-            while True:
-                for start, values in self._held:
-                    if start <= row < start + len(values):
-                        return values[row - start]
-                if self._iter is None or (self._held and row < self._held[0][0]):
-                    self._restart()
-                if not self._advance():
-                    return None  # past the end: the file changed since it was indexed
-
-    def _restart(self) -> None:
-        pf = _parquet_file(self.url)
-        self._iter = pf.iter_batches(batch_size=self.chunk, row_groups=[self.row_group], columns=[self.column],
-                                     use_threads=False)
-        self._next_start, self._held = 0, []
-
-    def _advance(self) -> bool:
-        assert self._iter is not None
-        batch = next(self._iter, None)
-        if batch is None:
-            return False
-        col = batch.column(0)
-        if self.field:
-            struct = col
-            values = struct.field(self.field).to_pylist()
-            if "path" in struct.type.names:  # HF image structs keep a path when bytes are absent
-                paths = struct.field("path").to_pylist()
-                values = [v if v is not None else ("path", p) for v, p in zip(values, paths)]
-        else:
-            values = col.to_pylist()
-        self._held = (self._held + [(self._next_start, values)])[-2:]
-        self._next_start += len(values)
-        return True
 
 
 class BlobReader:
@@ -481,7 +234,7 @@ class BlobReader:
 
     def __init__(self, max_row_groups: int = 16) -> None:
         self._fds: dict[str, int] = {}
-        self._groups: dict[tuple[str, int], _RowGroupReader] = {}
+        self._groups: dict[tuple[str, int], RowGroupReader] = {}
         self._lock = threading.Lock()
         self.max_row_groups = max_row_groups
 
@@ -503,7 +256,7 @@ class BlobReader:
 
     def _read_tar(self, ref: BlobRef) -> bytes:
         if is_url(ref.url):
-            fs, path = _fsspec().core.url_to_fs(ref.url)
+            fs, path = filesystem(ref.url)
             return bytes(fs.cat_file(path, start=ref.offset, end=ref.offset + ref.size))
         with self._lock:
             fd = self._fds.get(ref.url)
@@ -514,12 +267,12 @@ class BlobReader:
             raise OSError(f"shard {ref.url} is shorter than when it was indexed")
         return data
 
-    def _row_group(self, ref: BlobRef) -> _RowGroupReader:
+    def _row_group(self, ref: BlobRef) -> RowGroupReader:
         key = (ref.url, ref.row_group)
         with self._lock:
             reader = self._groups.pop(key, None)
             if reader is None:
-                reader = _RowGroupReader(ref.url, ref.row_group, ref.column, ref.field, ref.chunk)
+                reader = RowGroupReader(ref.url, ref.row_group, ref.column, ref.field, ref.chunk)
             self._groups[key] = reader  # most recently used last
             while len(self._groups) > self.max_row_groups:
                 self._groups.pop(next(iter(self._groups)))
