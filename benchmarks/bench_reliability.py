@@ -11,8 +11,17 @@ resumed to completion and checked again.
 Part 2 - re-indexing an unchanged folder of N small images (default 10,000):
 the time against the first indexing, and the encoder calls (must be 0).
 
-    .venv/bin/python benchmarks/bench_reliability.py                 # 40 runs + 10k images
-    .venv/bin/python benchmarks/bench_reliability.py --runs 200 --images 0
+Part 3 - the tamper suite (issue 14, tests/tamper.py): every index file
+damaged in each of its ways (manifest fields of wrong types, a lost or
+garbled manifest, index.faiss lost/truncated/foreign, bad vectors, items.sqlite
+truncated or with a garbled page, a garbage -wal), on an index of
+--tamper-items items: tracebacks (must be 0), commands that failed without one
+error line naming repair (must be 0), repairs that did not bring the index
+back, vectors changed (must be 0) and vectors lost that could be kept (a lost
+vector whose item and vector the damaged file still held intact: must be 0).
+
+    .venv/bin/python benchmarks/bench_reliability.py                 # 40 runs + 10k images + the tamper suite
+    .venv/bin/python benchmarks/bench_reliability.py --runs 200 --images 0 --tamper-items 0
 
 Prints a table, then one JSON object on the last line.
 """
@@ -117,6 +126,34 @@ def reindex_cost(work: Path, images: int) -> dict[str, object]:
     }
 
 
+def tamper_suite(work: Path, items: int, seed: int) -> dict[str, object]:
+    from tests.tamper import build_index, tamperings, try_one
+
+    truth = build_index(work / "pristine", items, seed=seed)
+    build_index(work / "other", items, seed=seed + 1)
+    rows = []
+    started = time.perf_counter()
+    for i, tampering in enumerate(tamperings(work / "other" / "default")):
+        root = work / f"t{i:03d}"
+        shutil.copytree(work / "pristine", root)
+        o = try_one(tampering, root, truth, random.Random(seed + i))
+        rows.append(o)
+        shutil.rmtree(root, ignore_errors=True)
+    recoverable_lost = sum(o.lost_but_readable if o.lost_allowed else max(o.lost_vectors, 0) for o in rows)
+    return {
+        "items": items, "tamperings": len(rows), "tracebacks": sum(len(o.tracebacks) for o in rows),
+        "unclear_messages": sum(len(o.unclear) for o in rows),
+        "wrong_answers": sum(len(o.wrong_results) for o in rows),
+        "not_repaired": [o.name for o in rows if not (o.repaired and o.verify_ok)],
+        "vectors_changed": sum(o.changed_vectors for o in rows),
+        "vectors_lost_that_could_be_kept": recoverable_lost,
+        "vectors_lost_on_damaged_pages": sum(o.lost_vectors for o in rows if o.lost_allowed),
+        "seconds": round(time.perf_counter() - started, 1),
+        "per_tampering": [{"name": o.name, "lost": o.lost_vectors, "tracebacks": o.tracebacks, "unclear": o.unclear,
+                           "repaired": o.repaired and o.verify_ok} for o in rows],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="random kill runs")
@@ -124,6 +161,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--images", type=int, default=10_000, help="images for the re-index cost (0 to skip)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tamper-items", type=int, default=3000, help="items in the tamper suite's index (0 to skip)")
     args = parser.parse_args()
     preload()
     work = Path(tempfile.mkdtemp(prefix="mmsearch-bench-reliability-"))
@@ -143,6 +181,14 @@ def main() -> int:
             print(f"re-index of {r['images']} unchanged images: {r['reindex_seconds']} s vs {r['first_seconds']} s "
                   f"first time = {r['fraction']:.2%} (wall incl. start-up {r['reindex_wall_seconds']} s vs "
                   f"{r['first_wall_seconds']} s = {r['fraction_wall']:.1%}), {r['reindex_encoded']} encoded")
+        if args.tamper_items:
+            t = tamper_suite(work / "tamper", args.tamper_items, args.seed)
+            result["tamper"] = t
+            print(f"tamper suite: {t['tamperings']} tamperings of a {t['items']}-item index, {t['tracebacks']} "
+                  f"tracebacks, {t['unclear_messages']} unclear messages, {t['wrong_answers']} wrong answers, "
+                  f"{len(t['not_repaired'])} not repaired, "
+                  f"{t['vectors_changed']} vectors changed, {t['vectors_lost_that_could_be_kept']} vectors lost that "
+                  f"could be kept ({t['vectors_lost_on_damaged_pages']} lost with their damaged pages); {t['seconds']} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))

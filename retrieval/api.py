@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .originals import VerifiedFiles
     from .shard_embed import EmbedResult
     from .thumbnails import ThumbnailCache
+    from .video import FrameSampling
     from .zeroshot import Prediction
 
 PathLike = str | os.PathLike[str]
@@ -58,8 +59,8 @@ PathLike = str | os.PathLike[str]
 __all__ = [
     "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow", "PhotoStats",
     "check_sources", "classify_images", "create_index", "delete_index", "drop_plan", "embed_to_shards",
-    "list_indexes", "list_models", "merge_shards", "open_index", "open_or_create_index", "parse_labels",
-    "ray_engine", "repair_index", "verify_index",
+    "list_indexes", "list_models", "load_model", "merge_shards", "multilingual_models", "open_index",
+    "open_or_create_index", "parse_labels", "ray_engine", "repair_index", "save_model", "verify_index",
 ]
 
 
@@ -83,6 +84,8 @@ class IndexInfo:
 
     error: str | None = None  # set when the index cannot be opened: why (the other fields are then blank)
     photos: PhotoStats | None = None  # capture dates, positions, places and cameras of the images
+    videos: int = 0  # searchable videos (their frames hold the vectors)
+    frames: int = 0  # frames of those videos, one vector each
 
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,7 +127,7 @@ class Index:
             self._check_encoder(encoder)
         self.queries = QueryEncoder(
             self._load_model, fingerprint=store.manifest.fingerprint, index_root=self.path.parent,
-            device=device, item_vector=store.vector, encoder=encoder,
+            device=device, item_vector=self.item_vector, encoder=encoder, model=store.manifest.model,
         )
 
     # -- what the index is ------------------------------------------------------
@@ -175,7 +178,7 @@ class Index:
             name=self.name, path=str(self.path), model=m.model, fingerprint=m.fingerprint, dim=m.dim,
             images=counts["images"], texts=counts["texts"], failed=counts["failed"], size_bytes=size,
             ann=dict(m.ann), schema_version=m.schema_version, created_at=m.created_at, updated_at=m.updated_at,
-            photos=self.store.photo_stats(),
+            photos=self.store.photo_stats(), videos=counts["videos"], frames=counts["frames"],
         )
 
     def configure_ann(
@@ -205,14 +208,21 @@ class Index:
 
     def item(self, item_id: int) -> ItemRow | None:
         """One item's stored row (path or text, size, dimensions, status, metadata), or None."""
-        return self.store.items_by_id([int(item_id)]).get(int(item_id))
+        return self.items([item_id]).get(item_id)
 
     def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
         """Stored rows of the given ids (ids not in the index are left out)."""
-        return self.store.items_by_id([int(i) for i in ids])
+        for item_id in ids:
+            if isinstance(item_id, bool) or not isinstance(item_id, int):
+                raise InvalidQueryError(f"an item id is a whole number (got {item_id!r})")
+        return self.store.items_by_id([i for i in ids if 0 <= i < 2**63])
 
     def find_item(self, path_or_id: "PathLike | int") -> int:
-        """The id of an indexed item, given its id, its file path or its text key."""
+        """The id of an indexed item, given its id, its file path, its text key, or a moment of a video.
+
+        A moment is ``PATH#t=SECONDS`` (or ``#t=MM:SS``): the id of the video's
+        frame nearest that time.
+        """
         if isinstance(path_or_id, bool) or not isinstance(path_or_id, (int, str, os.PathLike)):
             raise InvalidQueryError(f"an item is named by its id or its path, not {type(path_or_id).__name__}")
         if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isascii() and path_or_id.isdigit()):
@@ -220,9 +230,13 @@ class Index:
             if 0 <= item_id < 2**63 and self.store.items_by_id([item_id]):
                 return item_id
             raise ItemNotFoundError(f"no item with id {item_id} in index {self.name!r}")
-        key = os.path.abspath(os.path.expanduser(os.fspath(path_or_id)))
-        row = self.store.item_by_key(key) or self.store.item_by_key(os.fspath(path_or_id))
+        row = self._row_by_path(os.fspath(path_or_id))
         if row is None:
+            from .video_files import split_moment
+
+            moment = split_moment(os.fspath(path_or_id))
+            if moment is not None and (video := self._row_by_path(moment[0])) is not None:
+                return self._frame_near(video, moment[1])
             raise ItemNotFoundError(
                 f"{os.fspath(path_or_id)} is not in index {self.name!r} (index it first, or use 'query --image')"
             )
@@ -230,29 +244,71 @@ class Index:
             raise ItemNotFoundError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
         return row.id
 
+    def _row_by_path(self, text: str) -> ItemRow | None:
+        key = os.path.abspath(os.path.expanduser(text))
+        return self.store.item_by_key(key) or self.store.item_by_key(text)
+
+    def _frame_near(self, video: ItemRow, seconds: float) -> int:
+        """The id of the frame of ``video`` nearest ``seconds`` (what a moment names)."""
+        if video.kind != "video":
+            raise ItemNotFoundError(f"{video.key} is not a video: a moment (#t=SECONDS) names a time in a video")
+        if video.status != "ok":
+            raise ItemNotFoundError(f"{video.key} could not be indexed: {video.error}")
+        frames = self.store.frames_of(video.id)
+        if not frames:
+            raise ItemNotFoundError(f"{video.key} has no indexed frames ('mmsearch repair', then index it again)")
+        return min(frames, key=lambda f: (abs(f[1] - seconds), f[1]))[0]
+
+    def item_vector(self, item_id: int) -> np.ndarray | None:
+        """An item's stored vector; for a video, the mean of its frames' (the video as a whole); None if none."""
+        vector = self.store.vector(int(item_id))
+        if vector is not None:
+            return vector
+        frames = self.store.frames_of(int(item_id))
+        if not frames:
+            return None
+        mean = self.store.vectors_of([i for i, _ in frames]).mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        return (mean / norm).astype(np.float32) if norm > 1e-8 else None
+
+    def moments(self, item_id: int) -> list[tuple[int, float]]:
+        """(frame id, seconds) of a video's indexed frames in time order; [] for anything else."""
+        return self.store.frames_of(int(item_id))
+
     def open_original(self, item: "ItemRow | int") -> tuple[BinaryIO, ItemRow]:
-        """The file of an image item, open for reading, only while it is still the file that was indexed.
+        """The file of an image or video item, open for reading, only while it is still the file that was indexed.
 
         Opened without following a symlink put in its place, checked on the open
         descriptor (a regular file of the recorded size and time) and by its
         content hash (once per unchanged file); see :mod:`retrieval.originals`.
+        A frame of a video opens its video (the row returned is the video's).
         Raises ``ItemNotFoundError`` with the reason for a text, an item that
         failed, or a file that is gone, changed or replaced. Given a row (not an
-        id) it does not touch the store, so any thread may call it. The caller
-        closes the file.
+        id) it does not touch the store, except to find a frame's video. The
+        caller closes the file.
         """
         return self._open_checked(item, check_content=True)
+
+    def _file_row(self, item: "ItemRow | int") -> ItemRow:
+        """The row whose file an item shows: itself for images and videos, the video for a frame."""
+        row = self.item(item) if isinstance(item, int) else item
+        if row is None:
+            raise ItemNotFoundError(f"no item with id {item} in index {self.name!r}")
+        if row.kind == "frame":
+            video = self.item(row.parent_id) if row.parent_id is not None else None
+            if video is None:
+                raise ItemNotFoundError(f"item {row.id} is a frame of a video that is no longer indexed")
+            row = video
+        if row.kind not in ("image", "video") or row.path is None:
+            raise ItemNotFoundError(f"item {row.id} is a text, it has no image")
+        if row.status != "ok":
+            raise ItemNotFoundError(f"item {row.id} could not be indexed: {row.error}")
+        return row
 
     def _open_checked(self, item: "ItemRow | int", *, check_content: bool) -> tuple[BinaryIO, ItemRow]:
         from .originals import ExpectedFile, VerifiedFiles, open_indexed_file
 
-        row = self.item(item) if isinstance(item, int) else item
-        if row is None:
-            raise ItemNotFoundError(f"no item with id {item} in index {self.name!r}")
-        if row.kind != "image" or row.path is None:
-            raise ItemNotFoundError(f"item {row.id} is a text, it has no image")
-        if row.status != "ok":
-            raise ItemNotFoundError(f"item {row.id} could not be indexed: {row.error}")
+        row = self._file_row(item)
         if self._verified is None:
             with self._thumbnails_lock:
                 if self._verified is None:
@@ -260,15 +316,38 @@ class Index:
         expected = ExpectedFile.of(row)
         return open_indexed_file(expected, self._verified, check_content=check_content), row
 
-    def thumbnail(self, item: ItemRow, size: int | None = None) -> Path:
-        """A JPEG thumbnail of an image item (longest side ``size``), made once and cached in the index folder.
+    def shown_at(self, item: "ItemRow | int") -> tuple[ItemRow, float | None]:
+        """(the row of the file an item shows, the time it shows): what a thumbnail or a player needs.
 
-        Served only while the item's file is still the file that was indexed (the
-        rule of :meth:`open_original`) and made from that open file; a thumbnail
-        made earlier is served after the cheap part of the check (the content was
-        checked when it was made). Raises ``ItemNotFoundError`` when the file is
-        not the one indexed, ``ImageDecodeError`` when it can no longer be
-        decoded. Safe to call from several threads at once.
+        An image: itself, no time. A video: itself at its first indexed frame
+        (after any black intro). A frame: its video at the frame's time. Reads
+        the store (the server calls it on its index thread, then hands the
+        result to :meth:`thumbnail` and :meth:`open_original` elsewhere).
+        """
+        if isinstance(item, ItemRow) and item.kind == "image":
+            return item, None
+        row = self._file_row(item)
+        if row.kind != "video":
+            return row, None
+        given = item if isinstance(item, ItemRow) else self.item(item)
+        if given is not None and given.kind == "frame":
+            return row, float(given.time or 0.0)
+        frames = self.store.frames_of(row.id)
+        return row, frames[0][1] if frames else 0.0
+
+    def thumbnail(self, item: ItemRow, size: int | None = None, *, time: float | None = None) -> Path:
+        """A JPEG thumbnail of an image item, or of a video at a moment (longest side ``size``), made once and cached.
+
+        A video shows ``time`` (seconds); a frame item, or a video without
+        ``time``, is first resolved with :meth:`shown_at` (which reads the
+        store). Served only while the item's file is still the file that was
+        indexed (the rule of :meth:`open_original`) and made from that open
+        file; a thumbnail made earlier is served after the cheap part of the
+        check (the content was checked when it was made). Raises
+        ``ItemNotFoundError`` when the file is not the one indexed,
+        ``ImageDecodeError`` (``VideoDecodeError``) when it can no longer be
+        decoded. Given an image, or a video with ``time``, it does not touch
+        the store: any thread may call it.
         """
         from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
 
@@ -276,12 +355,20 @@ class Index:
             with self._thumbnails_lock:
                 if self._thumbnails is None:
                     self._thumbnails = ThumbnailCache.for_index(self.path)
-        key = item.hash or f"id{item.id}-{item.mtime_ns}"
+        row = item
+        if item.kind == "frame" or (item.kind == "video" and time is None):
+            row, time = self.shown_at(item)
+        key = row.hash or f"id{row.id}-{row.mtime_ns}"
+        if row.kind == "video":
+            from .video_files import format_seconds
+
+            time = float(time or 0.0)
+            key = f"{key}-t{format_seconds(time)}"
         size = size or DEFAULT_THUMB_SIZE
         made = self._thumbnails.path_for(key, size).is_file()
-        source, row = self._open_checked(item, check_content=not made)
+        source, row = self._open_checked(row, check_content=not made)
         with source:
-            return self._thumbnails.get(source, key, size, name=row.path)
+            return self._thumbnails.get(source, key, size, name=row.path, time=time if row.kind == "video" else None)
 
     # -- writing ----------------------------------------------------------------
 
@@ -298,11 +385,16 @@ class Index:
         on_wait: Callable[[], None] | None = None,
         engine: str = "local",
         ray: "RayCfg | None" = None,
+        videos: bool = True,
+        sampling: "FrameSampling | None" = None,
     ) -> IndexReport:
-        """Index every image under ``paths`` (folders, files or fsspec URLs); only changes are embedded.
+        """Index every image and video under ``paths`` (folders, files or fsspec URLs); only changes are embedded.
 
         ``engine="ray"`` embeds on a Ray cluster (see :mod:`retrieval.engine_ray`,
         configured by ``ray``, e.g. from :func:`ray_engine`) with the same result as the local engine.
+        A video is embedded by its sampled frames (``sampling``, default
+        :class:`retrieval.video.FrameSampling`) and answers queries at its best
+        moment; ``videos=False`` leaves videos out (and those indexed as they are).
         """
         roots = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not roots:
@@ -319,7 +411,8 @@ class Index:
             cfg = replace(ray or RayCfg(), batch_size=batch_size, precision=self._precision, device=self._device)
             with self.store.writer_lock(wait=wait, on_wait=on_wait):
                 report = update_index_ray(
-                    self.store, roots, cfg, exclude=exclude, on_progress=on_progress, on_skip=on_skip
+                    self.store, roots, cfg, exclude=exclude, on_progress=on_progress, on_skip=on_skip,
+                    videos=videos, sampling=sampling,
                 )
             self._vectors = None
             return report
@@ -327,7 +420,7 @@ class Index:
         with self.store.writer_lock(wait=wait, on_wait=on_wait):
             report = update_index(
                 self.store, encoder, roots, exclude=exclude, batch_size=batch_size, workers=workers,
-                on_progress=on_progress, on_skip=on_skip,
+                on_progress=on_progress, on_skip=on_skip, videos=videos, sampling=sampling,
             )
         self._vectors = None
         return report
@@ -382,9 +475,13 @@ class Index:
             self._vectors_generation = generation
         return self._vectors
 
-    def embed_text(self, text: str) -> np.ndarray:
-        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector)."""
-        return self.queries.text(text)
+    def embed_text(self, text: str, lang: str | None = None) -> np.ndarray:
+        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector).
+
+        The text is normalised for the model's tokenizer; ``lang`` (``zh``, ``fr`` ...) is the language
+        code of models that need one (NLLB), else the text's script decides (see :class:`QueryEncoder`).
+        """
+        return self.queries.text(text, lang)
 
     def embed_image(self, image: "PathLike | Image.Image") -> np.ndarray:
         """The unit vector of an image (a path or a PIL image)."""
@@ -405,15 +502,15 @@ class Index:
         k best matches newest capture first (see :func:`retrieval.search.sort_hits`).
         """
         return search_vector(
-            self.store, self._vector_index(), np.asarray(vector, dtype=np.float32), k,
+            self.store, self._vector_index(), _as_query_vector(vector), k,
             filters=filters or Filters(), dedup=dedup, exclude_ids=exclude_ids, sort=sort,
         )
 
     def search_text(
-        self, text: str, k: int = 10, *, filters: Filters | None = None, sort: str = "score"
+        self, text: str, k: int = 10, *, filters: Filters | None = None, sort: str = "score", lang: str | None = None
     ) -> list[Hit]:
-        """Items that best match a text, best first."""
-        return self.search_vector(self.embed_text(text), k, filters=filters, sort=sort)
+        """Items that best match a text (in any language the model reads), best first."""
+        return self.search_vector(self.embed_text(text, lang), k, filters=filters, sort=sort)
 
     def search_image(
         self, image: "PathLike | Image.Image", k: int = 10, *, filters: Filters | None = None, sort: str = "score"
@@ -432,12 +529,21 @@ class Index:
         self, path_or_id: "PathLike | int", k: int = 10, *, filters: Filters | None = None, dedup: float | None = None,
         sort: str = "score",
     ) -> list[Hit]:
-        """"More like this": neighbours of an indexed item, from its stored vector (no re-encoding)."""
+        """"More like this": neighbours of an indexed item, from its stored vector (no re-encoding).
+
+        From a moment of a video (a frame's id, or ``PATH#t=SECONDS``): that
+        frame's vector; from a video as a whole (its id or path): the mean of
+        its frames'. The item itself (a video with all its frames) is left out.
+        """
         item_id = self.find_item(path_or_id)
-        vector = self.store.vector(item_id)
+        vector = self.item_vector(item_id)
         if vector is None:
             raise ItemNotFoundError(f"item {item_id} has no stored vector")
-        return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset({item_id}), sort=sort)
+        row = self.item(item_id)
+        video_id = row.parent_id if row is not None and row.kind == "frame" else item_id
+        excluded = {item_id, video_id if video_id is not None else item_id}
+        excluded |= {frame_id for frame_id, _ in self.store.frames_of(video_id)} if video_id is not None else set()
+        return self.search_vector(vector, k, filters=filters, dedup=dedup, exclude_ids=frozenset(excluded), sort=sort)
 
     def duplicates(self, threshold: float = 0.95, *, filters: Filters | None = None) -> list["DuplicateGroup"]:
         """Groups of near-identical photos, the copy to keep first; nothing is ever deleted.
@@ -527,6 +633,13 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _as_query_vector(vector: object) -> np.ndarray:
+    try:
+        return np.asarray(vector, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidQueryError(f"a query vector is a list of numbers (got {type(vector).__name__})") from None
 
 
 # -- opening, creating, listing, deleting ------------------------------------------
@@ -770,11 +883,39 @@ def classify_images(
     return classify(load_encoder(model, device=device), images, list(labels))
 
 
+def load_model(spec: str, *, device: str = "cpu", precision: str = "fp32") -> "Encoder":
+    """The model a spec names, for callers that embed without an index (the immich stand-in, notebooks)."""
+    from .encoder import load_encoder
+
+    check_model_options(device, precision)
+    return load_encoder(spec, device=device, precision=precision)
+
+
 def list_models(*, pretrained: bool = False) -> list[str]:
     """Architectures (or ``ARCH:PRETRAINED`` pairs) that a model spec may name."""
     from .encoder import available_models
 
     return available_models(pretrained=pretrained)
+
+
+def multilingual_models(lang: str = "zh") -> list[dict[str, Any]]:
+    """The published multilingual models, best first by Crossmodal-3600 recall@1 in ``lang``, and the English default.
+
+    One JSON-ready row each (see :func:`retrieval.multilingual.model_rows`); no torch is imported.
+    """
+    from .multilingual import model_rows
+
+    return model_rows(lang)
+
+
+def save_model(spec: str, out_dir: PathLike, *, overwrite: bool = False, device: str = "cpu") -> Path:
+    """Write model ``spec`` into one folder that ``--model out_dir`` loads with no network; returns the folder.
+
+    Downloads the model if it is not cached; see :func:`retrieval.model_save.save_model_folder`.
+    """
+    from .model_save import save_model_folder
+
+    return save_model_folder(spec, out_dir, overwrite=overwrite, device=device)
 
 
 def parse_labels(raw: str | None = None, labels_file: PathLike | None = None) -> list[str]:

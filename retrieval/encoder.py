@@ -2,6 +2,13 @@
 
 Only this module (and ``retrieval.train``) imports torch and open_clip. Every
 vector leaving it is float32 and L2-normalised, so no caller can forget.
+
+Multilingual models load like any other: a model with a Hugging Face text
+tower or tokenizer first checks that the ``multilingual`` extra is installed
+(:func:`retrieval.model_folder.require_text_extra`), a local folder's HF tower
+is built from the folder itself (:func:`retrieval.model_folder.local_model_kwargs`),
+and texts of a model whose tokenizer takes a language code (NLLB) are encoded
+under their code (:meth:`Encoder.encode_texts`).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,8 +27,9 @@ import torch
 from PIL import Image
 
 from .config import PRECISIONS
-from .errors import ModelLoadError
+from .errors import InvalidQueryError, ModelLoadError
 from .fast_paths import CausalTextTower, SplitPreprocess, lower_image_tower, lower_text_tower
+from .model_folder import explain_missing_module, fingerprint_config, local_model_kwargs, require_text_extra
 from .model_spec import LOCAL_CONFIG_NAME, ModelSpec, parse_model_spec, read_local_config
 
 # Our own small architectures (tests, the offline demo) join open_clip's registry.
@@ -142,6 +151,9 @@ class Encoder:
         self.precision = precision
         self._fingerprint: str | None = None
         self._split = SplitPreprocess.of(preprocess)
+        self._languages: list[str] | None | bool = False  # False: not looked up yet
+        # An NLLB tokenizer takes its language as state (src_lang): one language at a time.
+        self._language_lock = threading.Lock()
         if precision != "fp32":
             # The fingerprint names the weights, not how they are multiplied: an index
             # built in fp32 may be queried in bf16. Hash them before they are converted.
@@ -230,11 +242,57 @@ class Encoder:
 
     # -- texts ------------------------------------------------------------------
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts; returns (n, dim) float32, rows of unit length."""
+    @property
+    def languages(self) -> list[str] | None:
+        """The language codes this model's tokenizer writes before a text (NLLB: ``zho_Hans`` ...), else None.
+
+        Such a model embeds the same words differently under another code, so
+        each text is encoded under its own (see :meth:`encode_texts`).
+        """
+        if self._languages is False:
+            self._languages = _language_codes(self.tokenizer)
+        return self._languages  # type: ignore[return-value]
+
+    def encode_texts(self, texts: Sequence[str], lang: str | None = None) -> np.ndarray:
+        """Embed texts; returns (n, dim) float32, rows of unit length.
+
+        ``lang`` (``zh``, ``zho_Hans`` ...) matters only for models whose
+        tokenizer takes a language code (:attr:`languages`): every text is then
+        encoded under that code, or, when ``lang`` is None, under the code its
+        script names (:func:`retrieval.multilingual.query_language`). Other
+        models read every language as it comes.
+        """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        tokens = self.tokenizer(list(texts)).to(self.device)
+        languages = self.languages
+        if not languages:
+            return self._encode_text_list(list(texts))
+        from .multilingual import query_language
+
+        codes = [query_language(text, lang) for text in texts]
+        unknown = sorted(set(codes) - set(languages))
+        if unknown:
+            raise InvalidQueryError(f"model {self.spec!r} has no language code {unknown[0]!r}")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for code in dict.fromkeys(codes):
+            rows = [i for i, c in enumerate(codes) if c == code]
+            out[rows] = self._encode_text_list([texts[i] for i in rows], code)
+        return out
+
+    def _encode_text_list(self, texts: list[str], code: str | None = None) -> np.ndarray:
+        if code is None:
+            tokens = self.tokenizer(texts).to(self.device)
+        else:
+            hf = self.tokenizer.tokenizer  # type: ignore[attr-defined]
+            with self._language_lock:
+                # The src_lang setter re-templates the special tokens; open_clip's set_language()
+                # is undone by every call under transformers 5 (see docs/multilingual.md).
+                original = hf.src_lang
+                hf.src_lang = code
+                try:
+                    tokens = self.tokenizer(texts).to(self.device)
+                finally:
+                    hf.src_lang = original
         with torch.inference_mode():
             if self._text_tower is None or len(texts) <= _TEXT_BUCKET:
                 return _to_unit_float32(self._encode_tokens(tokens))
@@ -255,6 +313,18 @@ class Encoder:
         if self._text_tower is not None:
             return self._text_tower.encode(tokens)
         return self.model.encode_text(tokens, normalize=True)
+
+
+def _language_codes(tokenizer: Any) -> list[str] | None:
+    """NLLB-style language codes (``zho_Hans`` ...) that select an HF tokenizer's source language, else None."""
+    hf = getattr(tokenizer, "tokenizer", None)
+    if hf is None or not hasattr(hf, "src_lang") or not hasattr(hf, "get_vocab"):
+        return None
+    import re
+
+    code = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
+    codes = sorted(token for token in hf.get_vocab() if code.match(token))
+    return codes or None
 
 
 def _to_unit_float32(feats: torch.Tensor) -> np.ndarray:
@@ -285,7 +355,11 @@ def load_encoder(
         precision = default_precision(dev)
     configure_threads(threads)
     model_config = _model_config(parsed)
+    # A model with a Hugging Face text side needs the multilingual extra: say so before any download.
+    require_text_extra(_open_clip_config(parsed, model_config), parsed.canonical)
     _fail_fast_if_unreachable(parsed)
+    # A local folder's HF text tower is built from the folder, not from the hub id in its config.
+    extra = local_model_kwargs(parsed.path) if parsed.kind == "local-dir" and parsed.path is not None else {}
     try:
         if parsed.kind == "builtin" and parsed.pretrained is None:
             # No weights asked for: a seeded random init, identical on every load.
@@ -294,12 +368,15 @@ def load_encoder(
                 model, _, preprocess = open_clip.create_model_and_transforms(parsed.arch, device=dev)
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                parsed.open_clip_name, pretrained=parsed.pretrained, device=dev
+                parsed.open_clip_name, pretrained=parsed.pretrained, device=dev, **extra
             )
         tokenizer = open_clip.get_tokenizer(parsed.open_clip_name)
     except ModelLoadError:
         raise
     except Exception as exc:  # open_clip raises many types; each becomes one actionable message
+        missing = explain_missing_module(exc, parsed.canonical)
+        if missing is not None:
+            raise missing from exc
         raise _explain_load_failure(parsed, exc) from exc
     return Encoder(
         model, preprocess, tokenizer, spec=parsed.canonical, model_config=model_config, device=dev,
@@ -330,8 +407,18 @@ def _model_config(parsed: ModelSpec) -> dict[str, Any]:
         return dict(open_clip.get_model_config(parsed.arch) or {})
     if parsed.kind == "local-dir":
         assert parsed.path is not None
-        return read_local_config(parsed.path)
+        read_local_config(parsed.path)  # checks that it is an open_clip config, with a message that says what is wrong
+        return fingerprint_config(parsed.path)  # a folder saved from hf-hub:ORG/REPO keeps that spec's fingerprint
     return {"hf-hub": parsed.repo}
+
+
+def _open_clip_config(parsed: ModelSpec, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The open_clip model config behind a spec when it is known before loading ({} for an uncached hf-hub repo)."""
+    if parsed.kind == "local-dir" and parsed.path is not None:
+        return read_local_config(parsed.path)
+    if parsed.kind == "hf-hub":
+        return {}  # known only once downloaded; a missing package is then explained by explain_missing_module
+    return model_config
 
 
 def _hub_files(parsed: ModelSpec) -> tuple[str, list[str]] | None:
@@ -375,8 +462,8 @@ def _no_weights_error(parsed: ModelSpec) -> ModelLoadError:
     return ModelLoadError(
         f"could not load model {parsed.canonical!r}: its weights could not be downloaded "
         "(no network?) and are not in the local cache. Run once with network access to cache them, "
-        "or pass --model /path/to/dir pointing at a local model directory "
-        f"({LOCAL_CONFIG_NAME} + weights, e.g. one written by 'mmsearch train')."
+        f"or, where there is network, 'mmsearch models save {parsed.canonical} DIR', copy DIR here and pass "
+        f"--model DIR (a folder with {LOCAL_CONFIG_NAME} + weights, as 'models save' and 'mmsearch train' write)."
     )
 
 

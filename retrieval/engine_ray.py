@@ -4,8 +4,9 @@ The driver (this process) lists the files and plans the run with the local
 indexer's own rules (:func:`indexer.plan_update`), so only new or changed
 files are sent out. Ray Data feeds them, a few hundred per task, to a pool of
 actors (``map_batches`` with a callable class) that each load the model once
-and run the local :class:`embed.ImagePipeline` (same decoding, same
-preprocessing, so the same vectors). Each task's result comes back as one
+and run the local :class:`embed.ImagePipeline` and :class:`video_embed.VideoPipeline`
+(same decoding, same sampling, same preprocessing, so the same vectors; a
+video whole, with all its frames, in one task). Each task's result comes back as one
 Arrow table, is written as a Parquet shard (:mod:`retrieval.shards`) and is
 merged at once by :func:`merge.merge_tables`. Results arrive in listing order
 (``preserve_order``), so item ids are a local run's, and a run killed half way
@@ -46,6 +47,7 @@ from .indexer import (
     outcome_of,
     pipeline_encode_one,
     plan_update,
+    split_videos,
 )
 from .merge import merge_tables
 from .shards import ShardModel, ShardWriter, outcomes_table, shard_schema
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from .store import IndexStore
+    from .video import FrameSampling
+    from .video_index import VideoOutcome
 
 INSTALL_HINT = "pip install 'mmsearch[ray]'"
 # An actor that keeps dying on the same batch (a file that crashes the decoder,
@@ -109,17 +113,22 @@ def update_index_ray(
     exclude: Sequence[str] = (),
     on_progress: ProgressFn | None = None,
     on_skip: SkipFn | None = None,
+    videos: bool = True,
+    sampling: "FrameSampling | None" = None,
 ) -> IndexReport:
     """Embed what changed under ``roots`` on a Ray cluster and merge it into ``store``; the caller holds the lock.
 
     Same result as :func:`indexer.update_index` (same items, ids, vectors,
-    skipped files); only where the encoder runs differs.
+    skipped files); only where the encoder runs differs. Videos are sampled
+    and embedded by the workers too, each whole in one task (so in one shard).
     """
     ray = require_ray()  # before any work: a missing extra is the first thing to hear about
     store.remove_temp_files()
-    plan = plan_update(store, roots, exclude=exclude, on_skip=on_skip)
+    plan = plan_update(store, roots, exclude=exclude, on_skip=on_skip, videos=videos)
     if plan.is_empty:
         return finish_unchanged(store, plan)
+    images, clips = split_videos(plan.todo)
+    plan.todo = images + clips  # a local run's order: images, then videos
     m = store.manifest
     model = ShardModel(m.model, m.fingerprint, m.dim)
     own_dir = cfg.shards_dir is None
@@ -128,9 +137,10 @@ def update_index_ray(
     started_ray = _connect(ray, cfg.address)
     try:
         with _ray_prints_to_stderr():
-            tables = _embed(ray, plan.todo, model, writer.run, cfg, plan.known_hashes())
+            tables = _embed(ray, plan.todo, model, writer.run, cfg, plan.known_hashes(), sampling)
             written = (writer.write_table(t) for t in tables)
-            return merge_tables(store, plan, written, reencode=_local_reencoder(model, cfg), on_progress=on_progress)
+            return merge_tables(store, plan, written, reencode=_local_reencoder(model, cfg),
+                                reencode_video=_local_video_reencoder(model, cfg, sampling), on_progress=on_progress)
     except MMSearchError:
         raise
     except Exception as exc:  # Ray reports a failed task or actor in its own types
@@ -143,14 +153,15 @@ def update_index_ray(
 
 
 def embed_to_shards_ray(
-    entries: Sequence[FileEntry], model: ShardModel, writer: ShardWriter, cfg: RayCfg
+    entries: Sequence[FileEntry], model: ShardModel, writer: ShardWriter, cfg: RayCfg,
+    sampling: "FrameSampling | None" = None,
 ) -> Iterator["pa.Table"]:
     """Embed ``entries`` on Ray and write them as shards with ``writer``; yields each table written."""
     ray = require_ray()
     started_ray = _connect(ray, cfg.address)
     try:
         with _ray_prints_to_stderr():
-            for table in _embed(ray, list(entries), model, writer.run, cfg, frozenset()):
+            for table in _embed(ray, list(entries), model, writer.run, cfg, frozenset(), sampling):
                 yield writer.write_table(table)
     except MMSearchError:
         raise
@@ -165,7 +176,8 @@ def embed_to_shards_ray(
 
 
 def _embed(
-    ray: Any, todo: list[FileEntry], model: ShardModel, run: str, cfg: RayCfg, known_hashes: set[str] | frozenset[str]
+    ray: Any, todo: list[FileEntry], model: ShardModel, run: str, cfg: RayCfg, known_hashes: set[str] | frozenset[str],
+    sampling: "FrameSampling | None" = None,
 ) -> Iterator["pa.Table"]:
     """Shard tables of ``todo`` in listing order, embedded by a pool of actors."""
     from ray.data import DataContext
@@ -198,7 +210,7 @@ def _embed(
                 fn_constructor_kwargs={
                     "model": model.model, "fingerprint": model.fingerprint, "dim": model.dim, "run": run,
                     "device": cfg.device, "precision": cfg.precision, "threads": cpus,
-                    "batch_size": cfg.batch_size, "known_hashes": frozenset(known_hashes),
+                    "batch_size": cfg.batch_size, "known_hashes": frozenset(known_hashes), "sampling": sampling,
                 },
                 **_retry_args(dataset.map_batches),
             )
@@ -231,11 +243,12 @@ class EmbedWorker:
 
     def __init__(
         self, *, model: str, fingerprint: str, dim: int, run: str, device: str, precision: str, threads: int,
-        batch_size: int, known_hashes: frozenset[str],
+        batch_size: int, known_hashes: frozenset[str], sampling: "FrameSampling | None" = None,
     ) -> None:
         from .embed import ImagePipeline
         from .encoder import load_encoder
         from .urls import url_reader
+        from .video_embed import VideoPipeline
 
         encoder = load_encoder(model, device=device, precision=precision, threads=threads)
         if encoder.fingerprint != fingerprint or encoder.dim != dim:
@@ -248,8 +261,12 @@ class EmbedWorker:
         self.pipeline = ImagePipeline(
             encoder, batch_size=batch_size, workers=max(1, threads // 2), known_hashes=known_hashes, read=url_reader()
         )
+        self.videos = VideoPipeline(encoder, batch_size=batch_size, workers=max(1, threads // 2),
+                                    sampling=sampling, known_hashes=known_hashes)
 
     def __call__(self, batch: "pa.Table") -> "pa.Table":
+        from .video_index import video_outcome_of
+
         ids = batch.column("id").to_pylist()
         entries = [
             FileEntry(p if is_url(p) else Path(p), s, t)  # type: ignore[arg-type]
@@ -257,8 +274,13 @@ class EmbedWorker:
                 batch.column("path").to_pylist(), batch.column("size").to_pylist(), batch.column("mtime_ns").to_pylist()
             )
         ]
-        outcomes = [outcome_of(e, key=str(e.entry.path)) for chunk in self.pipeline.run(entries) for e in chunk]
-        return outcomes_table(ids, outcomes, self.schema)
+        images, clips = split_videos(entries)
+        by_key: dict[str, Any] = {}
+        for chunk in self.pipeline.run(images):
+            by_key.update((str(e.entry.path), outcome_of(e, key=str(e.entry.path))) for e in chunk)
+        for video in self.videos.run(clips):  # a whole video per row set: its row and all its frames
+            by_key[str(video.entry.path)] = video_outcome_of(video, key=str(video.entry.path))
+        return outcomes_table(ids, [by_key[str(e.path)] for e in entries], self.schema)
 
 
 # -- cluster plumbing ---------------------------------------------------------------
@@ -337,6 +359,26 @@ def _local_reencoder(model: ShardModel, cfg: RayCfg) -> Callable[[FileOutcome], 
             encoder = load_encoder(model.model, device=cfg.device, precision=cfg.precision)
             pipeline.append(ImagePipeline(encoder, batch_size=1, read=url_reader()))
         return outcome_of(pipeline_encode_one(pipeline[0], entry_of(out)), key=out.key)
+
+    return reencode
+
+
+def _local_video_reencoder(
+    model: ShardModel, cfg: RayCfg, sampling: "FrameSampling | None"
+) -> Callable[["VideoOutcome"], "VideoOutcome"]:
+    """Sample one video here, for the rare video whose content twin changed during the run."""
+    pipeline: list[Any] = []
+
+    def reencode(out: "VideoOutcome") -> "VideoOutcome":
+        from .video_index import video_outcome_of
+
+        if not pipeline:
+            from .encoder import load_encoder
+            from .video_embed import VideoPipeline
+
+            encoder = load_encoder(model.model, device=cfg.device, precision=cfg.precision)
+            pipeline.append(VideoPipeline(encoder, batch_size=cfg.batch_size, sampling=sampling))
+        return video_outcome_of(pipeline[0].embed_one(entry_of(out)), key=out.key)
 
     return reencode
 

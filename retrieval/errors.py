@@ -5,6 +5,21 @@ The library raises these; only the CLI (and the server) turn them into output.
 
 from __future__ import annotations
 
+import os
+
+
+def reading_problem(exc: BaseException) -> str | None:
+    """The user's words for the errors any file read can meet (missing, not allowed, a folder, no memory)."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    return None
+
 
 def printable(text: str) -> str:
     """Text safe to print as one line: undecodable bytes as \\xNN, control characters (ESC, newline) escaped."""
@@ -64,6 +79,19 @@ class ItemNotFoundError(InvalidQueryError):
 
 class ImageDecodeError(MMSearchError):
     """An image given as a query could not be decoded."""
+
+
+class VideoDecodeError(MMSearchError):
+    """A video file could not be opened or no frame of it could be decoded.
+
+    ``path`` is the file, ``reason`` one line for the person reading it (the
+    same text an index records for a skipped file).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
 
 
 class SourceError(MMSearchError):

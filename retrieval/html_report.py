@@ -1,4 +1,9 @@
-"""A self-contained HTML page of search results (thumbnails inlined as data URIs)."""
+"""A self-contained HTML page of search results (thumbnails inlined as data URIs).
+
+A video hit shows the picture of its best moment and plays the video from
+that moment (a ``#t=SECONDS`` media fragment on the file's URL); its other
+good moments are links to their times.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +20,51 @@ from .search import Hit
 THUMB_SIDE = 256
 
 
-def _thumbnail_data_uri(path: str) -> str | None:
-    from .loading import load_image
+def _thumbnail_data_uri(path: str, time: float | None = None) -> str | None:
+    """A JPEG data URI of the picture (or of the video at ``time`` seconds); None when it cannot be read now."""
+    if time is not None:
+        from .errors import VideoDecodeError
+        from .video import frame_at
 
-    loaded = load_image(path, min_side=THUMB_SIDE)
-    if loaded.image is None:
-        return None
-    img = loaded.image
+        try:
+            img = frame_at(path, time, min_side=THUMB_SIDE)
+        except (VideoDecodeError, ValueError):
+            return None
+    else:
+        from .loading import load_image
+
+        loaded = load_image(path, min_side=THUMB_SIDE)
+        if loaded.image is None:
+            return None
+        img = loaded.image
     img.thumbnail((THUMB_SIDE, THUMB_SIDE))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _video_card(hit: Hit, score: str) -> str:
+    """A video at its moment: the moment's picture as the poster, playing from that time."""
+    from .video_files import format_clock, format_seconds
+
+    assert hit.path is not None and hit.time is not None
+    uri = _thumbnail_data_uri(hit.path, hit.time)
+    base = Path(hit.path).as_uri()
+    src = html.escape(f"{base}#t={format_seconds(hit.time)}", quote=True)
+    name = html.escape(os.path.basename(hit.path))
+    poster = f' poster="{uri}"' if uri else ""
+    others = [m for m in (hit.moments or [])[1:] if m.get("time") is not None]
+    links = " ".join(
+        '<a href="{}">{}</a>'.format(html.escape(f"{base}#t={format_seconds(m['time'])}", quote=True),
+                                     format_clock(m["time"]))
+        for m in others
+    )
+    more = f"<br><span class=\"moments\">also at {links}</span>" if links else ""
+    return (
+        f'<figure class="video"><video controls preload="none" src="{src}"{poster}></video>'
+        f'<figcaption>{score} &middot; at <a href="{src}">{format_clock(hit.time)}</a><br>'
+        f'<span title="{html.escape(hit.path, quote=True)}">{name}</span>{more}</figcaption></figure>'
+    )
 
 
 def render_results_page(hits: Sequence[Hit], title: str) -> str:
@@ -33,7 +72,9 @@ def render_results_page(hits: Sequence[Hit], title: str) -> str:
     cards = []
     for hit in hits:
         score = f"#{hit.rank} &middot; {hit.score:.3f}"
-        if hit.path is not None:
+        if hit.path is not None and hit.kind == "video" and hit.time is not None:
+            cards.append(_video_card(hit, score))
+        elif hit.path is not None:
             uri = _thumbnail_data_uri(hit.path)
             href = html.escape(Path(hit.path).as_uri(), quote=True)
             name = html.escape(os.path.basename(hit.path))
@@ -58,7 +99,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa;
 h1 {{ font-size: 1.2rem; font-weight: 600; }}
 main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 1rem; }}
 figure {{ margin: 0; background: #fff; border-radius: 8px; box-shadow: 0 1px 3px #0002; overflow: hidden; }}
-figure img {{ width: 100%; height: 200px; object-fit: cover; display: block; }}
+figure img, figure video {{ width: 100%; height: 200px; object-fit: cover; display: block; background: #000; }}
 figure.text p {{ padding: .8rem; margin: 0; min-height: 4rem; }}
 figcaption {{ padding: .4rem .6rem; font-size: .8rem; color: #555; word-break: break-all; }}
 .missing {{ height: 200px; display: grid; place-items: center; color: #999; }}

@@ -90,9 +90,9 @@ def load_model(spec: str, *, device: str = "auto") -> ImmichEncoder:
     The stand-in serves a model's own embeddings with no index behind them, so
     it loads models itself (``ModelLoadError`` says what to do when it cannot).
     """
-    from .encoder import load_encoder
+    from .api import load_model
 
-    return load_encoder(spec, device=device)
+    return load_model(spec, device=device)
 
 
 

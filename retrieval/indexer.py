@@ -18,6 +18,11 @@ metadata. Items indexed without metadata (by an older mmsearch, or by an engine
 that does not read it) get it from their files at the end of the next run over
 their folder, in batches of transactions, without re-encoding (the back-fill).
 
+Videos (see :mod:`retrieval.video_index`) are listed with the images and
+embedded after them, each video committed whole with its frames in one
+transaction; ``videos=False`` (``--no-video``) leaves them out, and leaves
+the videos already indexed as they are.
+
 Safety against a vanished drive: a folder that now holds no image at all while
 the index has items from it (an unmounted disk, a NAS that is offline) is an
 error, not a reason to drop those items; ``maintenance.remove_paths`` drops them on purpose.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
@@ -39,11 +45,15 @@ from .photo_store import backfill_metadata, photo_columns, twin_photo_columns, w
 from .sources import FileEntry, Skipped, iter_files
 from .store import IndexStore, NewItem
 from .urls import is_url, url_reader
+from .video_embed import VideoPipeline
+from .video_files import VIDEO_EXTENSIONS, is_video_path
+from .video_index import VideoOutcome, VideoWriter, video_outcome_of
 
 if TYPE_CHECKING:
     import numpy as np
 
     from .encoder import Encoder
+    from .video import FrameSampling
 
 ProgressFn = Callable[[int, int], None]  # (files done, files to embed)
 SkipFn = Callable[[str, str], None]  # (path, reason)
@@ -63,19 +73,31 @@ class IndexReport:
     metadata_read: int = 0  # items given their capture metadata by the back-fill (no re-encoding)
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run's failures
+    videos: int = 0  # videos sampled and embedded (also counted in encoded)
+    frames: int = 0  # their frames
+    video_seconds: float = 0.0  # the duration of those videos
+    partial: list[tuple[str, str]] = field(default_factory=list)  # (path, why): videos indexed up to a damage
+    video_decode_seconds: float = 0.0  # sampling videos, summed over the decoding threads (local engine)
+    video_model_seconds: float = 0.0  # the model on their frames
 
     @property
     def images_per_second(self) -> float:
         return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "added": self.added, "updated": self.updated, "removed": self.removed,
             "unchanged": self.unchanged, "reused": self.reused, "failed": self.failed,
             "encoded": self.encoded, "metadata_read": self.metadata_read, "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }
+        if self.videos or self.partial:
+            data.update(videos=self.videos, frames=self.frames, video_seconds=round(self.video_seconds, 3),
+                        video_decode_seconds=round(self.video_decode_seconds, 3),
+                        video_model_seconds=round(self.video_model_seconds, 3),
+                        partial=[{"path": p, "reason": r} for p, r in self.partial])
+        return data
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
@@ -147,18 +169,25 @@ def root_key(root: str | os.PathLike[str]) -> str:
     return text.rstrip("/") if is_url(text) else os.path.abspath(text)
 
 
+def media_extensions(videos: bool = True) -> frozenset[str]:
+    """The file extensions an index run takes: images, and videos unless ``videos`` is False."""
+    return IMAGE_EXTENSIONS | VIDEO_EXTENSIONS if videos else IMAGE_EXTENSIONS
+
+
 def list_files(
-    roots: Sequence[str | os.PathLike[str]], *, exclude: Sequence[str] = (), on_skip: Callable[[Skipped], None] | None = None
+    roots: Sequence[str | os.PathLike[str]], *, exclude: Sequence[str] = (),
+    on_skip: Callable[[Skipped], None] | None = None, videos: bool = True,
 ) -> list[FileEntry]:
-    """The image files under ``roots``: local folders walked by :func:`sources.iter_files`, then URL roots via fsspec."""
+    """The image (and video) files under ``roots``: local folders walked by :func:`sources.iter_files`, then URL roots."""
     keys = [root_key(r) for r in roots]
     local = [r for r in keys if not is_url(r)]
     remote = [r for r in keys if is_url(r)]
-    listed = list(iter_files(local, exclude=exclude, on_skip=on_skip)) if local else []
+    extensions = media_extensions(videos)
+    listed = list(iter_files(local, extensions=extensions, exclude=exclude, on_skip=on_skip)) if local else []
     if remote:
         from .urls import iter_url_files
 
-        listed += iter_url_files(remote, exclude=exclude)
+        listed += iter_url_files(remote, extensions=extensions, exclude=exclude)
     return listed
 
 
@@ -169,6 +198,7 @@ def plan_update(
     exclude: Sequence[str] = (),
     on_skip: SkipFn | None = None,
     read_metadata: bool = True,
+    videos: bool = True,
 ) -> UpdatePlan:
     """List ``roots`` and compare with the index: what to embed, what to drop, whose metadata to read.
 
@@ -177,7 +207,8 @@ def plan_update(
     absolute paths and URLs. Unchanged files whose items have no capture
     metadata yet (``read_metadata``) go to ``plan.backfill``. Raises
     ``SourceError`` when there is nothing at all to index, or when a root that
-    used to hold items is now empty (an unmounted drive).
+    used to hold items is now empty (an unmounted drive). ``videos=False``
+    lists no video, and keeps the videos already indexed as they are.
     """
     plan = UpdatePlan(todo=[], gone=[], known={}, report=IndexReport(), started=time.perf_counter(), on_skip=on_skip,
                       backfill=[] if read_metadata else None)
@@ -188,8 +219,10 @@ def plan_update(
 
     abs_roots = [root_key(r) for r in roots]
     plan.roots = abs_roots
-    listed = list_files(abs_roots, exclude=exclude, on_skip=walk_skip)
+    listed = list_files(abs_roots, exclude=exclude, on_skip=walk_skip, videos=videos)
     plan.known = known = store.file_states()
+    if not videos:  # not looked at this time: neither changed nor gone
+        known = {k: v for k, v in known.items() if not is_video_path(k)}
     unread = store.read_failures()  # a timeout or a permission since fixed: worth another try
     backlog = store.metadata_backlog(META_VERSION) if read_metadata else set()
     seen: set[str] = set()
@@ -217,7 +250,8 @@ def plan_update(
     ]
     if not listed and not plan.gone and report.failed == 0:
         shown = ", ".join(abs_roots)
-        raise SourceError(f"no image files found in {shown} (looked for: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        looked = ", ".join(sorted(media_extensions(videos)))
+        raise SourceError(f"no image{' or video' if videos else ''} files found in {shown} (looked for: {looked})")
     _refuse_vanished_roots(abs_roots, listed, report.skipped, known)
     return plan
 
@@ -235,11 +269,12 @@ def finish_unchanged(store: IndexStore, plan: UpdatePlan) -> IndexReport:
 def apply_outcomes(
     store: IndexStore,
     plan: UpdatePlan,
-    batches: Iterable[list[FileOutcome]],
+    batches: Iterable[list["FileOutcome | VideoOutcome"]],
     *,
     total: int | None = None,
     commit_every: int = 32,
     reencode: Callable[[FileOutcome], FileOutcome] | None = None,
+    reencode_video: Callable[[VideoOutcome], VideoOutcome] | None = None,
     vector_for_hash: Callable[[str], "np.ndarray | None"] | None = None,
     on_progress: ProgressFn | None = None,
 ) -> IndexReport:
@@ -252,7 +287,9 @@ def apply_outcomes(
     cache taken before the run) or ``reencode`` supplies it, else the file is
     reported as failed with what to do. A reused outcome also takes its twin's
     capture metadata; an item written without metadata is read by the
-    back-fill at the end (when the plan back-fills).
+    back-fill at the end (when the plan back-fills). A :class:`VideoOutcome`
+    is committed on its own, whole with its frames (:class:`video_index.VideoWriter`),
+    after the images before it; ``reencode_video`` samples one whose twin vanished.
     """
     report = plan.report
     total = len(plan.todo) if total is None else total
@@ -272,8 +309,14 @@ def apply_outcomes(
             index.add(ids, _stack(vecs, store.manifest.dim))
         pending.clear()
 
+    videos = VideoWriter(store, plan, index, reencode=reencode_video)
     for batch in batches:
         for out in batch:
+            if isinstance(out, VideoOutcome):
+                if pending:
+                    flush([])  # ids in listing order: the images before it first
+                videos.write(out)
+                continue
             key = out.key
             is_update = key in plan.known
             vector, width, height, error = out.vector, out.width, out.height, out.error
@@ -340,6 +383,8 @@ def update_index(
     on_progress: ProgressFn | None = None,
     on_skip: SkipFn | None = None,
     read_metadata: bool = True,
+    videos: bool = True,
+    sampling: "FrameSampling | None" = None,
 ) -> IndexReport:
     """Embed what changed under ``roots`` into ``store``; the caller holds the writer lock.
 
@@ -347,25 +392,49 @@ def update_index(
     batch: a crash then costs at most one batch of encoding. ``read_metadata=False``
     stores no capture metadata and back-fills none (benchmarks measure its cost
     with it; a later run with it back-fills what this one left out).
+    ``videos=False`` leaves videos out (and the indexed ones as they are);
+    ``sampling`` says which frames of a video are embedded (default: see
+    :class:`retrieval.video.FrameSampling`).
     """
     if commit_every is None:
         commit_every = batch_size
     store.remove_temp_files()  # the lock is ours: any temp file is left from an interrupted run
-    plan = plan_update(store, roots, exclude=exclude, on_skip=on_skip, read_metadata=read_metadata)
+    plan = plan_update(store, roots, exclude=exclude, on_skip=on_skip, read_metadata=read_metadata, videos=videos)
     if plan.is_empty:
         return finish_unchanged(store, plan)
+    images, clips = split_videos(plan.todo)
+    known = plan.known_hashes()
     pipeline = ImagePipeline(
-        encoder, batch_size=batch_size, workers=workers, max_pixels=max_pixels, known_hashes=plan.known_hashes(),
-        read=url_reader() if any(is_url(str(e.path)) for e in plan.todo) else None, read_metadata=read_metadata,
+        encoder, batch_size=batch_size, workers=workers, max_pixels=max_pixels, known_hashes=known,
+        read=url_reader() if any(is_url(str(e.path)) for e in images) else None, read_metadata=read_metadata,
     )
+    video_pipeline = VideoPipeline(encoder, batch_size=batch_size, workers=workers, sampling=sampling,
+                                   known_hashes=known)
 
     def reencode(out: FileOutcome) -> FileOutcome:
         return outcome_of(pipeline_encode_one(pipeline, entry_of(out)))
 
-    batches = ([outcome_of(e) for e in batch] for batch in pipeline.run(plan.todo))
-    return apply_outcomes(
-        store, plan, batches, commit_every=commit_every, reencode=reencode, on_progress=on_progress
+    def reencode_video(out: VideoOutcome) -> VideoOutcome:
+        return video_outcome_of(video_pipeline.embed_one(entry_of(out)), key=out.key)  # type: ignore[arg-type]
+
+    batches = chain(
+        ([outcome_of(e) for e in batch] for batch in pipeline.run(images)),
+        ([video_outcome_of(v)] for v in video_pipeline.run(clips)),
     )
+    report = apply_outcomes(
+        store, plan, batches, commit_every=commit_every, reencode=reencode, reencode_video=reencode_video,
+        on_progress=on_progress,
+    )
+    report.video_decode_seconds = video_pipeline.stats.decode_seconds
+    report.video_model_seconds = video_pipeline.stats.encode_seconds
+    return report
+
+
+def split_videos(entries: Sequence[FileEntry]) -> tuple[list[FileEntry], list[FileEntry]]:
+    """(images, videos) of a listing, each in listing order: a run embeds the images first, then the videos."""
+    images = [e for e in entries if not is_video_path(str(e.path))]
+    videos = [e for e in entries if is_video_path(str(e.path))]
+    return images, videos
 
 
 def update_texts(
@@ -442,7 +511,7 @@ def update_texts(
     return report
 
 
-def entry_of(out: FileOutcome) -> FileEntry:
+def entry_of(out: "FileOutcome | VideoOutcome") -> FileEntry:
     """The file an outcome is about, as the pipeline reads it (a URL stays a string)."""
     location: Path | str = out.key if is_url(out.key) else Path(out.key)
     return FileEntry(location, out.size or 0, out.mtime_ns or 0, out.dev, out.inode, out.real_path)  # type: ignore[arg-type]
@@ -470,7 +539,7 @@ def _refuse_vanished_roots(
         held = sum(1 for k in known if _under(k, [root]))
         if held:
             raise SourceError(
-                f"{root} holds no image files now, but the index has {held} items from it; "
+                f"{root} holds no image files (nor videos) now, but the index has {held} items from it; "
                 "if it is a drive that is not mounted, mount it and run again; "
                 f"to drop those items, run 'mmsearch remove {root}'"
             )

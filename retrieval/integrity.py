@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import SCHEMA_VERSION
 from .errors import IndexCorruptError, ModelMismatchError
-from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ModelRecord, ann_count_agrees
+from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ModelRecord, faiss_file_vouched, ann_count_agrees
 from .sources import file_is_gone
 from .urls import is_url
 
@@ -133,6 +133,12 @@ def _verify_ann(store: IndexStore, report: VerifyReport) -> None:
     ann = store.reload_manifest().ann
     if not path.is_file():
         report.notes.append(f"no {FAISS_FILE}: it is rebuilt from the stored vectors when needed ('mmsearch repair' writes it)")
+        return
+    if not faiss_file_vouched(path, ann):
+        report.problems.append(
+            f"{FAISS_FILE} is not the file the manifest describes (replaced or copied from elsewhere): queries rebuild "
+            "it from the stored vectors; 'mmsearch repair' rewrites it"
+        )
         return
     if ann.get("generation") != report.generation:
         report.notes.append(

@@ -68,6 +68,8 @@ def ann_problem(ann: dict[str, Any]) -> str | None:
         "trained_on": (_is_int, "a count"), "built_for": (_is_int, "a count"), "generation": (_is_int, "a count"),
         "ntotal": (_is_int, "a count"), "target_recall": (optional_number, "a recall"),
         "measured_recall": (optional_number, "a recall"), "policy": (lambda v: isinstance(v, dict), "an object"),
+        "file": (lambda v: isinstance(v, dict) and all(_is_int(v.get(k)) for k in ("size", "mtime_ns")),
+                 "the size and time of index.faiss"),
     }
     for key, (check, what) in checks.items():
         if key in ann and not check(ann[key]):

@@ -1,7 +1,8 @@
 """Merging Parquet embedding shards into an index, exactly as a local run writes it.
 
 Both ``mmsearch merge`` (shards made elsewhere) and the Ray engine (shards made
-by its workers) end here, and both go through :func:`indexer.apply_outcomes`,
+by its workers) end here, and both go through :func:`indexer.apply_outcomes`
+(a video with all its frames in one transaction),
 the local indexer's own writer: rows are committed in listing order (so item
 ids match a local run), one sqlite transaction per ``commit_every`` rows (a
 crash keeps every committed batch), failed files are reported like a local
@@ -34,6 +35,7 @@ from .indexer import (
 )
 from .shards import Shard, check_model, open_shards, table_outcomes
 from .store import MANIFEST, IndexStore
+from .video_index import VideoOutcome
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -48,6 +50,7 @@ def merge_tables(
     *,
     commit_every: int = DEFAULT_COMMIT_EVERY,
     reencode: Callable[[FileOutcome], FileOutcome] | None = None,
+    reencode_video: Callable[[VideoOutcome], VideoOutcome] | None = None,
     on_progress: ProgressFn | None = None,
 ) -> IndexReport:
     """Apply shard tables (in merge order, rows of ``plan.todo`` only) to ``store``; the caller holds the lock.
@@ -57,7 +60,8 @@ def merge_tables(
     """
     batches = (chunk for table in tables for chunk in _chunks(table_outcomes(table), commit_every))
     return apply_outcomes(
-        store, plan, batches, commit_every=commit_every, reencode=reencode, on_progress=on_progress
+        store, plan, batches, commit_every=commit_every, reencode=reencode, reencode_video=reencode_video,
+        on_progress=on_progress,
     )
 
 
@@ -85,12 +89,12 @@ def merge_shards(
         todo=[], gone=[], known=store.file_states(), report=IndexReport(), started=time.perf_counter(), on_skip=on_skip
     )
     selected = _select_rows(shards, plan)
-    total = sum(len(rows) for rows in selected.values())
+    total = sum(_files_in(shards[i], rows) for i, rows in selected.items())
     if total == 0:
         return finish_unchanged(store, plan)
     cache = _vectors_at_risk(store, shards, selected, plan)
 
-    def tables() -> Iterator[list[FileOutcome]]:
+    def tables() -> Iterator[list["FileOutcome | VideoOutcome"]]:
         for i, shard in enumerate(shards):
             rows = selected.get(i)
             if rows:
@@ -104,17 +108,24 @@ def merge_shards(
 
 
 def _select_rows(shards: Sequence[Shard], plan: UpdatePlan) -> dict[int, list[int]]:
-    """shard index -> row positions to apply: the last row per file, unless the index already has that file as is."""
+    """shard index -> row positions to apply: the last row per file, unless the index already has that file as is.
+
+    A video's frame rows go with its row (they follow it, with its id).
+    """
     last: dict[str, tuple[int, int]] = {}
     for i, shard in enumerate(shards):
+        kinds = _kinds(shard)
         for j, key in enumerate(shard.rows.column("path").to_pylist()):
-            last[key] = (i, j)
+            if kinds[j] != "frame":
+                last[key] = (i, j)
     chosen: dict[int, list[int]] = {}
     for i, shard in enumerate(shards):
         sizes = shard.rows.column("size").to_pylist()
         mtimes = shard.rows.column("mtime_ns").to_pylist()
+        ids = shard.rows.column("id").to_pylist()
+        kinds = _kinds(shard)
         for j, key in enumerate(shard.rows.column("path").to_pylist()):
-            if last[key] != (i, j):
+            if kinds[j] == "frame" or last[key] != (i, j):
                 continue
             old = plan.known.get(key)
             if old is not None and old[1] == sizes[j] and old[2] == mtimes[j]:
@@ -123,8 +134,24 @@ def _select_rows(shards: Sequence[Shard], plan: UpdatePlan) -> dict[int, list[in
                 else:
                     plan.report.unchanged += 1
                 continue
-            chosen.setdefault(i, []).append(j)
+            rows = chosen.setdefault(i, [])
+            rows.append(j)
+            k = j + 1
+            while k < len(kinds) and kinds[k] == "frame" and ids[k] == ids[j]:
+                rows.append(k)
+                k += 1
     return chosen
+
+
+def _kinds(shard: Shard) -> list[str | None]:
+    if "kind" in shard.rows.column_names:
+        return shard.rows.column("kind").to_pylist()
+    return [None] * shard.rows.num_rows  # a format-1 shard: images only
+
+
+def _files_in(shard: Shard, rows: list[int]) -> int:
+    kinds = _kinds(shard)
+    return sum(1 for j in rows if kinds[j] != "frame")
 
 
 def _vectors_at_risk(
@@ -157,7 +184,7 @@ def _vectors_at_risk(
     return cache
 
 
-def _chunks(items: list[FileOutcome], size: int) -> Iterator[list[FileOutcome]]:
+def _chunks(items: list["FileOutcome | VideoOutcome"], size: int) -> Iterator[list["FileOutcome | VideoOutcome"]]:
     for start in range(0, len(items), max(1, size)):
         yield items[start : start + size]
 

@@ -18,7 +18,9 @@ the path (no window between the check and the read):
   is that inode; otherwise, or when the inode differs (a folder restored from
   a backup), its content hash must equal the stored one. Size and time alone
   can be forged (``touch -r``, padding a picture to a secret file's size
-  before it is indexed), an inode or content cannot. Hashing reads the file
+  before it is indexed), an inode or content cannot. (A video's content is
+  its fingerprint, :func:`retrieval.video_files.video_fingerprint`: windows
+  spread over the whole file.) Hashing reads the file
   once; the result is remembered per inode and change time
   (:class:`VerifiedFiles`), so repeated requests for an unchanged file cost
   one ``fstat``.
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .errors import ItemNotFoundError
+from .video_files import video_fingerprint_fd
 
 __all__ = ["FileIdentity", "ExpectedFile", "VerifiedFiles", "identity_of", "open_indexed_file"]
 
@@ -79,6 +82,7 @@ class ExpectedFile:
     mtime_ns: int | None
     hash: str | None
     identity: FileIdentity | None = None
+    fingerprint: bool = False  # ``hash`` is a video's fingerprint (retrieval.video_files), not a whole-file hash
 
     @classmethod
     def of(cls, row: Any) -> "ExpectedFile":
@@ -92,7 +96,7 @@ class ExpectedFile:
         real = getattr(row, "real_path", None) or row.path
         identity = FileIdentity(str(real), int(device), int(inode)) if device is not None and inode is not None else None
         return cls(item_id=int(row.id), path=str(row.path), size=row.size, mtime_ns=row.mtime_ns, hash=row.hash,
-                   identity=identity)
+                   identity=identity, fingerprint=getattr(row, "kind", None) == "video")
 
 
 class VerifiedFiles:
@@ -193,7 +197,8 @@ def open_indexed_file(
         same_inode = expected.identity is not None and (st.st_dev, st.st_ino) == (expected.identity.device,
                                                                                    expected.identity.inode)
         if check_content and not same_inode and (verified is None or not verified.known(expected, st)):
-            if expected.hash is None or _content_hash(fd) != expected.hash:
+            actual = video_fingerprint_fd(fd, st.st_size) if expected.fingerprint else _content_hash(fd)
+            if expected.hash is None or actual != expected.hash:
                 raise _refuse(expected, "is not the file that was indexed (index the folder again)")
             if verified is not None:
                 verified.remember(expected, st)

@@ -86,8 +86,8 @@ class PhotoConditions:
         return cls(after, before, query, point, camera, has_gps)
 
     def accepts(self, row: "ItemRow") -> bool:
-        """Whether an item meets every condition (texts never do: they have no capture metadata)."""
-        if row.kind != "image":
+        """Whether an item meets every condition (texts never do: they have no capture metadata; videos do)."""
+        if row.kind not in ("image", "video"):
             return False
         if self.taken_after is not None or self.taken_before is not None:
             if row.local_ts is None:
@@ -118,13 +118,13 @@ class PhotoConditions:
 
 
 def photo_info(row: "ItemRow") -> dict[str, Any] | None:
-    """What a result shows of a photo's capture metadata (only what is known); None for texts and unread items.
+    """What a result shows of a photo's (or video's) capture metadata (only what is known); None for texts and unread items.
 
     ``taken_at`` is ISO 8601 as recorded (with its UTC offset when known),
     ``time_source`` says where it came from (``file-mtime``: no date in the
     file), ``place`` is "City, Region, Country" (parts unknown or repeated left out).
     """
-    if row.kind != "image" or row.meta_version is None:
+    if row.kind not in ("image", "video") or row.meta_version is None:
         return None
     camera = " ".join(p for p in (row.camera_make, row.camera_model) if p) or None
     parts: list[str] = []

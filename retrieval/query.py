@@ -6,10 +6,18 @@ and the upload form write a weight as a prefix: ``2:red`` or ``-0.5:leather``.
 
 :class:`QueryEncoder` embeds the terms for one index's model: texts through a
 small LRU cache and, while the model itself is not loaded, through its
-torch-free export (:mod:`retrieval.text_light`); images through the model;
-indexed items from their stored vectors. Ranking the vector is
+torch-free export (:mod:`retrieval.text_light` for CLIP's tokenizer,
+:mod:`retrieval.hf_text_light` for Hugging Face ones); images through the
+model; indexed items from their stored vectors. Ranking the vector is
 :mod:`retrieval.search`'s job (``Filters`` is re-exported here for callers
 that import it from this module).
+
+A text in any script is first normalised as the model's tokenizer expects it
+(:func:`retrieval.text_normalise.normalise_query`); a model whose tokenizer
+takes a language code (NLLB) gets the query's code, from ``lang`` (``--lang
+zh``) or from the query's script (:func:`retrieval.multilingual.query_language`).
+:meth:`QueryEncoder.notes` says what a user should know about a query: that it
+was cut to the model's context, or that the model reads English only.
 """
 
 from __future__ import annotations
@@ -27,14 +35,18 @@ from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 import numpy as np
 
 from .config import light_text_enabled
-from .errors import ImageDecodeError, InvalidQueryError, ItemNotFoundError
+from .errors import ImageDecodeError, InvalidQueryError, ItemNotFoundError, MMSearchError
 from .search import Filters  # noqa: F401 - part of this module's public names (README, user code)
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .encoder import Encoder
+    from .hf_text_light import HfLightTextEncoder
     from .text_light import LightTextEncoder
+    from .text_normalise import FittedQuery
+
+    TextEncoder = Encoder | LightTextEncoder | HfLightTextEncoder
 
 TermKind = Literal["text", "image", "vector", "item"]
 PathLike = str | os.PathLike[str]
@@ -44,15 +56,20 @@ _WEIGHT_PREFIX = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
 
 @dataclass(frozen=True)
 class QueryTerm:
-    """One part of a query, with a weight: a text, an image (path or PIL image), a raw vector or an indexed item's id."""
+    """One part of a query, with a weight: a text, an image (path or PIL image), a raw vector or an indexed item's id.
+
+    A text may carry ``lang`` (``zh``, ``zh-TW``, ``fr``, or an NLLB code): the
+    language code of models that need one (NLLB); without it the text's script decides.
+    """
 
     kind: TermKind
     value: object
     weight: float = 1.0
+    lang: str | None = None
 
     @classmethod
-    def text(cls, text: str, weight: float = 1.0) -> "QueryTerm":
-        return cls("text", text, weight)
+    def text(cls, text: str, weight: float = 1.0, lang: str | None = None) -> "QueryTerm":
+        return cls("text", text, weight, lang)
 
     @classmethod
     def image(cls, image: object, weight: float = 1.0) -> "QueryTerm":
@@ -82,17 +99,24 @@ def parse_terms(
     not_texts: Iterable[str] = (),
     images: Iterable[str] = (),
     not_images: Iterable[str] = (),
+    lang: str | None = None,
 ) -> list[QueryTerm]:
     """Query terms from ``[WEIGHT:]VALUE`` strings, as the command line and the upload form take them.
 
     ``not_*`` values push results away (their weight is negated); image values
     are file paths. Texts come first, then images, each in the order given.
+    ``lang`` (``--lang``) is checked here (``InvalidQueryError`` for an unknown
+    language) and given to every text term.
     """
+    if lang is not None:
+        from .multilingual import resolve_lang
+
+        resolve_lang(lang)
     terms: list[QueryTerm] = []
     for raws, negate in ((texts, False), (not_texts, True)):
         for raw in raws:
             weight, value = parse_weighted(raw, negate=negate)
-            terms.append(QueryTerm.text(value, weight))
+            terms.append(QueryTerm.text(value, weight, lang))
     for raws, negate in ((images, False), (not_images, True)):
         for raw in raws:
             weight, value = parse_weighted(raw, negate=negate)
@@ -182,6 +206,7 @@ class QueryEncoder:
         device: str = "cpu",
         item_vector: Callable[[int], np.ndarray | None] | None = None,
         encoder: "Encoder | None" = None,
+        model: str | None = None,
     ) -> None:
         self._load_model = load_model
         self._fingerprint = fingerprint
@@ -189,7 +214,8 @@ class QueryEncoder:
         self._device = device
         self._item_vector = item_vector
         self._encoder = encoder
-        self._light_text: "LightTextEncoder | None | bool" = None  # False: looked, none usable
+        self._model = model if model is not None else (encoder.spec if encoder is not None else None)
+        self._light_text: "LightTextEncoder | HfLightTextEncoder | None | bool" = None  # False: looked, none usable
         self._text_cache = _LruCache(TEXT_CACHE_SIZE)
         self._load_lock = threading.Lock()
 
@@ -206,16 +232,16 @@ class QueryEncoder:
     def model_loaded(self) -> bool:
         return self._encoder is not None
 
-    def _text_encoder(self) -> "Encoder | LightTextEncoder":
+    def _text_encoder(self) -> "TextEncoder":
         """What embeds text queries: the loaded model, else its torch-free export when there is one."""
         if self._encoder is not None:
             return self._encoder
         if self._light_text is None:
             self._light_text = False
             if light_text_enabled() and self._device in ("cpu", "auto"):
-                from .text_light import load_light_encoder
+                from .hf_text_light import load_any_light_encoder
 
-                self._light_text = load_light_encoder(self._index_root, self._fingerprint) or False
+                self._light_text = load_any_light_encoder(self._index_root, self._fingerprint) or False
         return self._light_text or self.encoder
 
     @property
@@ -223,15 +249,46 @@ class QueryEncoder:
         """Which path embeds text queries now: ``"model"`` or ``"torch-free export"``."""
         return "model" if self._text_encoder() is self._encoder else "torch-free export"
 
-    def text(self, text: str) -> np.ndarray:
-        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector)."""
+    def prepare(self, text: str, lang: str | None = None) -> tuple[str, str | None]:
+        """(the text as the model will read it, its language code or None): normalised, language resolved.
+
+        Raises ``InvalidQueryError`` for an empty query (also one of invisible
+        characters only), an unknown ``lang``, or a language the model has no code for.
+        """
         if not isinstance(text, str) or not text.strip():
             raise InvalidQueryError("empty query: give some words to search for")
-        key = text.strip()
+        from .text_normalise import normalise_query, tokenizer_kind_of
+
+        encoder = self._text_encoder()
+        # Encoders passed in by callers (tests, notebooks) may be duck-typed: no tokenizer, no languages.
+        normalised = normalise_query(text, tokenizer_kind_of(getattr(encoder, "tokenizer", None)))
+        languages = getattr(encoder, "languages", None)
+        if not languages:
+            if lang is not None:
+                from .multilingual import resolve_lang
+
+                resolve_lang(lang)  # a typo is an error even where the model needs no code
+            return normalised, None
+        from .multilingual import query_language
+
+        code = query_language(normalised, lang)
+        if code not in languages:
+            raise InvalidQueryError(f"the index's model has no language code {code!r} (--lang {lang})")
+        return normalised, code
+
+    def text(self, text: str, lang: str | None = None) -> np.ndarray:
+        """The unit vector of a text query; recent ones come from an LRU cache (same model, same vector).
+
+        ``lang`` (``zh``, ``fr``, ``zho_Hans`` ...) is used by models whose
+        tokenizer takes a language code (NLLB); see :meth:`prepare`.
+        """
+        normalised, code = self.prepare(text, lang)
+        key = (code, normalised)
         vector = self._text_cache.get(key)
         if vector is None:
+            language = {} if code is None else {"lang": code}
             try:
-                vector = self._text_encoder().encode_texts([key])[0]
+                vector = self._text_encoder().encode_texts([normalised], **language)[0]
             except (OSError, ValueError) as exc:
                 if self._encoder is not None or not self._light_text:
                     raise
@@ -239,9 +296,64 @@ class QueryEncoder:
                 # answer with the model itself from now on.
                 logging.getLogger(__name__).debug("torch-free text path failed: %s", exc)
                 self._light_text = False
-                vector = self.encoder.encode_texts([key])[0]
+                vector = self.encoder.encode_texts([normalised], **language)[0]
             self._text_cache.put(key, vector)
         return vector.copy()  # callers may scale or negate it in place
+
+    def fit(self, text: str, lang: str | None = None) -> "FittedQuery | None":
+        """Whether a text query fits the model's context, and which part of it the model reads.
+
+        None for an encoder whose tokenizer cannot be measured (a duck-typed one passed in by a caller).
+        """
+        from .text_normalise import fit_query
+
+        normalised, _ = self.prepare(text, lang)
+        tokenizer = getattr(self._text_encoder(), "tokenizer", None)
+        if tokenizer is None:
+            return None
+        try:
+            return fit_query(normalised, tokenizer)
+        except TypeError:  # a tokenizer of a kind fit_query does not know
+            return None
+
+    def notes(self, text: str, lang: str | None = None) -> list[str]:
+        """What a user should be told about a text query (for stderr): cut to the context, or an English-only model.
+
+        Raises what :meth:`prepare` raises.
+        """
+        notes = []
+        fitted = self.fit(text, lang)
+        cut = fitted.note() if fitted is not None else None
+        if cut:
+            notes.append(cut)
+        english = self._english_only_note(text)
+        if english:
+            notes.append(english)
+        return notes
+
+    def _english_only_note(self, text: str) -> str | None:
+        """A note when a published CLIP-BPE model (trained on English captions) gets a query in another script."""
+        from .model_spec import ModelSpec, parse_model_spec
+
+        if not self._model:
+            return None
+        try:
+            spec: ModelSpec = parse_model_spec(self._model)
+        except MMSearchError:
+            return None
+        if spec.kind != "builtin" or not spec.pretrained:
+            return None  # trained here (the demo's bilingual model) or from the hub: no way to know its languages
+        from .multilingual import detect_language, find_model
+        from .text_normalise import tokenizer_kind_of
+
+        tokenizer = getattr(self._text_encoder(), "tokenizer", None)
+        if find_model(self._model) is not None or tokenizer is None or tokenizer_kind_of(tokenizer) != "clip-bpe":
+            return None
+        script = detect_language(text).script
+        if script is None or script == "Latn":
+            return None
+        return (f"note: {self._model} learnt from English captions and reads other languages poorly; "
+                "'mmsearch models --multilingual' lists models that understand them")
 
     def image(self, image: "PathLike | Image.Image") -> np.ndarray:
         """The unit vector of a query image (a path or a PIL image)."""
@@ -267,7 +379,11 @@ class QueryEncoder:
 
     def item(self, item_id: int) -> np.ndarray:
         """An indexed item's stored vector; ``ItemNotFoundError`` when there is none."""
-        vector = self._item_vector(int(item_id)) if self._item_vector is not None else None
+        if isinstance(item_id, bool) or not isinstance(item_id, int):
+            raise InvalidQueryError(f"an item term names an item by its id, a whole number (got {item_id!r})")
+        if not 0 <= item_id < 2**63:
+            raise ItemNotFoundError(f"no searchable item with id {item_id}")
+        vector = self._item_vector(item_id) if self._item_vector is not None else None
         if vector is None:
             raise ItemNotFoundError(f"no searchable item with id {item_id}")
         return vector
@@ -277,32 +393,37 @@ class QueryEncoder:
         vectors = []
         for term in terms:
             if term.kind == "text":
-                vectors.append(self.text(str(term.value)))
+                vectors.append(self.text(str(term.value), term.lang))
             elif term.kind == "image":
                 vectors.append(self.image(term.value))  # type: ignore[arg-type]
             elif term.kind == "item":
                 vectors.append(self.item(term.value))  # type: ignore[arg-type]
+            elif term.kind == "vector":
+                try:
+                    vectors.append(np.asarray(term.value, dtype=np.float32).reshape(-1))
+                except (TypeError, ValueError):
+                    raise InvalidQueryError(f"a vector term must be numbers (got {type(term.value).__name__})") from None
             else:
-                vectors.append(np.asarray(term.value, dtype=np.float32))
+                raise InvalidQueryError(f"unknown query term kind {term.kind!r}: use text, image, vector or item")
         return combine(vectors, [t.weight for t in terms])
 
 
 class _LruCache:
-    """A small thread-safe LRU map from query text to its vector."""
+    """A small thread-safe LRU map from (language code, normalised query text) to its vector."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._items: "OrderedDict[tuple[str | None, str], np.ndarray]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: tuple[str | None, str]) -> np.ndarray | None:
         with self._lock:
             vector = self._items.get(key)
             if vector is not None:
                 self._items.move_to_end(key)
             return vector
 
-    def put(self, key: str, vector: np.ndarray) -> None:
+    def put(self, key: tuple[str | None, str], vector: np.ndarray) -> None:
         with self._lock:
             self._items[key] = vector
             self._items.move_to_end(key)

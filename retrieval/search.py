@@ -24,6 +24,8 @@ import numpy as np
 
 from .errors import InvalidQueryError
 from .photo_filters import PhotoConditions, parse_flag, parse_km, photo_info
+from .video_files import format_clock, format_seconds
+from .video_moments import with_moments
 
 if TYPE_CHECKING:
     from .ann import VectorIndex
@@ -38,9 +40,21 @@ Sort = Literal["score", "taken"]
 SORTS: tuple[str, ...] = ("score", "taken")
 
 
+# --type values that name kinds of items rather than file extensions.
+_KIND_WORDS = {"image": "image", "images": "image", "photo": "image", "photos": "image",
+               "video": "video", "videos": "video"}
+
+
 @dataclass(frozen=True)
 class Hit:
-    """One search result. ``score`` is the cosine similarity to the query."""
+    """One search result. ``score`` is the cosine similarity to the query.
+
+    A video is one hit (``kind="video"``, ``id`` and ``path`` the video's) at
+    its best-matching moment: ``time`` (seconds into it), ``frame`` (the item
+    id of that moment's frame: its thumbnail, or ``similar`` from it) and
+    ``moments``, the video's best moments, best first (``{"time", "score",
+    "frame"}``; the first is the hit's own). ``score`` is the best moment's.
+    """
 
     rank: int
     score: float
@@ -50,10 +64,23 @@ class Hit:
     text: str | None = None
     meta: dict[str, Any] | None = None
     photo: dict[str, Any] | None = None  # capture time, camera, position, place (photo_filters.photo_info)
+    time: float | None = None
+    frame: int | None = None
+    moments: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         return {k: v for k, v in data.items() if v is not None}
+
+    @property
+    def clock(self) -> str | None:
+        """A video hit's moment as people read it (``01:23.2``); None for other hits."""
+        return format_clock(self.time) if self.kind == "video" and self.time is not None else None
+
+    @property
+    def fragment(self) -> str:
+        """A video hit's moment as a media fragment for its file's URL (``#t=83.2``); ``""`` for other hits."""
+        return f"#t={format_seconds(self.time)}" if self.kind == "video" and self.time is not None else ""
 
 
 # -- filters ------------------------------------------------------------------------
@@ -97,8 +124,12 @@ class Filters:
     - ``camera``: every word occurs in "make model", any case ("iphone 12");
     - ``has_gps``: True, only photos with a position; False, only those without.
 
-    Photo conditions (:mod:`retrieval.photo_filters`) exclude texts. Bad values
-    raise ``InvalidQueryError`` naming the value.
+    Photo conditions (:mod:`retrieval.photo_filters`) exclude texts; videos
+    meet them with the capture time, place and camera of their container.
+    ``target="image"`` returns photos and videos; ``file_types`` may name
+    kinds as well as extensions: ``("video",)`` only videos, ``("image",)``
+    only photos, ``("video", "jpg")`` videos and JPEGs. Bad values raise
+    ``InvalidQueryError`` naming the value.
     """
 
     target: Target = "image"
@@ -118,10 +149,19 @@ class Filters:
     _after: float | None = field(default=None, init=False, repr=False, compare=False)
     _before: float | None = field(default=None, init=False, repr=False, compare=False)
     _photo: PhotoConditions | None = field(default=None, init=False, repr=False, compare=False)
+    _kinds: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    _extensions: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
+        if not isinstance(self.target, str) or self.target not in TARGETS:
             raise InvalidQueryError(f"target must be image, text or all (got {self.target!r})")
+        for name in ("path_prefix", "path_glob", "place", "near", "camera"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidQueryError(f"filter {name} must be a text (got {value!r})")
+        if isinstance(self.file_types, str) or not isinstance(self.file_types, (tuple, list)) \
+                or not all(isinstance(t, str) for t in self.file_types):
+            raise InvalidQueryError(f"file types must be a list of extensions (got {self.file_types!r})")
         if self.min_score is not None:
             if isinstance(self.min_score, bool) or not isinstance(self.min_score, (int, float)) \
                     or not math.isfinite(self.min_score):
@@ -132,6 +172,8 @@ class Filters:
         object.__setattr__(self, "_before", _parse_date(self.modified_before))
         types = tuple(t.strip().lower().lstrip(".") for t in self.file_types if t.strip())
         object.__setattr__(self, "file_types", types)
+        object.__setattr__(self, "_kinds", frozenset(_KIND_WORDS[t] for t in types if t in _KIND_WORDS))
+        object.__setattr__(self, "_extensions", frozenset(t for t in types if t not in _KIND_WORDS))
         photo = PhotoConditions.parse(
             taken_after=self.taken_after, taken_before=self.taken_before, place=self.place, near=self.near,
             within_km=self.within_km, camera=self.camera, has_gps=self.has_gps,
@@ -164,7 +206,15 @@ class Filters:
         such strings (a repeated parameter); ``within`` is kilometres ("25" or
         "25km"); ``has_gps`` is true/false (also "1"/"0", "yes"/"no").
         """
+        if types is not None and not isinstance(types, (str, list, tuple)):
+            raise InvalidQueryError(f"types must be a text like 'jpg,png' or a list of such (got {types!r})")
         raw_types = [types] if isinstance(types, str) else list(types or [])
+        if not all(isinstance(raw, str) for raw in raw_types):
+            raise InvalidQueryError(f"types must be a text like 'jpg,png' or a list of such (got {types!r})")
+        for name, value in (("target", target), ("under", under), ("glob", glob), ("after", after),
+                            ("before", before), ("place", place), ("near", near), ("camera", camera)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidQueryError(f"{name} must be a text (got {value!r})")
         return cls(
             target=(target or default_target),  # type: ignore[arg-type]
             min_score=min_score, path_prefix=under or None, path_glob=glob or None,
@@ -193,7 +243,9 @@ class Filters:
         return replace(self, target="text" if images == 0 and texts > 0 else "image")
 
     def accepts(self, row: "ItemRow") -> bool:
-        if self.target not in ("all", "auto") and row.kind != self.target:
+        """Whether an item may be returned (a video frame is judged by its video's row)."""
+        if self.target not in ("all", "auto") and row.kind != self.target and not (
+                self.target == "image" and row.kind == "video"):
             return False
         if self._photo is not None and not self._photo.accepts(row):
             return False
@@ -207,7 +259,8 @@ class Filters:
             fnmatch.fnmatch(row.path, self.path_glob) or fnmatch.fnmatch(os.path.basename(row.path), self.path_glob)
         ):
             return False
-        if self.file_types and os.path.splitext(row.path)[1].lower().lstrip(".") not in self.file_types:
+        if self.file_types and row.kind not in self._kinds and (
+                os.path.splitext(row.path)[1].lower().lstrip(".") not in self._extensions):
             return False
         mtime = (row.mtime_ns or 0) / 1e9
         if self._after is not None and mtime < self._after:
@@ -310,7 +363,8 @@ def _nearest(
     dedup: float | None,
 ) -> list[Hit]:
     if filters is not None and filters.target == "auto":
-        filters = filters.resolved(images=int(store.has_kind("image")), texts=int(store.has_kind("text")))
+        images = store.has_kind("image") or store.has_kind("video")
+        filters = filters.resolved(images=int(images), texts=int(store.has_kind("text")))
     if dedup is not None and (isinstance(dedup, bool) or not isinstance(dedup, (int, float)) or not 0 <= dedup <= 1):
         raise InvalidQueryError(f"dedup must be a cosine between 0 and 1 (got {dedup!r})")
     if vector.shape[-1] != store.manifest.dim:
@@ -330,7 +384,11 @@ def _nearest(
             scores, ids = exact[None, :], cand[None, :]
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
         rows = store.items_by_id([i for _, i in found])
+        # A frame stands for its video: the video's row is what filters judge and what the hit shows.
+        videos = store.items_by_id(sorted({r.parent_id for r in rows.values()
+                                           if r.kind == "frame" and r.parent_id is not None}))
         hits = []
+        seen_videos: set[int] = set()
         kept: list[np.ndarray] = []
         below_min = False
         for score, item_id in found:
@@ -340,7 +398,12 @@ def _nearest(
             row = rows.get(item_id)
             if row is None:  # removed since the ANN index was loaded
                 continue
-            if filters is not None and not filters.accepts(row):
+            shown = row
+            if row.kind == "frame":
+                shown = videos.get(row.parent_id)  # type: ignore[arg-type]
+                if shown is None or shown.id in seen_videos or shown.id in exclude_ids:
+                    continue  # a moment of a video already answered (at a better moment), or gone
+            if filters is not None and not filters.accepts(shown):
                 continue
             if dedup is not None:
                 vec = store.vector(item_id)
@@ -348,14 +411,19 @@ def _nearest(
                     continue
                 if vec is not None:
                     kept.append(vec)
-            hits.append(
-                Hit(
-                    rank=len(hits) + 1, score=score, id=item_id, kind=row.kind, path=row.path, text=row.text,
-                    meta=json.loads(row.meta) if row.meta else None, photo=photo_info(row),
-                )
-            )
+            if row.kind == "frame":
+                seen_videos.add(shown.id)
+                hits.append(Hit(rank=len(hits) + 1, score=score, id=shown.id, kind="video", path=shown.path,
+                                meta=_meta(shown.meta), photo=photo_info(shown), time=row.time, frame=row.id))
+            else:
+                hits.append(Hit(rank=len(hits) + 1, score=score, id=item_id, kind=row.kind, path=row.path,
+                                text=row.text, meta=_meta(row.meta), photo=photo_info(row)))
             if len(hits) == k:
-                return hits
+                return with_moments(store, query, hits, filters)
         if below_min or fetch >= index.ntotal:
-            return hits
+            return with_moments(store, query, hits, filters)
         fetch = min(index.ntotal, fetch * 2)
+
+
+def _meta(text: str | None) -> dict[str, Any] | None:
+    return json.loads(text) if text else None

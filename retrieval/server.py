@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from functools import partial
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -35,17 +36,18 @@ from pathlib import Path as FilePath
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from .errors import ImageDecodeError, MMSearchError
+from .errors import ImageDecodeError, MMSearchError, VideoDecodeError
 from .query import QueryTerm, parse_terms
 from .search import Filters
 from .server_guard import LOOPBACK_HOSTS, ApiError, RequestGuard, install_error_handlers, is_loopback, token_checker
-from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool, stream_file
+from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool
+from .server_ranges import stream_ranges
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES
 
 if TYPE_CHECKING:
@@ -71,19 +73,30 @@ FilterText = Annotated[str | None, StringConstraints(max_length=4096)]
 # -- response and request models (they are the OpenAPI docs) -------------------------
 
 
+class MomentOut(BaseModel):
+    time: float = Field(description="seconds into the video")
+    score: float = Field(description="cosine similarity of that moment's frame to the query")
+    frame: int = Field(description="item id of the frame: its thumbnail, or 'more like this moment'")
+    thumbnail: str | None = Field(None, description="URL of a JPEG of that moment")
+
+
 class HitOut(BaseModel):
     rank: int
-    score: float = Field(description="cosine similarity to the query")
+    score: float = Field(description="cosine similarity to the query (a video: its best moment's)")
     id: int
-    kind: Literal["image", "text"]
+    kind: Literal["image", "text", "video"]
     path: str | None = None
     text: str | None = None
     meta: dict[str, Any] | None = None
-    name: str | None = Field(None, description="file name (images)")
-    width: int | None = Field(None, description="pixels, as shown (EXIF orientation applied)")
+    name: str | None = Field(None, description="file name (images, videos)")
+    width: int | None = Field(None, description="pixels, as shown (EXIF orientation or video rotation applied)")
     height: int | None = None
-    thumbnail: str | None = Field(None, description="URL of a JPEG thumbnail (images)")
-    original: str | None = Field(None, description="URL of the original file (images)")
+    thumbnail: str | None = Field(None, description="URL of a JPEG thumbnail (a video: of its best moment)")
+    original: str | None = Field(None, description="URL of the original file (images, videos; range requests served)")
+    time: float | None = Field(None, description="videos: seconds into the video of the best moment")
+    frame: int | None = Field(None, description="videos: item id of the best moment's frame")
+    play: str | None = Field(None, description="videos: URL that plays the video from the best moment (#t=SECONDS)")
+    moments: list[MomentOut] | None = Field(None, description="videos: the best moments, best first")
 
 
 class SearchOut(BaseModel):
@@ -94,7 +107,7 @@ class SearchOut(BaseModel):
 
 class ItemOut(BaseModel):
     id: int
-    kind: Literal["image", "text"]
+    kind: Literal["image", "text", "video", "frame"]
     path: str | None = None
     name: str | None = None
     text: str | None = None
@@ -107,6 +120,8 @@ class ItemOut(BaseModel):
     meta: dict[str, Any] | None = None
     thumbnail: str | None = None
     original: str | None = None
+    parent_id: int | None = Field(None, description="frames: the video's item id")
+    time: float | None = Field(None, description="frames: seconds into the video")
 
 
 class ErrorOut(BaseModel):
@@ -207,12 +222,22 @@ def _image_links(item_id: int) -> dict[str, str]:
     return {"thumbnail": f"/api/items/{item_id}/thumbnail", "original": f"/api/items/{item_id}/original"}
 
 
+def _play_link(video_id: int, seconds: float) -> str:
+    """The URL that plays a video from ``seconds`` on (a media fragment on its original)."""
+    text = f"{float(seconds):.3f}".rstrip("0").rstrip(".") or "0"
+    return f"/api/items/{video_id}/original#t={text}"
+
+
 def _hit_out(hit: "Hit", row: "ItemRow | None") -> dict[str, Any]:
     data = hit.as_dict()
-    if hit.kind == "image" and hit.path is not None:
+    if hit.kind in ("image", "video") and hit.path is not None:
         data.update(name=os.path.basename(hit.path), **_image_links(hit.id))
         if row is not None:
             data.update(width=row.width, height=row.height)
+    if hit.kind == "video" and hit.frame is not None and hit.time is not None:
+        # The moment's picture, and the video playing from it (the original route serves ranges).
+        data.update(thumbnail=f"/api/items/{hit.frame}/thumbnail", play=f"/api/items/{hit.id}/original{hit.fragment}")
+        data["moments"] = [{**m, "thumbnail": f"/api/items/{m['frame']}/thumbnail"} for m in hit.moments or []]
     return data
 
 
@@ -227,8 +252,10 @@ def _item_out(row: "ItemRow") -> dict[str, Any]:
     data["meta"] = meta if isinstance(meta, dict) else None
     if row.path is not None:
         data["name"] = os.path.basename(row.path)
-    if row.kind == "image" and row.status == "ok":
+    if row.kind in ("image", "video") and row.status == "ok":
         data.update(_image_links(row.id))
+    if row.kind == "frame" and row.parent_id is not None:
+        data.update(thumbnail=f"/api/items/{row.id}/thumbnail", original=_play_link(row.parent_id, row.time or 0.0))
     return data
 
 
@@ -488,7 +515,7 @@ def create_app(
 
     @api.get("/items/{item_id}/thumbnail", tags=["items"], response_class=FileResponse,
              responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}},
-             summary="JPEG thumbnail of an indexed image (made once, cached, orientation applied)")
+             summary="JPEG thumbnail of an indexed image, or of a video at a moment (made once, cached, upright)")
     async def thumbnail(
         item_id: ItemId,
         size: Annotated[int, Query(description=f"longest side: one of {THUMB_SIZES}")] = DEFAULT_THUMB_SIZE,
@@ -496,21 +523,32 @@ def create_app(
         if size not in THUMB_SIZES:
             raise ApiError(422, "invalid_size", f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
         row = await row_of(item_id)
+        if row.kind in ("video", "frame"):
+            row, moment = await backend(backend.main.shown_at, row)  # store reads: on the index thread
+        else:
+            moment = None
         try:
-            path = await run_in_threadpool(backend.main.thumbnail, row, size)
-        except ImageDecodeError as exc:
+            path = await run_in_threadpool(partial(backend.main.thumbnail, row, size, time=moment))
+        except (ImageDecodeError, VideoDecodeError) as exc:
             raise ApiError(404, "not_found", f"item {item_id}: {exc}") from None
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     @api.get("/items/{item_id}/original", tags=["items"], response_class=StreamingResponse,
-             responses={200: {"content": {"image/*": {}, "application/octet-stream": {}},
-                              "description": "the file as it was indexed"}},
-             summary="The original file of an indexed item (by id only, only while it is the file indexed)")
-    async def original(item_id: ItemId) -> StreamingResponse:
+             responses={200: {"content": {"image/*": {}, "video/*": {}, "application/octet-stream": {}},
+                              "description": "the file as it was indexed"},
+                        206: {"description": "the bytes a Range header asked for (videos seek this way)"},
+                        416: {"model": ErrorOut, "description": "a Range outside the file"}},
+             summary="The original file of an indexed item (by id only, only while it is the file indexed; ranges)")
+    async def original(
+        item_id: ItemId,
+        range_header: Annotated[str | None, Header(alias="Range", include_in_schema=False)] = None,
+    ) -> StreamingResponse:
         row = await row_of(item_id)
+        if row.kind == "frame":
+            row, _ = await backend(backend.main.shown_at, row)  # a moment plays its video
         source, row = await run_in_threadpool(backend.main.open_original, row)
         assert row.path is not None
-        return stream_file(source, row.path)
+        return stream_ranges(source, row.path, range_header)
 
     app.include_router(api)
 

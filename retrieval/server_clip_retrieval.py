@@ -332,7 +332,8 @@ def clip_retrieval_router(
         rows = []
         for position, hit in enumerate(hits):
             with_metadata = position < query.num_images
-            row = _metadata_of(hit.kind, hit.id, hit.path, hit.text, hit.meta, base, name) if with_metadata else {}
+            row = _metadata_of(hit.kind, hit.frame or hit.id, hit.path, hit.text, hit.meta, base, name,
+                               moment=hit.time) if with_metadata else {}
             row.update(id=hit.id, similarity=float(hit.score))
             rows.append(row)
         return JSONResponse(rows)
@@ -405,7 +406,7 @@ def clip_retrieval_router(
     async def image_row(name: str, item_id: int) -> tuple["Index", "ItemRow"]:
         _, index = index_named(name)
         row = await run(index.item, item_id) if _is_id(item_id) else None
-        if row is None or row.kind != "image":
+        if row is None or row.kind not in _PICTURES:
             raise ApiError(404, "not_found", f"no image with id {item_id} in index {name!r}")
         return index, row
 
@@ -448,13 +449,21 @@ def clip_retrieval_router(
     return router
 
 
+_PICTURES = ("image", "video", "frame")  # what has a picture to show (a video's: its moment's frame)
+
+
 def _metadata_of(
     kind: str, item_id: int, path: str | None, text: str | None, meta: Mapping[str, Any] | None, base: str,
-    index_name: str,
+    index_name: str, moment: float | None = None,
 ) -> dict[str, Any]:
-    """clip-retrieval's metadata columns for one item: url, caption, image_path."""
+    """clip-retrieval's metadata columns for one item: url, caption, image_path (for a video, the moment too).
+
+    ``item_id`` is the item whose picture ``url`` shows: for a video hit, the frame of its best moment.
+    """
     out: dict[str, Any] = {}
-    if kind == "image":
+    if kind in _PICTURES:
+        if moment is not None:
+            out["time"] = round(float(moment), 3)
         out["url"] = f"{base}/clip-retrieval/images/{urllib.parse.quote(index_name, safe='')}/{item_id}.jpg"
         caption = next((meta[k] for k in _CAPTION_KEYS if meta and isinstance(meta.get(k), str) and meta[k]), None)
         if caption:

@@ -141,7 +141,7 @@ def _decode_job(
     return loaded, vector
 
 
-def _content_disposition(filename: str) -> str:
+def content_disposition(filename: str) -> str:
     """``inline`` with the file's name, RFC 6266 style when it is not plain ASCII."""
     if filename.isascii() and filename.isprintable() and '"' not in filename and "\\" not in filename:
         return f'inline; filename="{filename}"'
@@ -163,7 +163,7 @@ def stream_file(source: BinaryIO, name: str) -> StreamingResponse:
 
     return StreamingResponse(
         chunks(), media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
-        headers={"Content-Length": str(size), "Content-Disposition": _content_disposition(os.path.basename(name)),
+        headers={"Content-Length": str(size), "Content-Disposition": content_disposition(os.path.basename(name)),
                  "Cache-Control": "private, max-age=3600",
                  # A picture that is really HTML or SVG must not run as a page of this origin.
                  "Content-Security-Policy": "default-src 'none'; sandbox"},

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from .errors import SourceError
-from .indexer import ProgressFn, SkipFn, list_files, outcome_of
+from .indexer import ProgressFn, SkipFn, list_files, outcome_of, split_videos
 from .shards import ShardModel, ShardWriter
 from .sources import Skipped
 from .urls import is_url, url_reader
 
 if TYPE_CHECKING:
     from .engine_ray import RayCfg
+    from .video import FrameSampling
 
 DEFAULT_ROWS_PER_SHARD = 10_000  # ~20 MB of 512-d vectors per file
 
@@ -61,8 +63,14 @@ def embed_to_shards(
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     on_progress: ProgressFn | None = None,
     on_skip: SkipFn | None = None,
+    videos: bool = True,
+    sampling: "FrameSampling | None" = None,
 ) -> EmbedResult:
-    """Embed every image under ``roots`` into Parquet shards in ``output`` (a folder or a URL)."""
+    """Embed every image and video under ``roots`` into Parquet shards in ``output`` (a folder or a URL).
+
+    Images come first, then videos (a local index run's order); each video
+    is one row and a row per sampled frame, always in one shard.
+    """
     from .encoder import load_encoder
 
     started = time.perf_counter()
@@ -80,9 +88,11 @@ def embed_to_shards(
     for root in roots:
         if not is_url(os.fspath(root)) and not os.path.exists(root):
             raise SourceError(f"no such file or directory: {os.fspath(root)}")
-    entries = list_files(roots, exclude=exclude, on_skip=walk_skip)
+    images, clips = split_videos(list_files(roots, exclude=exclude, on_skip=walk_skip, videos=videos))
+    entries = images + clips
     if not entries:
-        raise SourceError(f"no image files found in {', '.join(os.fspath(r) for r in roots)}")
+        raise SourceError(f"no image{' or video' if videos else ''} files found in "
+                          f"{', '.join(os.fspath(r) for r in roots)}")
     if engine == "ray":
         from dataclasses import replace
 
@@ -102,12 +112,19 @@ def embed_to_shards(
     def account(table: object) -> None:
         nonlocal done
         errors = table.column("error").to_pylist()  # type: ignore[attr-defined]
-        for key, error in zip(table.column("path").to_pylist(), errors):  # type: ignore[attr-defined]
+        names = table.column_names  # type: ignore[attr-defined]
+        kinds = table.column("kind").to_pylist() if "kind" in names else [None] * len(errors)  # type: ignore[attr-defined]
+        files = 0
+        for key, error, kind in zip(table.column("path").to_pylist(), errors, kinds):  # type: ignore[attr-defined]
+            if kind == "frame":
+                continue  # a part of its video, counted with it
+            files += 1
             if error is not None:
                 skip(key, error)
+            else:
+                result.embedded += 1
         result.rows += len(errors)
-        result.embedded += sum(1 for e in errors if e is None)
-        done += len(errors)
+        done += files
         if on_progress:
             on_progress(done, len(entries))
 
@@ -115,21 +132,29 @@ def embed_to_shards(
         from .engine_ray import embed_to_shards_ray
 
         del encoder  # the driver only needed its fingerprint
-        for table in embed_to_shards_ray(entries, shard_model, writer, ray):  # type: ignore[arg-type]
+        for table in embed_to_shards_ray(entries, shard_model, writer, ray, sampling):  # type: ignore[arg-type]
             account(table)
     else:
         from .embed import ImagePipeline
+        from .video_embed import VideoPipeline
+        from .video_index import video_outcome_of
 
         pipeline = ImagePipeline(encoder, batch_size=batch_size, workers=workers, read=url_reader())
+        video_pipeline = VideoPipeline(encoder, batch_size=batch_size, workers=workers, sampling=sampling)
         ids: list[int] = []
         pending: list = []
-        for batch in pipeline.run(entries):
-            for out in batch:
-                ids.append(len(ids))
-                pending.append(outcome_of(out))
-            if len(pending) >= rows_per_shard:
+        rows = 0
+        outcomes = chain(
+            (outcome_of(out) for batch in pipeline.run(images) for out in batch),
+            (video_outcome_of(video) for video in video_pipeline.run(clips)),
+        )
+        for out in outcomes:
+            ids.append(len(ids))
+            pending.append(out)
+            rows += 1 + len(getattr(out, "frames", ()))  # a video's frames always go in its shard
+            if rows >= rows_per_shard:
                 account(writer.write(ids[-len(pending):], pending))
-                pending = []
+                pending, rows = [], 0
         if pending:
             account(writer.write(ids[-len(pending):], pending))
     result.files = list(writer.files)

@@ -18,7 +18,19 @@ vector     fixed_size_list<float32>[dim]   L2-normalised embedding; null if none
 error      string                          why the file has no vector (null if it has)
 reused     bool                            content already indexed: the merge takes the
                                            index's vector for ``hash`` (vector is null)
+kind       string                          ``image``, ``video`` or ``frame`` (format 2)
+part       int32                           0 for a file's own row; 1, 2, ... for the frames
+                                           of a video, which follow it with its ``id``
+time       float64                         frames: seconds into the video
+meta       string                          videos: JSON of ``info`` (duration, codec,
+                                           sampling, truncated ...) and ``photo`` (capture
+                                           time, place, camera); frames: why kept
 =========  ==============================  ===========================================
+
+A video is one ``video`` row (no vector; its error if it failed) followed by
+one ``frame`` row per sampled moment, all with the video's ``id``: a shard
+always holds whole videos, and a merge commits each video with its frames in
+one transaction, as a local run does. Format-1 shards (no ``kind``) hold images only.
 
 The schema metadata key ``mmsearch`` holds JSON with the model spec,
 fingerprint and dimension (and the run that wrote it): shards from another
@@ -40,6 +52,7 @@ import numpy as np
 
 from .errors import MissingDependencyError, ModelMismatchError, ShardError
 from .indexer import FileOutcome
+from .video_index import VideoOutcome
 from .manifest import describe_write_error
 from .urls import filesystem, is_url
 
@@ -49,11 +62,12 @@ if TYPE_CHECKING:
     from .manifest import Manifest
 
 FORMAT = "mmsearch-embeddings"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: videos (kind, part, time, meta); format-1 shards are read as images
 META_KEY = b"mmsearch"
 SUFFIX = ".parquet"
 # Columns every row has, read up front to validate shards before anything is written.
 SMALL_COLUMNS = ("id", "path", "size", "mtime_ns", "hash", "width", "height", "error", "reused")
+VIDEO_COLUMNS = ("kind", "part", "time")  # small columns of format 2, read with SMALL_COLUMNS when present
 
 
 def _pyarrow() -> Any:
@@ -91,50 +105,134 @@ def shard_schema(model: ShardModel, run: str) -> "pa.Schema":
             ("id", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
             ("hash", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
             ("vector", pa.list_(pa.float32(), model.dim)), ("error", pa.string()), ("reused", pa.bool_()),
+            ("kind", pa.string()), ("part", pa.int32()), ("time", pa.float64()), ("meta", pa.string()),
         ],
         metadata={META_KEY: json.dumps(meta).encode()},
     )
 
 
-def outcomes_table(ids: Sequence[int], outcomes: Sequence[FileOutcome], schema: "pa.Schema") -> "pa.Table":
-    """Rows of a shard: ``outcomes[i]`` is the file at listing position ``ids[i]``."""
+def outcomes_table(ids: Sequence[int], outcomes: Sequence["FileOutcome | VideoOutcome"], schema: "pa.Schema") -> "pa.Table":
+    """Rows of a shard: ``outcomes[i]`` is the file at listing position ``ids[i]`` (a video: its row, then its frames)."""
     pa = _pyarrow()
     dim = schema.field("vector").type.list_size
-    flat = np.zeros((len(outcomes), dim), dtype=np.float32)
-    missing = np.ones(len(outcomes), dtype=bool)
-    for i, out in enumerate(outcomes):
-        if out.vector is not None:
-            flat[i] = out.vector
+    rows: list[dict[str, Any]] = []
+    for item_id, out in zip(ids, outcomes):
+        if isinstance(out, VideoOutcome):
+            rows += _video_rows(int(item_id), out)
+            continue
+        rows.append({
+            "id": int(item_id), "path": out.key, "size": out.size, "mtime_ns": out.mtime_ns, "hash": out.hash,
+            "width": out.width or None, "height": out.height or None, "vector": out.vector,
+            "error": None if out.vector is not None or out.reused else (out.error or "unknown error"),
+            "reused": bool(out.reused and out.vector is None), "kind": "image", "part": 0, "time": None, "meta": None,
+        })
+    flat = np.zeros((len(rows), dim), dtype=np.float32)
+    missing = np.ones(len(rows), dtype=bool)
+    for i, row in enumerate(rows):
+        if row["vector"] is not None:
+            flat[i] = row["vector"]
             missing[i] = False
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(missing))
-    columns = {
-        "id": pa.array(list(ids), pa.int64()),
-        "path": pa.array([o.key for o in outcomes], pa.string()),
-        "size": pa.array([o.size for o in outcomes], pa.int64()),
-        "mtime_ns": pa.array([o.mtime_ns for o in outcomes], pa.int64()),
-        "hash": pa.array([o.hash for o in outcomes], pa.string()),
-        "width": pa.array([o.width or None for o in outcomes], pa.int32()),
-        "height": pa.array([o.height or None for o in outcomes], pa.int32()),
-        "vector": vectors,
-        "error": pa.array([None if o.vector is not None or o.reused else (o.error or "unknown error")
-                           for o in outcomes], pa.string()),
-        "reused": pa.array([bool(o.reused and o.vector is None) for o in outcomes], pa.bool_()),
-    }
+    columns: dict[str, Any] = {}
+    for name in schema.names:
+        if name == "vector":
+            columns[name] = vectors
+        else:
+            columns[name] = pa.array([row[name] for row in rows], schema.field(name).type)
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def table_outcomes(table: "pa.Table") -> list[FileOutcome]:
-    """The rows of a shard table as :class:`FileOutcome`, in table order."""
-    data = {name: table.column(name).to_pylist() for name in SMALL_COLUMNS if name != "id"}
+def _video_rows(item_id: int, out: VideoOutcome) -> list[dict[str, Any]]:
+    """A video's row (no vector) and one row per frame, all with the video's listing id."""
+    failed = not out.frames and not out.reused
+    meta = {"info": out.info, "photo": out.photo.as_dict() if out.photo is not None else None}
+    rows = [{
+        "id": item_id, "path": out.key, "size": out.size, "mtime_ns": out.mtime_ns, "hash": out.hash,
+        "width": out.width or None, "height": out.height or None, "vector": None,
+        "error": (out.error or "no frame could be embedded") if failed else None, "reused": bool(out.reused),
+        "kind": "video", "part": 0, "time": None, "meta": json.dumps(meta, ensure_ascii=False, default=str),
+    }]
+    for part, (seconds, reason, vector) in enumerate(out.frames, start=1):
+        rows.append({
+            "id": item_id, "path": out.key, "size": None, "mtime_ns": None, "hash": None, "width": None,
+            "height": None, "vector": vector, "error": None, "reused": False, "kind": "frame", "part": part,
+            "time": float(seconds), "meta": json.dumps({"reason": reason}) if reason else None,
+        })
+    return rows
+
+
+def table_outcomes(table: "pa.Table") -> list["FileOutcome | VideoOutcome"]:
+    """The rows of a shard table as outcomes, in table order: a video row and its frames become one :class:`VideoOutcome`."""
+    data = {name: table.column(name).to_pylist() for name in SMALL_COLUMNS}
+    n = table.num_rows
+    kinds = table.column("kind").to_pylist() if "kind" in table.column_names else [None] * n
+    times = table.column("time").to_pylist() if "time" in table.column_names else [None] * n
+    metas = table.column("meta").to_pylist() if "meta" in table.column_names else [None] * n
     vectors = vector_matrix(table)
-    return [
-        FileOutcome(
+    out: list[FileOutcome | VideoOutcome] = []
+    i = 0
+    while i < n:
+        kind = kinds[i] or "image"
+        if kind == "frame":  # a frame whose video row is not in this table: nothing to attach it to
+            i += 1
+            continue
+        if kind == "video":
+            frames = []
+            j = i + 1
+            while j < n and kinds[j] == "frame" and data["id"][j] == data["id"][i]:
+                if vectors[j] is not None and times[j] is not None:
+                    frames.append((float(times[j]), _reason(metas[j]), vectors[j]))
+                j += 1
+            out.append(_video_outcome(data, i, frames, metas[i]))
+            i = j
+            continue
+        out.append(FileOutcome(
             key=data["path"][i], size=data["size"][i], mtime_ns=data["mtime_ns"][i], hash=data["hash"][i],
             vector=vectors[i], width=data["width"][i] or 0, height=data["height"][i] or 0,
             error=data["error"][i], reused=bool(data["reused"][i]),
-        )
-        for i in range(table.num_rows)
-    ]
+        ))
+        i += 1
+    return out
+
+
+def _video_outcome(data: dict[str, list[Any]], i: int, frames: list[tuple[float, str, np.ndarray]],
+                   meta_text: str | None) -> VideoOutcome:
+    from .photo_meta import PhotoMeta
+
+    try:
+        meta = json.loads(meta_text) if meta_text else {}
+    except ValueError:
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    photo = PhotoMeta.from_dict(meta["photo"]) if isinstance(meta.get("photo"), dict) else None
+    info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
+    return VideoOutcome(
+        key=data["path"][i], size=data["size"][i], mtime_ns=data["mtime_ns"][i], hash=data["hash"][i],
+        frames=tuple(frames), width=data["width"][i] or 0, height=data["height"][i] or 0,
+        error=data["error"][i], reused=bool(data["reused"][i]), photo=photo, info=info,
+    )
+
+
+def _reason(meta_text: str | None) -> str:
+    try:
+        meta = json.loads(meta_text) if meta_text else {}
+    except ValueError:
+        return ""
+    return str(meta.get("reason", "")) if isinstance(meta, dict) else ""
+
+
+def file_rows(table: "pa.Table") -> int:
+    """How many files a shard table holds (a video's frames are parts of it, not files)."""
+    if "kind" not in table.column_names:
+        return table.num_rows
+    return sum(1 for kind in table.column("kind").to_pylist() if kind != "frame")
+
+
+def sort_rows(table: "pa.Table") -> "pa.Table":
+    """A shard table in merge order: by listing id, a video's frames right after its row."""
+    if "part" in table.column_names:
+        return table.sort_by([("id", "ascending"), ("part", "ascending")])
+    return table.sort_by("id")
 
 
 def vector_matrix(table: "pa.Table") -> list[np.ndarray | None]:
@@ -219,7 +317,7 @@ class Shard:
     location: str
     model: ShardModel
     run: str
-    rows: "pa.Table"  # SMALL_COLUMNS, sorted by id
+    rows: "pa.Table"  # SMALL_COLUMNS (and VIDEO_COLUMNS of format 2), sorted by id then part
     first_id: int
     created_at: float = 0.0  # when its run wrote it (shard metadata); later runs win a merge
 
@@ -231,7 +329,7 @@ class Shard:
             table = pq.read_table(_source(self.location))
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for damaged files
             raise ShardError(f"cannot read shard {self.location}: {_one_line(exc)}") from exc
-        return table.sort_by("id")
+        return sort_rows(table)
 
 
 def expand_shards(locations: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -289,7 +387,8 @@ def open_shard(location: str) -> Shard:
         model = ShardModel(str(meta["model"]), str(meta["fingerprint"]), int(meta["dim"]))
         if schema.field("vector").type.list_size != model.dim:
             raise ValueError("vector width differs from the recorded dimension")
-        rows = parquet.read(columns=list(SMALL_COLUMNS)).sort_by("id")
+        extra = [c for c in VIDEO_COLUMNS if c in schema.names]
+        rows = sort_rows(parquet.read(columns=[*SMALL_COLUMNS, *extra]))
     except Exception as exc:  # noqa: BLE001 - damaged pages, bad metadata values
         raise ShardError(f"{location} is damaged: {_one_line(exc)}") from exc
     first = int(rows.column("id")[0].as_py()) if rows.num_rows else 0

@@ -1,4 +1,4 @@
-"""Walking folders: which files on disk are images to index.
+"""Walking folders: which files on disk are images (and videos) to index.
 
 The walk streams (one sorted listing per level of depth in memory), is deterministic
 (sorted by name, depth-first), follows directory symlinks without looping, and
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import config
 from .errors import SourceError, printable
+from .video_files import VIDEO_EXTENSIONS
 
 __all__ = ["DEFAULT_EXCLUDES", "FileEntry", "Skipped", "file_is_gone", "iter_files"]
 
@@ -34,7 +35,7 @@ AMBIGUOUS_NAME = "file name uses private-use characters U+F0080..U+F00FF (rename
 
 @dataclass(frozen=True)
 class FileEntry:
-    """An image file found by the walk (``path`` absolute, symlinks not resolved).
+    """An image or video file found by the walk (``path`` absolute, symlinks not resolved).
 
     ``dev``/``inode`` identify the file the path leads to, and ``real_path`` is
     where it really is when a symlink (of the file or a folder above it) was
@@ -70,7 +71,7 @@ def iter_files(
     include_hidden: bool = False,
     on_skip: Callable[[Skipped], None] | None = None,
 ) -> Iterator[FileEntry]:
-    """Yield the image files under ``roots`` (folders, walked recursively, or single files).
+    """Yield the files under ``roots`` with one of ``extensions`` (folders, walked recursively, or single files).
 
     ``extensions`` are matched case-insensitively. ``exclude`` holds glob
     patterns matched (case-insensitively) against each entry's name and its
@@ -170,7 +171,9 @@ class _Walker:
             elif not stat.S_ISREG(st.st_mode):
                 self.skip(root, "not a regular file")
             elif os.path.splitext(root)[1].lower() not in self.exts:
-                self.skip(root, "not an image file extension")
+                ext = os.path.splitext(root)[1].lower()
+                self.skip(root, "a video (videos are left out: --no-video)" if ext in VIDEO_EXTENSIONS
+                          else "not an image file extension")
             else:
                 real = os.path.realpath(root)
                 yield FileEntry(Path(root), st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,

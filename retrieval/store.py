@@ -32,9 +32,9 @@ import sqlite3
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -701,19 +701,19 @@ class IndexStore:
     # -- reading items ----------------------------------------------------------
 
     def file_states(self) -> dict[str, tuple[int, int | None, int | None, str | None, str]]:
-        """key -> (id, size, mtime_ns, hash, status) for every image item."""
+        """key -> (id, size, mtime_ns, hash, status) for every file item (images and videos)."""
         rows = self.connect().execute(
-            "SELECT key, id, size, mtime_ns, hash, status FROM items WHERE kind='image'"
+            "SELECT key, id, size, mtime_ns, hash, status FROM items WHERE kind IN ('image', 'video')"
         )
         return {from_db(r[0]): (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     def read_failures(self) -> set[str]:
-        """Keys of image items that failed because they could not be read (not because of their content)."""
+        """Keys of file items that failed because they could not be read (not because of their content)."""
         from .config import READ_ERROR_PREFIXES
 
         where = " OR ".join("error LIKE ?" for _ in READ_ERROR_PREFIXES)
         rows = self.connect().execute(
-            f"SELECT key FROM items WHERE kind='image' AND status='failed' AND ({where})",
+            f"SELECT key FROM items WHERE kind IN ('image', 'video') AND status='failed' AND ({where})",
             [prefix + "%" for prefix in READ_ERROR_PREFIXES],
         )
         return {from_db(r[0]) for r in rows}
@@ -812,13 +812,15 @@ class IndexStore:
     def counts(self) -> dict[str, int]:
         db = self.connect()
         rows = db.execute("SELECT kind, status, COUNT(*) FROM items GROUP BY kind, status").fetchall()
-        counts = {"images": 0, "texts": 0, "failed": 0}
+        counts = {"images": 0, "texts": 0, "videos": 0, "frames": 0, "failed": 0}
+        plural = {"image": "images", "text": "texts", "video": "videos", "frame": "frames"}
         for kind, status, n in rows:
             if status == "failed":
                 counts["failed"] += n
             else:
-                counts["images" if kind == "image" else "texts"] += n
-        counts["items"] = counts["images"] + counts["texts"]
+                counts[plural.get(kind, "texts")] += n
+        # Frames are parts of their videos, not items of their own.
+        counts["items"] = counts["images"] + counts["texts"] + counts["videos"]
         return counts
 
     # -- capture metadata (retrieval.photo_store) ----------------------------------
@@ -955,13 +957,21 @@ class IndexStore:
 
     _CONSISTENCY_CHECKS = {
         "items marked ok have no vector": "SELECT COUNT(*) FROM items i LEFT JOIN vectors v ON v.id = i.id "
-        "WHERE i.status = 'ok' AND v.id IS NULL",
+        "WHERE i.status = 'ok' AND i.kind != 'video' AND v.id IS NULL",
+        "videos have a vector of their own": "SELECT COUNT(*) FROM items i JOIN vectors v ON v.id = i.id "
+        "WHERE i.kind = 'video'",
         "failed items have a vector": "SELECT COUNT(*) FROM items i JOIN vectors v ON v.id = i.id "
         "WHERE i.status = 'failed'",
         "vectors belong to no item": "SELECT COUNT(*) FROM vectors v LEFT JOIN items i ON i.id = v.id "
         "WHERE i.id IS NULL",
-        "image items whose key is not their path": "SELECT COUNT(*) FROM items WHERE kind = 'image' "
+        "image items whose key is not their path": "SELECT COUNT(*) FROM items WHERE kind IN ('image', 'video') "
         "AND (path IS NULL OR path != key)",
+        "frames whose parent is not a video": "SELECT COUNT(*) FROM items f LEFT JOIN items v ON v.id = f.parent_id "
+        "WHERE f.kind = 'frame' AND (v.id IS NULL OR v.kind != 'video' OR v.status != 'ok')",
+        "videos marked ok have no frame": "SELECT COUNT(*) FROM items v WHERE v.kind = 'video' AND v.status = 'ok' "
+        "AND NOT EXISTS (SELECT 1 FROM items f WHERE f.parent_id = v.id AND f.kind = 'frame')",
+        "items other than frames have a parent": "SELECT COUNT(*) FROM items WHERE kind != 'frame' "
+        "AND parent_id IS NOT NULL",
     }
 
     def inconsistencies(self) -> dict[str, int]:
@@ -985,7 +995,11 @@ class IndexStore:
         """What a repair drops: (item ids, stray vector ids).
 
         The items of ``vector_ids`` (vectors found bad), ok items without a
-        vector, and vectors without an ok item (strays).
+        vector, and vectors without an ok item (strays). Videos go whole: a
+        frame that cannot be trusted takes its video and the video's other
+        frames with it (the next index run samples the video again; a video
+        left with a frame missing would count as unchanged), and so do frames
+        whose parent is not an indexed video and videos without a frame.
         """
         db = self.connect()
         bad = set(vector_ids)
@@ -996,9 +1010,31 @@ class IndexStore:
             items |= {r[0] for r in db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)}
         items |= {r[0] for r in db.execute(
             "SELECT id FROM items WHERE status = 'ok' AND kind != 'video' AND id NOT IN (SELECT id FROM vectors)")}
+        items |= {r[0] for r in db.execute(
+            "SELECT f.id FROM items f LEFT JOIN items v ON v.id = f.parent_id WHERE f.kind = 'frame' "
+            "AND (v.id IS NULL OR v.kind != 'video' OR v.status != 'ok')")}
+        items |= {r[0] for r in db.execute(
+            "SELECT v.id FROM items v WHERE v.kind = 'video' AND v.status = 'ok' "
+            "AND NOT EXISTS (SELECT 1 FROM items f WHERE f.parent_id = v.id AND f.kind = 'frame')")}
+        parents = self._parents_of(db, items)
+        dropped_parents = set(self.items_by_id(sorted(parents))) if parents else set()
+        items |= dropped_parents
+        for frames in self.frames_of_videos(sorted(dropped_parents)).values():
+            items |= {frame_id for frame_id, _ in frames}
         strays = (bad - items) | {r[0] for r in db.execute(
-            "SELECT id FROM vectors WHERE id NOT IN (SELECT id FROM items WHERE status = 'ok')")}
+            "SELECT id FROM vectors WHERE id NOT IN (SELECT id FROM items WHERE status = 'ok' AND kind != 'video')")}
         return sorted(items), sorted(strays - items)
+
+    @staticmethod
+    def _parents_of(db: sqlite3.Connection, ids: set[int]) -> set[int]:
+        out: set[int] = set()
+        listed = sorted(ids)
+        for start in range(0, len(listed), 500):
+            chunk = listed[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            out |= {r[0] for r in db.execute(
+                f"SELECT parent_id FROM items WHERE id IN ({marks}) AND parent_id IS NOT NULL", chunk)}
+        return out
 
     def count_untrusted(self, vector_ids: list[int]) -> tuple[int, int]:
         items, strays = self.untrusted_rows(vector_ids)
@@ -1008,7 +1044,10 @@ class IndexStore:
         """What a repair would drop, in words: each item's path or text key, and stray vectors by id."""
         items, strays = self.untrusted_rows(vector_ids)
         rows = self.items_by_id(items)
-        return [rows[i].key if i in rows else f"item {i}" for i in items] + [f"stray vector {i}" for i in strays]
+        whole = {i for i in items if i in rows and rows[i].kind == "video"}
+        # A video dropped whole is named once, not once per frame.
+        shown = [i for i in items if not (i in rows and rows[i].parent_id in whole)]
+        return [rows[i].key if i in rows else f"item {i}" for i in shown] + [f"stray vector {i}" for i in strays]
 
     def drop_untrusted(self, vector_ids: list[int], failure: Callable[[str], str]) -> tuple[int, int]:
         """Delete what :meth:`untrusted_rows` names, in one transaction -> (items dropped, stray vectors dropped)."""
@@ -1050,9 +1089,10 @@ class IndexStore:
         """Write one batch of changes as a single transaction (nothing at all if there are none).
 
         Returns (ids written with a vector, ids whose old vector must leave the
-        ANN index), so the caller can update the FAISS index in step. On any
-        failure (a full disk included) the transaction is rolled back: the
-        index stays exactly as it was after the previous commit.
+        ANN index), so the caller can update the FAISS index in step. Deleting
+        a video deletes its frames too (and names them among the ids to drop).
+        On any failure (a full disk included) the transaction is rolled back:
+        the index stays exactly as it was after the previous commit.
         """
         if not upserts and not deletes:
             return [], []
@@ -1060,42 +1100,129 @@ class IndexStore:
         db = self.connect()
         now = time.time()
         added: list[int] = []
-        dropped: list[int] = list(deletes)
-        failure = (lambda why: f"could not write to index {self.name!r}: {why} "
-                   "(the index keeps everything committed before this)")
-        with write_transaction(db, failure):
-            for item_id in deletes:
-                db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
-                db.execute("DELETE FROM items WHERE id=?", (item_id,))
+        dropped: list[int] = []
+        with write_transaction(db, self._commit_failure):
+            dropped += self._delete_items(db, deletes)
             for it in upserts:
-                status = "ok" if it.vector is not None or it.ok_without_vector else "failed"
-                old = db.execute("SELECT id FROM items WHERE key=?", (to_db(it.key),)).fetchone()
-                values = tuple(
-                    status if c == "status" else now if c == "indexed_at"
-                    else to_db(getattr(it, c)) if c in PATH_COLUMNS else getattr(it, c)
-                    for c in _WRITE_COLUMNS
-                )
-                if old:
-                    item_id = old[0]
-                    assignments = ", ".join(f"{c}=?" for c in _WRITE_COLUMNS)
-                    db.execute(f"UPDATE items SET {assignments} WHERE id=?", (*values, item_id))
-                    db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
+                item_id, replaced = self._upsert(db, it, now)
+                if replaced:
                     dropped.append(item_id)
-                else:
-                    marks = ",".join("?" * len(_WRITE_COLUMNS))
-                    cur = db.execute(f"INSERT INTO items ({', '.join(_WRITE_COLUMNS)}) VALUES ({marks})", values)
-                    item_id = int(cur.lastrowid)
                 if it.vector is not None:
-                    vec = np.ascontiguousarray(it.vector, dtype=np.float32).reshape(-1)
-                    if vec.shape[0] != self.manifest.dim:
-                        raise IndexCorruptError(
-                            f"refusing to store a {vec.shape[0]}-d vector in {self.manifest.dim}-d index "
-                            f"{self.name!r}"
-                        )
-                    db.execute("INSERT INTO vectors (id, vec) VALUES (?, ?)", (item_id, vec.tobytes()))
+                    self._insert_vector(db, item_id, it.vector)
                     added.append(item_id)
             self.bump_generation(db)
         return added, dropped
+
+    def _commit_failure(self, why: str) -> str:
+        return f"could not write to index {self.name!r}: {why} (the index keeps everything committed before this)"
+
+    @staticmethod
+    def _delete_items(db: sqlite3.Connection, ids: Sequence[int]) -> list[int]:
+        """Inside a write transaction: delete items (a video with its frames) -> every id deleted."""
+        gone: list[int] = []
+        for item_id in ids:
+            # The foreign key would cascade to the frames too; they are named so FAISS can drop them.
+            frames = [r[0] for r in db.execute("SELECT id FROM items WHERE parent_id=?", (item_id,))]
+            for frame_id in frames:
+                db.execute("DELETE FROM vectors WHERE id=?", (frame_id,))
+                db.execute("DELETE FROM items WHERE id=?", (frame_id,))
+            db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
+            db.execute("DELETE FROM items WHERE id=?", (item_id,))
+            gone += [item_id, *frames]
+        return gone
+
+    @staticmethod
+    def _upsert(db: sqlite3.Connection, it: NewItem, now: float) -> tuple[int, bool]:
+        """Inside a write transaction: insert or update the row of ``it.key`` -> (id, whether it existed).
+
+        An existing row keeps its id and loses its vector (the caller writes the new one).
+        """
+        status = "ok" if it.vector is not None or it.ok_without_vector else "failed"
+        old = db.execute("SELECT id FROM items WHERE key=?", (to_db(it.key),)).fetchone()
+        values = tuple(
+            status if c == "status" else now if c == "indexed_at"
+            else to_db(getattr(it, c)) if c in PATH_COLUMNS else getattr(it, c)
+            for c in _WRITE_COLUMNS
+        )
+        if old:
+            item_id = old[0]
+            assignments = ", ".join(f"{c}=?" for c in _WRITE_COLUMNS)
+            db.execute(f"UPDATE items SET {assignments} WHERE id=?", (*values, item_id))
+            db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
+            return item_id, True
+        marks = ",".join("?" * len(_WRITE_COLUMNS))
+        cur = db.execute(f"INSERT INTO items ({', '.join(_WRITE_COLUMNS)}) VALUES ({marks})", values)
+        return int(cur.lastrowid), False
+
+    def _insert_vector(self, db: sqlite3.Connection, item_id: int, vector: np.ndarray) -> None:
+        vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.manifest.dim:
+            raise IndexCorruptError(
+                f"refusing to store a {vec.shape[0]}-d vector in {self.manifest.dim}-d index {self.name!r}"
+            )
+        db.execute("INSERT INTO vectors (id, vec) VALUES (?, ?)", (item_id, vec.tobytes()))
+
+    # -- videos: a 'video' row (no vector) and its 'frame' rows (one vector each) ---------
+
+    def commit_video(self, video: NewItem, frames: Sequence[NewItem], deletes: Sequence[int] = ()
+                     ) -> tuple[list[int], list[int]]:
+        """Write one video and all its frames as a single transaction, replacing the frames it had.
+
+        ``frames`` get the video's id as ``parent_id``; a failed video (no
+        frames) keeps no frame. ``deletes`` are removed in the same
+        transaction. Returns (frame ids written, ids whose vectors must leave
+        the ANN index), as :meth:`commit` does; a crash keeps the video whole
+        or as it was before.
+        """
+        self._require_writable()
+        db = self.connect()
+        now = time.time()
+        added: list[int] = []
+        with write_transaction(db, self._commit_failure):
+            dropped = self._delete_items(db, deletes)
+            video_id, replaced = self._upsert(db, replace(video, vector=None), now)
+            if replaced:
+                old = [r[0] for r in db.execute("SELECT id FROM items WHERE parent_id=?", (video_id,))]
+                dropped += self._delete_items(db, old) + [video_id]
+            for frame in frames:
+                if frame.vector is None:
+                    raise ValueError("a frame item needs a vector")
+                frame_id, replaced = self._upsert(db, replace(frame, kind="frame", parent_id=video_id), now)
+                if replaced:  # a frame key left by something else (it cannot be another video's)
+                    dropped.append(frame_id)
+                self._insert_vector(db, frame_id, frame.vector)
+                added.append(frame_id)
+            self.bump_generation(db)
+        return added, dropped
+
+    def frames_of(self, video_id: int) -> list[tuple[int, float]]:
+        """(frame id, seconds) of a video's frames, in time order."""
+        rows = self.connect().execute(
+            "SELECT id, time FROM items WHERE parent_id=? AND kind='frame' ORDER BY time, id", (video_id,))
+        return [(int(i), float(t or 0.0)) for i, t in rows]
+
+    def frames_of_videos(self, video_ids: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
+        """video id -> (frame id, seconds) of its frames in time order, for several videos at once."""
+        out: dict[int, list[tuple[int, float]]] = {}
+        db = self.connect()
+        unique = list(dict.fromkeys(int(v) for v in video_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for parent, frame_id, t in db.execute(
+                f"SELECT parent_id, id, time FROM items WHERE kind='frame' AND parent_id IN ({marks}) "
+                "ORDER BY parent_id, time, id", chunk):
+                out.setdefault(int(parent), []).append((int(frame_id), float(t or 0.0)))
+        return out
+
+    def video_twin(self, fingerprint: str) -> ItemRow | None:
+        """An indexed video with this content fingerprint and at least one frame (for a renamed or copied file)."""
+        row = self.connect().execute(
+            f"{_ITEM_SELECT} WHERE hash=? AND kind='video' AND status='ok' "
+            "AND EXISTS (SELECT 1 FROM items f WHERE f.parent_id = items.id) ORDER BY id LIMIT 1",
+            (fingerprint,),
+        ).fetchone()
+        return ItemRow.from_db(row) if row else None
 
     @staticmethod
     def bump_generation(db: sqlite3.Connection) -> None:
@@ -1113,7 +1240,7 @@ class IndexStore:
             ann = read_manifest(self.directory / MANIFEST).get("ann", {})
         except IndexCorruptError:
             return False
-        return (self.directory / FAISS_FILE).is_file() and ann.get("generation") == self.generation
+        return faiss_file_vouched(self.directory / FAISS_FILE, ann) and ann.get("generation") == self.generation
 
     def load_vector_index(self, *, persist: bool = False, mmap: bool = False) -> "VectorIndex":
         """The FAISS index for the last committed state.
@@ -1129,7 +1256,7 @@ class IndexStore:
         with self._read_lock(exclusive=False), self.snapshot() as db:
             generation = self.generation
             ann = self.reload_manifest().ann
-            if path.is_file() and ann.get("generation") == generation:
+            if faiss_file_vouched(path, ann) and ann.get("generation") == generation:
                 # mmap (readers): the codes stay in the page cache, shared between processes.
                 try:
                     index = VectorIndex.load(path, self.manifest.dim, AnnConfig.from_dict(ann), mmap=mmap)
@@ -1190,9 +1317,12 @@ class IndexStore:
                 index.save(self.directory / FAISS_FILE)
                 from .ann_lifecycle import policy_of, with_policy
 
+                st = os.stat(self.directory / FAISS_FILE)
                 self.manifest.ann = {
                     **with_policy(index.config, policy_of(self.manifest.ann)),
                     "generation": generation, "ntotal": index.ntotal,
+                    # What the manifest vouches for: a file copied over it (another index's) is not it.
+                    "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
                 }
                 self.manifest.counts = counts
                 self.write_manifest()
@@ -1202,6 +1332,18 @@ class IndexStore:
                 f"could not write index {self.name!r} ({reason}); "
                 "the items committed so far are safe and the next run finishes the job"
             ) from exc
+
+
+def faiss_file_vouched(path: Path, ann: dict[str, Any]) -> bool:
+    """Whether index.faiss is the very file the manifest's ANN entry describes (size and mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    recorded = ann.get("file")
+    if not isinstance(recorded, dict):
+        return True  # written before files were recorded: the generation check alone
+    return recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
 
 
 def ann_count_agrees(index: "VectorIndex", stored: int) -> bool:

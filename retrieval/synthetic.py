@@ -10,6 +10,12 @@ shirt", "a small mug on the left").
 Some (kind, colour) combinations are *held out*: no training picture shows
 them, so a model's generalisation to unseen combinations can be measured.
 
+A catalogue may also carry Chinese captions (``languages=("en", "zh")``, from
+:mod:`retrieval.synthetic_zh`: natural phrasing, several words per attribute),
+drawn from their own random stream so that the pictures and English captions of
+a seed do not change; :func:`caption_attributes` reads captions and queries in
+either language.
+
 Everything is deterministic given the seed. No torch here: the demo, the tests
 and the benchmarks all build the world cheaply.
 """
@@ -26,6 +32,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from PIL import Image, ImageDraw, ImageFilter
+
+from .synthetic_zh import caption_attributes_zh, is_chinese, make_captions_zh
 
 KINDS: tuple[str, ...] = ("shoe", "shirt", "hat", "bag", "cup", "umbrella")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -95,6 +103,7 @@ _WORD_TO_ATTR: dict[str, tuple[str, str]] = {
 }
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "unseen")
+LANGUAGES: tuple[str, ...] = ("en", "zh")  # caption languages a catalogue may carry; English always
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,14 @@ class SyntheticItem:
 
     image: str
     attributes: dict[str, str]
-    captions: tuple[str, ...]
+    captions: tuple[str, ...]  # English
     split: str  # train | val | test (seen combinations) | unseen (held-out combinations)
+    captions_zh: tuple[str, ...] = ()  # Chinese, in a catalogue generated with languages=("en", "zh")
+
+    @property
+    def all_captions(self) -> tuple[str, ...]:
+        """Every caption of the picture, in every language the catalogue carries."""
+        return self.captions + self.captions_zh
 
     @property
     def label(self) -> str:
@@ -121,6 +136,7 @@ class Catalogue:
     seed: int
     image_size: int
     held_out: frozenset[tuple[str, str]] = field(default_factory=lambda: HELD_OUT)
+    languages: tuple[str, ...] = ("en",)
 
     @property
     def captions_csv(self) -> Path:
@@ -147,10 +163,13 @@ class Catalogue:
 def caption_attributes(text: str) -> dict[str, str]:
     """The attributes a caption or query names, e.g. ``"red shoes"`` -> ``{kind: shoe, colour: red}``.
 
-    Words outside the world's vocabulary are ignored. When a caption names two
-    values of one attribute, the first wins.
+    Captions in Chinese (``"左边的小黄伞"``, simplified or traditional) are read
+    with :func:`retrieval.synthetic_zh.caption_attributes_zh`, and English words
+    in them fill what the Chinese ones leave (``"红色的 shoes"``). Words outside
+    the world's vocabulary are ignored. When a caption names two values of one
+    attribute, the first wins.
     """
-    named: dict[str, str] = {}
+    named: dict[str, str] = caption_attributes_zh(text) if is_chinese(text) else {}
     for word in re.findall(r"[a-z]+(?:-[a-z]+)?", text.lower()):
         hit = _WORD_TO_ATTR.get(word)
         if hit is None and "-" in word:  # "polka-dot" is one word, "blue-striped" two
@@ -339,6 +358,14 @@ def _split_for(attributes: Mapping[str, str], rng: random.Random, val_fraction: 
     return "train"
 
 
+def _check_languages(languages: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(languages))
+    unknown = [lang for lang in chosen if lang not in LANGUAGES]
+    if unknown or "en" not in chosen:
+        raise ValueError(f"caption languages must include 'en' and be among {', '.join(LANGUAGES)} (got {chosen})")
+    return tuple(lang for lang in LANGUAGES if lang in chosen)
+
+
 def generate_catalogue(
     out_dir: str | Path,
     n_images: int = 2000,
@@ -347,54 +374,65 @@ def generate_catalogue(
     captions_per_image: int = 4,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    languages: Iterable[str] = ("en",),
 ) -> Catalogue:
     """Write a synthetic catalogue under ``out_dir`` and return it.
 
     Files written:
       ``images/NNNNNN.png``  the pictures;
-      ``captions.csv``       ``image,caption,label,split``, one row per caption (image paths
-                             relative to ``out_dir``, so ``mmsearch train out_dir/captions.csv`` works);
-      ``attributes.jsonl``   one line per picture: image, attributes, captions, split;
-      ``catalogue.json``     seed, sizes, held-out pairs, vocabulary.
+      ``captions.csv``       ``image,caption,label,split``, one row per caption in every language
+                             (image paths relative to ``out_dir``, so ``mmsearch train out_dir/captions.csv``
+                             works, and trains on every language);
+      ``attributes.jsonl``   one line per picture: image, attributes, captions (``captions_zh`` too), split;
+      ``catalogue.json``     seed, sizes, languages, held-out pairs, vocabulary.
 
+    ``languages``: ``("en",)`` or ``("en", "zh")``: ``captions_per_image``
+    captions in each. Chinese captions come from a random stream of their own,
+    so a seed gives the same pictures and English captions either way.
     Splits: ``train``/``val``/``test`` hold seen (kind, colour) pairs; ``unseen`` holds
     every picture of a held-out pair (never used for training or validation).
     The same arguments always produce the same files.
     """
     if n_images < 1:
         raise ValueError("n_images must be at least 1")
+    langs = _check_languages(languages)
     root = Path(out_dir)
     images_dir = root / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    rng_zh = random.Random(f"captions-zh:{seed}")
     items: list[SyntheticItem] = []
     for i in range(n_images):
         attributes = sample_attributes(rng)
         split = _split_for(attributes, rng, val_fraction, test_fraction)
         captions = make_captions(attributes, rng, captions_per_image)
+        captions_zh = make_captions_zh(attributes, rng_zh, captions_per_image) if "zh" in langs else ()
         name = f"images/{i:06d}.png"
         render(attributes, image_size, rng).save(root / name, optimize=False, compress_level=1)
-        items.append(SyntheticItem(image=name, attributes=attributes, captions=captions, split=split))
+        items.append(SyntheticItem(image=name, attributes=attributes, captions=captions, split=split,
+                                   captions_zh=captions_zh))
 
     with (root / "captions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "caption", "label", "split"])
         for item in items:
-            for caption in item.captions:
+            for caption in item.all_captions:
                 writer.writerow([item.image, caption, item.label, item.split])
     with (root / "attributes.jsonl").open("w", encoding="utf-8") as f:
         for item in items:
-            f.write(json.dumps({"image": item.image, **item.attributes, "captions": list(item.captions),
-                                "split": item.split}) + "\n")
+            row = {"image": item.image, **item.attributes, "captions": list(item.captions), "split": item.split}
+            if item.captions_zh:
+                row["captions_zh"] = list(item.captions_zh)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     meta = {
-        "seed": seed, "n_images": n_images, "image_size": image_size,
+        "seed": seed, "n_images": n_images, "image_size": image_size, "languages": list(langs),
         "captions_per_image": captions_per_image,
         "held_out": sorted([list(p) for p in HELD_OUT]),
         "kinds": list(KINDS), "colours": list(COLOURS), "patterns": list(PATTERNS),
         "sizes": list(SIZES), "positions": list(POSITIONS),
     }
     (root / "catalogue.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return Catalogue(root=root, items=items, seed=seed, image_size=image_size)
+    return Catalogue(root=root, items=items, seed=seed, image_size=image_size, languages=langs)
 
 
 def load_catalogue(root: str | Path) -> Catalogue:
@@ -407,21 +445,23 @@ def load_catalogue(root: str | Path) -> Catalogue:
             row = json.loads(line)
             items.append(SyntheticItem(
                 image=row["image"], attributes={a: row[a] for a in ATTRIBUTES},
-                captions=tuple(row["captions"]), split=row["split"],
+                captions=tuple(row["captions"]), split=row["split"], captions_zh=tuple(row.get("captions_zh", ())),
             ))
     return Catalogue(root=root, items=items, seed=int(meta["seed"]), image_size=int(meta["image_size"]),
-                     held_out=frozenset(tuple(p) for p in meta["held_out"]))
+                     held_out=frozenset(tuple(p) for p in meta["held_out"]),
+                     languages=tuple(meta.get("languages", ("en",))))
 
 
-def catalogue_matches(root: str | Path, n_images: int, seed: int, image_size: int) -> bool:
+def catalogue_matches(root: str | Path, n_images: int, seed: int, image_size: int,
+                      languages: Iterable[str] = ("en",)) -> bool:
     """True when ``root`` already holds the catalogue these arguments would generate."""
     try:
         meta = json.loads((Path(root) / "catalogue.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (meta.get("n_images"), meta.get("seed"), meta.get("image_size")) == (n_images, seed, image_size) and all(
-        (Path(root) / f"images/{i:06d}.png").is_file() for i in (0, n_images - 1)
-    )
+    wanted = (n_images, seed, image_size, list(_check_languages(languages)))
+    found = (meta.get("n_images"), meta.get("seed"), meta.get("image_size"), meta.get("languages", ["en"]))
+    return found == wanted and all((Path(root) / f"images/{i:06d}.png").is_file() for i in (0, n_images - 1))
 
 
 def relevance(attributes: Iterable[Mapping[str, str]], captions: Iterable[str]) -> list[list[bool]]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import torch
 
 from .encoder import Encoder
 from .fast_paths import CausalTextTower
-from .manifest import write_json_atomic
+from .export_cache import mark_unsupported, publish, staging_dir
 from .text_light import (
     CLEAN_KINDS,
     FORMAT_VERSION,
@@ -39,6 +37,7 @@ from .text_light import (
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.99999
+EXPORTER = "clip-numpy"  # names this exporter in unsupported.json, beside retrieval.hf_text_export's
 # Probes cover casing, punctuation, digits, accents, emoji, HTML entities and truncation.
 PROBE_TEXTS = (
     "red shoes",
@@ -52,11 +51,23 @@ PROBE_TEXTS = (
 
 
 def ensure_export(encoder: Encoder, index_root: Path) -> bool:
-    """Export ``encoder``'s text tower under ``index_root`` unless done (or known unsupported); True if usable.
+    """Export ``encoder``'s text side under ``index_root`` unless done (or known unsupported); True if usable.
 
-    Never raises: the export only makes later cold queries faster, so a full
-    disk or read-only folder is logged and the torch path stays in use.
+    Models whose tokenizer is a Hugging Face one (the multilingual XLM-R, NLLB
+    and SigLIP i18n models) get the ONNX export of
+    :func:`retrieval.hf_text_export.ensure_hf_export`; the others this module's
+    numpy export. Never raises: the export only makes later cold queries
+    faster, so a full disk or read-only folder is logged and the torch path
+    stays in use.
     """
+    from .hf_text_export import ensure_hf_export, is_hf_tokenizer_model
+
+    if is_hf_tokenizer_model(encoder):
+        return ensure_hf_export(encoder, index_root)
+    return _ensure_clip_export(encoder, index_root)
+
+
+def _ensure_clip_export(encoder: Encoder, index_root: Path) -> bool:
     target = export_dir(index_root, encoder.fingerprint)
     if getattr(encoder, "text_dtype", torch.float32) != torch.float32:
         return False  # a lowered (bf16) text tower: only an exact load can be exported
@@ -79,12 +90,7 @@ def _export(encoder: Encoder, target: Path) -> bool:
         _mark_unsupported(target, layout)
         return False
     meta, tensors = layout
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is as readable as the index
-    try:
+    with staging_dir(target) as tmp:
         for name, tensor in tensors.items():
             np.save(tmp / f"{name}.npy", tensor.detach().to(torch.float32).cpu().numpy())
         meta["fingerprint"] = encoder.fingerprint
@@ -93,21 +99,11 @@ def _export(encoder: Encoder, target: Path) -> bool:
         if problem:
             _mark_unsupported(target, problem)
             return False
-        try:
-            os.replace(tmp, target)  # atomic: readers see a whole export or none
-        except OSError:
-            if (target / META_FILE).is_file():  # another process finished first
-                return True
-            raise
-        return True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return publish(tmp, target, META_FILE)
 
 
 def _mark_unsupported(target: Path, why: str) -> None:
-    log.debug("text tower of %s not exported: %s", target.name, why)
-    target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / UNSUPPORTED_FILE, {"reason": why})
+    mark_unsupported(target, UNSUPPORTED_FILE, why, EXPORTER)
 
 
 def _describe(encoder: Encoder) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | str:

@@ -297,8 +297,11 @@ class LightTextEncoder:
         pooled = pooled.astype(np.float32, copy=False)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts; returns (n, dim) float32 rows of unit length."""
+    # CLIP's tokenizer writes no language code: every language is read as it comes.
+    languages: list[str] | None = None
+
+    def encode_texts(self, texts: Sequence[str], lang: str | None = None) -> np.ndarray:
+        """Embed texts; returns (n, dim) float32 rows of unit length (``lang`` is ignored: see :attr:`languages`)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.encode_tokens(self.tokenizer(list(texts)))

@@ -1,4 +1,4 @@
-"""Thumbnails of indexed images: made once (orientation applied), cached on disk.
+"""Thumbnails of indexed images and of moments of videos: made once (orientation applied), cached on disk.
 
 The cache lives inside the index directory (``<index>/thumbs/<size>/<ab>/<key>.jpg``),
 so ``mmsearch drop`` removes it with the index. A thumbnail is keyed by the
@@ -8,6 +8,9 @@ so a reader never sees half a JPEG, and a per-key lock makes concurrent
 requests for the same picture decode it only once. The cache decodes what it
 is handed (an open file, normally: ``Index.thumbnail`` opens the item's file
 only while it is still the file that was indexed); it never decides what to open.
+A video's thumbnail shows the picture on screen at a given time
+(:func:`retrieval.video.frame_at`: rotation applied, HDR tone mapped) and is
+keyed by the video's fingerprint and that time.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import ImageDecodeError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 THUMB_SIZES: tuple[int, ...] = (128, 256, 512, 1024)  # longest side in pixels; a fixed set bounds the cache
 DEFAULT_THUMB_SIZE = 256
@@ -54,13 +60,15 @@ class ThumbnailCache:
 
     def get(
         self, source: str | os.PathLike[str] | BinaryIO, key: str, size: int = DEFAULT_THUMB_SIZE, *,
-        name: str | None = None,
+        name: str | None = None, time: float | None = None,
     ) -> Path:
         """The thumbnail of ``source`` (a path or an open binary file; longest side ``size``), made now if not cached.
 
-        ``key`` identifies the content (the item's hash). Raises ``ImageDecodeError``
-        with the reason when the file can no longer be read; ``name`` is the
-        file's name in that message (default: ``source`` itself, when a path).
+        ``key`` identifies the content (the item's hash; for a video, with the
+        time). ``time``: ``source`` is a video, shown at ``time`` seconds.
+        Raises ``ImageDecodeError`` (``VideoDecodeError`` for a video) with the
+        reason when the file can no longer be read; ``name`` is the file's name
+        in that message (default: ``source`` itself, when a path).
         """
         if size not in THUMB_SIZES:
             raise ValueError(f"thumbnail size must be one of {THUMB_SIZES}, got {size}")
@@ -70,17 +78,21 @@ class ThumbnailCache:
         with self._locks[hash(key) % len(self._locks)]:
             if target.is_file():  # another request made it while we waited
                 return target
-            self._write(source, target, size, name)
+            self._write(source, target, size, name, time)
         return target
 
-    def _write(self, source: str | os.PathLike[str] | BinaryIO, target: Path, size: int, name: str | None) -> None:
-        from .loading import load_image
+    def _write(self, source: str | os.PathLike[str] | BinaryIO, target: Path, size: int, name: str | None,
+               time: float | None = None) -> None:
+        if time is not None:
+            image = _video_picture(source, time, size, name)
+        else:
+            from .loading import load_image
 
-        loaded = load_image(source, min_side=size)  # EXIF orientation applied; big JPEGs decoded reduced
-        if loaded.image is None:
-            shown = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the file")
-            raise ImageDecodeError(f"cannot read {shown}: {loaded.error}")
-        image = loaded.image
+            loaded = load_image(source, min_side=size)  # EXIF orientation applied; big JPEGs decoded reduced
+            if loaded.image is None:
+                shown = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the file")
+                raise ImageDecodeError(f"cannot read {shown}: {loaded.error}")
+            image = loaded.image
         image.thumbnail((size, size))
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
@@ -91,3 +103,14 @@ class ThumbnailCache:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _video_picture(source: str | os.PathLike[str] | BinaryIO, time: float, size: int, name: str | None) -> "Image.Image":
+    """The picture a video shows at ``time``, its shorter side about ``size`` (scaled by libswscale while decoding)."""
+    from .errors import VideoDecodeError
+    from .video import frame_at
+
+    try:
+        return frame_at(source, time, min_side=size)
+    except VideoDecodeError as exc:
+        raise VideoDecodeError(name or exc.path, exc.reason) from exc

@@ -178,6 +178,7 @@ class Outcome:
     lost_vectors: int = 0  # missing after repair
     lost_allowed: bool = False  # rows on damaged pages may be gone
     lost_but_readable: int = 0  # missing although the damaged file still held both its item and vector: must be 0
+    wrong_results: list[str] = field(default_factory=list)  # commands that answered, but not the exact answer
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
@@ -201,8 +202,14 @@ def try_one(tampering: Tampering, root: Path, truth: dict[int, bytes], rng: rand
     outcome = Outcome(tampering.name, vectors_before=len(truth), lost_allowed=tampering.may_lose_rows)
     base = ["--index-dir", str(root)]
     wrong_bad_vector = tampering.name.startswith("a vector of")
-    for command in (["query", "red"], ["info"], ["similar", str(min(truth))], ["list"], ["verify"]):
-        code, _, err = run_cli(command + base)
+    probe = min(truth)
+    expected = _exact_neighbours(truth, probe, 5)
+    for command in (["query", "red"], ["info"], ["similar", str(probe), "-k", "5", "--json"], ["list"], ["verify"]):
+        code, out, err = run_cli(command + base)
+        if code == 0 and command[0] == "similar" and not wrong_bad_vector:
+            got = [hit["id"] for hit in json.loads(out)]
+            if got != expected:
+                outcome.wrong_results.append(f"similar: {got} instead of {expected}")
         if "Traceback" in err:
             outcome.tracebacks.append(" ".join(command))
         elif code != 0:
@@ -230,6 +237,14 @@ def try_one(tampering: Tampering, root: Path, truth: dict[int, bytes], rng: rand
     if tampering.salvage and lost:
         outcome.lost_but_readable = _still_readable(directory, {i: truth[i] for i in lost})
     return outcome
+
+
+def _exact_neighbours(truth: dict[int, bytes], item_id: int, k: int) -> list[int]:
+    ids = sorted(truth)
+    vectors = np.stack([np.frombuffer(truth[i], dtype=np.float32) for i in ids])
+    scores = vectors @ np.frombuffer(truth[item_id], dtype=np.float32)
+    order = [ids[i] for i in np.argsort(-scores, kind="stable") if ids[i] != item_id]
+    return order[:k]
 
 
 def _still_readable(directory: Path, ids: dict[int, bytes]) -> int:

@@ -35,6 +35,7 @@ def test_tampering_gives_a_clear_message_and_repair_keeps_every_good_vector(
     outcome = try_one(tampering, root, truth, random.Random(7))
     assert outcome.tracebacks == [], outcome
     assert outcome.unclear == [], outcome
+    assert outcome.wrong_results == [], outcome  # what answers, answers exactly
     assert outcome.repaired and outcome.verify_ok, outcome
     assert outcome.changed_vectors == 0, outcome
     if outcome.lost_allowed:

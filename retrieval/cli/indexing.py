@@ -22,6 +22,7 @@ from .options import (
     IndexOpt,
     JsonOpt,
     MaxMemoryOpt,
+    NoVideoOpt,
     NumWorkersOpt,
     PrecisionOpt,
     TargetRecallOpt,
@@ -80,8 +81,13 @@ def index(
     engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     num_workers: NumWorkersOpt = None,
+    no_video: NoVideoOpt = False,
 ) -> None:
-    """Embed every image under PATHS into an index (only what changed since the last run)."""
+    """Embed every image and video under PATHS into an index (only what changed since the last run).
+
+    A video is embedded by frames sampled every few seconds and at scene
+    changes (black intros skipped); queries answer it at its best moment.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -107,7 +113,7 @@ def index(
                 if total and not quiet:
                     progress.start()  # only once there is work: an error before that prints alone
             elapsed = time.perf_counter() - t0[0]
-            rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 and done else ""
+            rate = f"{done / elapsed:.1f} files/s" if elapsed > 0 and done else ""
             progress.update(task, completed=done, total=total, rate=rate)
 
         def on_skip(path: str, reason: str) -> None:
@@ -123,7 +129,7 @@ def index(
                     report = idx.add_folder(
                         paths, exclude=exclude or (), batch_size=batch_size, workers=workers, wait=not no_wait,
                         on_progress=on_progress, on_skip=on_skip, on_wait=waiting(index_name),
-                        engine=engine.value, ray=ray_cfg,
+                        engine=engine.value, ray=ray_cfg, videos=not no_video,
                     )
                 progress.stop()
                 if prune and report is not None:
@@ -138,14 +144,22 @@ def index(
                 progress.stop()
         total = len(idx)
     assert report is not None
-    unit = "items" if paths and texts else "texts" if texts else "images"
+    if not quiet:
+        for path, why in report.partial:
+            console.print(printable(f"indexed in part: {path}: {why}"), markup=False, soft_wrap=True)
+    unit = "items" if paths and texts or report.videos else "texts" if texts else "images"
     if json_out:
         echo_json({"index": index_name, "items": total, **report.as_dict()})
         return
+    videos = ""
+    if report.videos:
+        rate = report.video_seconds / report.seconds if report.seconds > 0 else 0.0
+        videos = (f"; {report.videos} videos ({report.frames} frames from {report.video_seconds:.0f}s of video, "
+                  f"{rate:.1f}s of video/s)")
     out(
         f"index {index_name!r}: {report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged, {report.reused} reused, {report.failed} failed "
-        f"({total} items) in {report.seconds:.1f}s, {report.images_per_second:.1f} {unit}/s"
+        f"({total} items) in {report.seconds:.1f}s, {report.images_per_second:.1f} {unit}/s{videos}"
     )
 
 

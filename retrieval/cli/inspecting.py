@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..config import DEFAULT_INDEX_NAME
 from .options import (
+    DeviceOpt,
     DryRunOpt,
     IndexDirOpt,
     IndexOpt,
@@ -40,7 +42,8 @@ def info(
         return
     out(f"index:    {data.name}  ({data.path})")
     out(f"model:    {data.model}  (fingerprint {data.fingerprint}, {data.dim}-d)")
-    out(f"items:    {data.images} images, {data.texts} texts, {data.failed} failed")
+    videos = f", {data.videos} videos ({data.frames} moments)" if getattr(data, "videos", 0) else ""
+    out(f"items:    {data.images} images{videos}, {data.texts} texts, {data.failed} failed")
     out(f"size:     {human_size(data.size_bytes)}")
     ann = data.ann
     out(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
@@ -114,17 +117,95 @@ def drop(
     if not yes and not typer.confirm(f"delete {what}?", err=True):
         raise typer.Exit(1)
     delete_index(index_name, root=index_dir, wait=not no_wait, on_wait=waiting(index_name))
-    out(f"deleted index {index_name!r}")
+    out(f"deleted {what}")  # with --yes too: the user sees what went
 
 
+models_app = typer.Typer(
+    help="Models that --model accepts: architectures, pretrained weights, multilingual ones; 'models save' "
+    "writes one into a folder that loads offline.",
+    invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None,
+)
+
+
+@models_app.callback()
 def models(
+    ctx: typer.Context,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="List ARCH:PRETRAINED pairs.")] = False,
+    multilingual: Annotated[
+        bool, typer.Option("--multilingual", help="Models that understand other languages than English, with "
+                           "published text->image recall per language.")
+    ] = False,
+    lang: Annotated[
+        str, typer.Option("--lang", help="With --multilingual: the language whose figures are shown (zh, ja, ar, ...).")
+    ] = "zh",
+    json_out: JsonOpt = False,
 ) -> None:
-    """Model architectures (and pretrained weights) that --model accepts."""
+    """Model architectures (and pretrained weights) that --model accepts.
+
+    \b
+    mmsearch models --pretrained
+    mmsearch models --multilingual --lang ja
+    mmsearch models save xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k ./xlmr
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if multilingual:
+        _print_multilingual(lang, json_out)
+        return
     from ..api import list_models
 
-    for name in list_models(pretrained=pretrained):
+    names = list_models(pretrained=pretrained)
+    if json_out:
+        echo_json(names)
+        return
+    for name in names:
         out(name)
+
+
+def _percent(value: object) -> str:
+    return "-" if value is None else f"{float(value):.1%}"  # type: ignore[arg-type]
+
+
+def _print_multilingual(lang: str, json_out: bool) -> None:
+    from ..api import multilingual_models
+
+    rows = multilingual_models(lang)
+    if json_out:
+        echo_json(rows)
+        return
+    key = rows[0]["lang"]
+    out(f"{'model':<52} {'dim':>5} {'params':>7} {'image':>7}  {'XM3600 R@1':>10} {'R@10':>6} {'COCO R@1':>8} "
+        f"{'all langs':>9}  needs --lang")
+    out(f"{'':<52} {'':>5} {'':>7} {'GFLOPs':>7}  {key:>10} {key:>6} {key:>8} {'R@1':>9}")
+    for row in rows:
+        params = "-" if row["params_m"] is None else f"{row['params_m']:.0f}M"
+        flops = "-" if row["image_gflops"] is None else f"{row['image_gflops']:.1f}"
+        needs = "yes (script or --lang)" if row["needs_language"] else "no"
+        spec = row["spec"] if row["multilingual"] else f"{row['spec']} (English default)"
+        out(f"{spec:<52} {row['dim']:>5} {params:>7} {flops:>7}  {_percent(row['xm3600_r1']):>10} "
+            f"{_percent(row['xm3600_r10']):>6} {_percent(row['mscoco_r1']):>8} {_percent(row['xm3600_r1_avg']):>9}  "
+            f"{needs}")
+    out("recall: open_clip's multilingual benchmark, text->image (Crossmodal-3600; multilingual MS-COCO), "
+        "'-' where not published; size and GFLOPs from open_clip's model profile")
+    out("these models need the multilingual extra: pip install 'mmsearch[multilingual]'")
+
+
+@models_app.command("save")
+def save(
+    spec: Annotated[str, typer.Argument(help="Model spec: ARCH:PRETRAINED, hf-hub:ORG/REPO or a model folder.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (weights, configs, tokenizer).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the folder if it exists.")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Write a model into one folder that loads with no network: then use --model DIR.
+
+    Downloads the model if it is not cached yet (run it where there is network,
+    then copy the folder).
+    """
+    from ..api import save_model
+
+    folder = save_model(spec, out_dir, overwrite=overwrite, device=device)
+    out(f"saved {spec} into {folder}: use --model {folder}")
 
 
 def register(app: typer.Typer) -> None:
@@ -132,4 +213,4 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("list")(list_)
     app.command("drop")(drop)
-    app.command("models")(models)
+    app.add_typer(models_app, name="models")

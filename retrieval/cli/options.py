@@ -42,7 +42,10 @@ ThreadsOpt = Annotated[
 ExcludeOpt = Annotated[
     Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files/folders to skip (repeatable).")
 ]
-BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per encoder batch.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images (or video frames) per encoder batch.")]
+NoVideoOpt = Annotated[
+    bool, typer.Option("--no-video", help="Leave videos out (those already indexed stay as they are).")
+]
 AnnOpt = Annotated[
     Optional[str],
     typer.Option("--ann", help="ANN index: auto (by size and --max-memory), flat, hnsw, ivf or ivfpq [default: auto]."),
@@ -76,12 +79,15 @@ NumWorkersOpt = Annotated[
 KOpt = Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results (after filtering).")]
 TargetOpt = Annotated[
     Optional[str],
-    typer.Option("--target", help="What to return: image, text or all [default: image; text for --image queries on a text-only index]."),
+    typer.Option("--target", help="What to return: image (photos and videos), text or all [default: image; text for --image queries on a text-only index]."),
 ]
 MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine.")]
 UnderOpt = Annotated[Optional[str], typer.Option("--under", help="Only files under this folder.")]
 GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="Only files whose path or name matches this glob.")]
-TypeOpt = Annotated[Optional[str], typer.Option("--type", help="Only these file types, e.g. 'jpg,png'.")]
+TypeOpt = Annotated[
+    Optional[str],
+    typer.Option("--type", help="Only these file types, e.g. 'jpg,png', or kinds: 'video' (videos only), 'image' (photos only)."),
+]
 AfterOpt = Annotated[Optional[str], typer.Option("--after", help="Only files modified on/after this date (YYYY-MM-DD).")]
 BeforeOpt = Annotated[Optional[str], typer.Option("--before", help="Only files modified before this date (YYYY-MM-DD).")]
 TakenAfterOpt = Annotated[

@@ -64,14 +64,15 @@ def embed(
     precision: opt.PrecisionOpt = "auto",
     json_out: opt.JsonOpt = False,
     quiet: opt.QuietOpt = False,
+    no_video: opt.NoVideoOpt = False,
 ) -> None:
-    """Embed images into Parquet shards, without an index (build one with 'mmsearch merge')."""
+    """Embed images (and videos, by their moments) into Parquet shards, without an index ('mmsearch merge' builds one)."""
     from ..api import embed_to_shards, ray_engine
 
     ray_cfg = ray_engine(address, num_workers) if engine is opt.Engine.ray else None
     result = embed_to_shards(
         paths, output, model=model, engine=engine.value, ray=ray_cfg, exclude=exclude or (), batch_size=batch_size,
-        device=device, precision=precision, on_skip=opt.skip_printer(quiet),
+        device=device, precision=precision, on_skip=opt.skip_printer(quiet), videos=not no_video,
     )
     if json_out:
         opt.echo_json(result.as_dict())

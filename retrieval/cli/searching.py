@@ -40,7 +40,14 @@ def _emit(hits: list[Any], results: ResultOptions, title: str) -> None:
                    header=f"{'rank':>4}  {'score':>6}  {'taken':<17}  item  (camera; place)", line=_photo_line)
         return
     print_rows(hits, as_json=results.json_out, empty="no results", header=f"{'rank':>4}  {'score':>6}  item",
-               line=lambda h: f"{h.rank:>4}  {h.score:6.3f}  {h.path if h.path is not None else h.text}")
+               line=lambda h: f"{h.rank:>4}  {h.score:6.3f}  {_item(h)}")
+
+
+def _item(hit: Any) -> str:
+    """What a result line names: the file (a video with its moment, ``at 01:23.2``) or the text."""
+    if hit.path is None:
+        return hit.text
+    return f"{hit.path}  at {hit.clock}" if hit.clock else hit.path
 
 
 def _photo_line(hit: Any) -> str:
@@ -50,7 +57,7 @@ def _photo_line(hit: Any) -> str:
     if taken and photo.get("time_source") == "file-mtime":
         taken = "~" + taken
     about = "; ".join(p for p in (photo.get("camera"), photo.get("place")) if p)
-    item = hit.path if hit.path is not None else hit.text
+    item = _item(hit)
     return f"{hit.rank:>4}  {hit.score:6.3f}  {taken or '-':<17}  {item}" + (f"  ({about})" if about else "")
 
 
@@ -69,6 +76,11 @@ def query(
     not_image: Annotated[
         Optional[list[str]], typer.Option("--not-image", help="[WEIGHT:]FILE: push results away from this image.")
     ] = None,
+    lang: Annotated[
+        Optional[str],
+        typer.Option("--lang", help="Language of the query's words (zh, zh-TW, ja, fr, ... or an NLLB code), for "
+                     "models that need one (NLLB) [default: from the script; Latin script is read as English]."),
+    ] = None,
     *,
     results: ResultOptions,
     device: DeviceOpt = "auto",
@@ -83,8 +95,10 @@ def query(
     mmsearch query "red shoes"
     mmsearch query --image q.jpg
     mmsearch query --image q.jpg --text "2:red" --not-text leather
+    mmsearch query "海边的狗"
     mmsearch query beach --taken-after 2023-06-01 --taken-before 2023-09-01 --place Spain
     mmsearch query "birthday cake" --near Berlin --camera iphone --sort taken
+    mmsearch query fireworks --type video --json
     """
     from ..errors import InvalidQueryError
     from ..query import parse_terms
@@ -92,12 +106,16 @@ def query(
 
     terms = parse_terms(
         texts=([text] if text is not None else []) + list(more_text or []), not_texts=not_text or [],
-        images=image or [], not_images=not_image or [],
+        images=image or [], not_images=not_image or [], lang=lang,
     )
     if not terms or all(t.kind == "text" and not str(t.value).strip() for t in terms):
         raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
     filters = Filters.parse(**results.filters)
     with open_named_index(index_name, index_dir, device=device, precision=precision, threads=threads) as idx:
+        for term in terms:  # a query cut to the model's context, or a language the model does not read, is said
+            if term.kind == "text":
+                for note in idx.queries.notes(str(term.value), term.lang):
+                    err(note)
         hits = idx.search(terms, results.k, filters=filters, dedup=results.dedup, sort=results.sort)
     title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
     _emit(hits, results, f"mmsearch: {title}")
@@ -105,13 +123,19 @@ def query(
 
 @with_result_options
 def similar(
-    item: Annotated[str, typer.Argument(help="An indexed file's path, or an item id.")],
+    item: Annotated[str, typer.Argument(help="An indexed file's path, an item id, or a moment of a video: PATH#t=SECONDS.")],
     *,
     results: ResultOptions,
     index_name: str = "",
     index_dir: Optional[Path] = None,
 ) -> None:
-    """More like this: neighbours of an item already in the index (no model needed)."""
+    """More like this: neighbours of an item already in the index (no model needed).
+
+    \b
+    mmsearch similar ~/Pictures/beach.jpg
+    mmsearch similar ~/Videos/party.mp4#t=83.2   (that moment of the video)
+    mmsearch similar ~/Videos/party.mp4          (the video as a whole)
+    """
     from ..search import Filters
 
     with open_named_index(index_name, index_dir) as idx:

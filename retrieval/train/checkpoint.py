@@ -28,45 +28,13 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from ..model_save import WEIGHTS_NAME, atomic_write_text, hub_config, write_model_files  # noqa: F401 - re-exported
 from ..model_spec import LOCAL_CONFIG_NAME
 
-WEIGHTS_NAME = "open_clip_model.safetensors"
 STATE_NAME = "train_state.pt"
 LAST_DIR = "last"
 METRICS_NAME = "metrics.jsonl"
 INFO_NAME = "train_info.json"
-
-
-def hub_config(model: torch.nn.Module, model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The ``open_clip_config.json`` body, built as open_clip's ``save_config_for_hf`` builds it."""
-    visual = model.visual  # type: ignore[attr-defined]
-    preprocess_cfg: dict[str, Any] = {"mean": list(visual.image_mean), "std": list(visual.image_std)}
-    other = getattr(visual, "preprocess_cfg", {}) or {}
-    for key in ("interpolation", "resize_mode"):
-        if key in other:
-            preprocess_cfg[key] = other[key]
-    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """``write(tmp_path)`` then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _state_dict_for_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared or non-contiguous storage; copies are cheap at this size.
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def save_model(model: torch.nn.Module, model_cfg: dict[str, Any], out_dir: str | Path,
@@ -76,18 +44,11 @@ def save_model(model: torch.nn.Module, model_cfg: dict[str, Any], out_dir: str |
     Weights are replaced before the config; within one training run the config never
     changes, so a crash between the two renames still leaves a loadable pair.
     HF tokenizers (models whose text config names one) are saved alongside, as open_clip's
-    ``save_for_hf`` does; CLIP-BPE models need no tokenizer files.
+    ``save_for_hf`` does, and an HF text tower's ``config.json`` too, so the trained model
+    loads with no network (:func:`retrieval.model_save.write_model_files`); CLIP-BPE models
+    need neither.
     """
-    import safetensors.torch
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = _state_dict_for_safetensors(model)
-    _atomic_write_bytes(out / WEIGHTS_NAME, lambda tmp: safetensors.torch.save_file(tensors, str(tmp)))
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(out))
-    atomic_write_text(out / LOCAL_CONFIG_NAME, json.dumps(hub_config(model, model_cfg), indent=2) + "\n")
-    return out
+    return write_model_files(model, model_cfg, out_dir, tokenizer)
 
 
 def save_last(model: torch.nn.Module, model_cfg: dict[str, Any], state: dict[str, Any], out_dir: str | Path,

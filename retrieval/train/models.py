@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from ..encoder import load_encoder
-from ..errors import ModelLoadError
-from ..model_spec import LOCAL_CONFIG_NAME, parse_model_spec
+from ..errors import MissingDependencyError, ModelLoadError
+from ..model_folder import explain_missing_module, local_model_kwargs, require_text_extra
+from ..model_spec import LOCAL_CONFIG_NAME, parse_model_spec, read_local_config
 
 DEFAULT_ARCH = "mmsearch-small"
 SIGLIP_INIT_SCALE = math.log(10.0)  # SigLIP's recommended initial temperature and bias
@@ -96,6 +97,9 @@ def create_from_spec(spec: str, loss: str = "clip", augment: bool = True) -> Tra
             model_cfg = dict(open_clip.factory._get_hf_config(parsed.repo)["model_cfg"])
         except Exception as exc:  # the weights loaded, so the config is cached; anything else is odd
             raise ModelLoadError(f"cannot read the model config of {spec!r}: {exc}") from exc
+    elif parsed.kind == "local-dir" and parsed.path is not None:
+        # The folder's own model config: a folder saved from hf-hub:ORG/REPO fingerprints as {"hf-hub": ...}.
+        model_cfg = read_local_config(parsed.path)
     else:
         model_cfg = copy.deepcopy(encoder.model_config)
     model = encoder.model.train()
@@ -111,10 +115,17 @@ def create_from_checkpoint(directory: Path, augment: bool = True) -> TrainableMo
     """The model saved in a checkpoint directory (for --resume)."""
     try:
         model_cfg = json.loads((directory / LOCAL_CONFIG_NAME).read_text(encoding="utf-8"))["model_cfg"]
+        require_text_extra(model_cfg, str(directory))
         name = f"local-dir:{directory}"
-        model, _, preprocess_val = open_clip.create_model_and_transforms(name)
+        # An HF text tower is rebuilt from the checkpoint's own config.json: resuming needs no network.
+        model, _, preprocess_val = open_clip.create_model_and_transforms(name, **local_model_kwargs(directory))
         tokenizer = open_clip.get_tokenizer(name)
+    except (ModelLoadError, MissingDependencyError):
+        raise
     except Exception as exc:
+        missing = explain_missing_module(exc, str(directory))
+        if missing is not None:
+            raise missing from exc
         raise ModelLoadError(f"cannot load the checkpoint in {str(directory)!r}: {exc}") from exc
     return TrainableModel(
         model=model, model_cfg=model_cfg, preprocess_train=_train_transform(model, augment),

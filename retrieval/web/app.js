@@ -13,7 +13,9 @@ const els = {
   options: $("options"), filterCount: $("filter-count"), resetFilters: $("reset-filters"),
   under: $("under"), glob: $("glob"), types: $("types"), after: $("after"), before: $("before"),
   minScore: $("min-score"), dedup: $("dedup"),
-  detail: $("detail"), detailImg: $("detail-img"), detailText: $("detail-text"), detailTitle: $("detail-title"),
+  detail: $("detail"), detailImg: $("detail-img"), detailVideo: $("detail-video"), detailText: $("detail-text"),
+  detailTitle: $("detail-title"), detailMoments: $("detail-moments"), detailMomentList: $("detail-moment-list"),
+  detailSimilarVideo: $("detail-similar-video"),
   detailPath: $("detail-path"), detailFacts: $("detail-facts"), detailMeta: $("detail-meta"),
   detailSimilar: $("detail-similar"), detailOpen: $("detail-open"), detailPrev: $("detail-prev"),
   detailNext: $("detail-next"), detailClose: $("detail-close"),
@@ -21,7 +23,8 @@ const els = {
 const FILTER_INPUTS = ["under", "glob", "types", "after", "before", "minScore"];
 const DEDUP_THRESHOLD = 0.95;  // cosine at which a picture counts as a near-duplicate of a better one
 const state = {
-  image: null, imageUrl: null, similar: null, limits: null, seq: 0, triedToken: false,
+  image: null, imageUrl: null, similar: null, similarId: null, detailMoment: null, limits: null, seq: 0,
+  triedToken: false,
   query: null,   // what the results answer: {label, request(k)}
   hits: [], k: 0, exhausted: true, loading: false, detailIndex: -1,
 };
@@ -89,8 +92,27 @@ function when(ns) {
   return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }
 
+// A time in a video as people read it: 01:23.2, 1:02:03.
+function clock(seconds) {
+  const tenths = Math.round(seconds * 10);
+  const whole = Math.floor(tenths / 10), tenth = tenths % 10;
+  const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+  const two = (n) => String(n).padStart(2, "0");
+  const text = h ? `${h}:${two(m)}:${two(s)}` : `${two(m)}:${two(s)}`;
+  return tenth ? `${text}.${tenth}` : text;
+}
+
+function isPicture(hit) {
+  return hit.kind === "image" || hit.kind === "video";
+}
+
+// What "more like this" starts from: a video hit's moment (its frame), else the item itself.
+function similarItem(hit) {
+  return hit.kind === "video" && hit.frame != null ? hit.frame : hit.id;
+}
+
 function aspect(hit) {
-  if (hit.kind !== "image") return 2.2;
+  if (!isPicture(hit)) return 2.2;
   const ar = hit.width && hit.height ? hit.width / hit.height : 4 / 3;
   return Math.min(4, Math.max(0.4, ar));  // a panorama or a strip still gets a usable tile
 }
@@ -116,23 +138,30 @@ function scoreBar(hit) {
 function card(hit, index) {
   const ar = aspect(hit);
   let inner;
-  if (hit.kind === "image") {
-    const img = el("img", { alt: hit.name || `item ${hit.id}`, loading: "lazy", decoding: "async",
+  if (isPicture(hit)) {
+    const label = hit.kind === "video" ? `${hit.name || `video ${hit.id}`} at ${clock(hit.time || 0)}` : hit.name;
+    const img = el("img", { alt: label || `item ${hit.id}`, loading: "lazy", decoding: "async",
                             src: `${hit.thumbnail}?size=256`,
                             srcset: `${hit.thumbnail}?size=256 ${Math.round(256 * Math.min(1, ar))}w, ` +
                                     `${hit.thumbnail}?size=512 ${Math.round(512 * Math.min(1, ar))}w`,
                             sizes: `${Math.round(ar * 190)}px` });
     img.addEventListener("error", () => img.replaceWith(el("span", { class: "muted", text: "no preview" })));
     inner = img;
+    if (hit.kind === "video") {
+      inner = document.createDocumentFragment();
+      inner.append(img, el("span", { class: "clock", "aria-hidden": "true", text: `▶ ${clock(hit.time || 0)}` }));
+    }
   } else {
     inner = el("blockquote", { text: hit.text || "" });
   }
-  const thumb = el("button", { type: "button", class: "thumb", title: hit.path || hit.text || "",
+  const where = hit.kind === "video" ? ` at ${clock(hit.time || 0)}` : "";
+  const thumb = el("button", { type: "button", class: "thumb", title: (hit.path || hit.text || "") + where,
                                "aria-label": `${nameOf(hit)}: show details (result ${index + 1})` }, inner);
   thumb.addEventListener("click", () => openDetail(index));
-  const article = el("article", { class: `card ${hit.kind === "image" ? "image" : "text"}`, "data-id": String(hit.id) },
+  const article = el("article", { class: `card ${isPicture(hit) ? "image" : "text"}${hit.kind === "video" ? " video" : ""}`,
+                                  "data-id": String(hit.id) },
                      thumb, el("div", { class: "meta" },
-                               el("span", { class: "name", text: hit.kind === "image" ? (hit.name || "") : "text",
+                               el("span", { class: "name", text: isPicture(hit) ? (hit.name || "") : "text",
                                             title: hit.path || "" }),
                                scoreBar(hit)));
   article.style.setProperty("--ar", ar.toFixed(4));
@@ -187,6 +216,15 @@ function countFilters() {
   els.filterCount.textContent = n ? `${n} on` : "";
 }
 
+// The "Show" choice as the API's target and types: videos only and photos only are kinds of files.
+function showChoice(fields) {
+  const show = els.target.value;
+  if (show !== "video" && show !== "photo") return { target: show, fields };
+  const kind = show === "video" ? "video" : "image";
+  const types = fields.types ? `${fields.types},${kind}` : kind;
+  return { target: "image", fields: { ...fields, types } };
+}
+
 function jsonBody(terms, k, target, fields) {
   const body = { terms, k, target };
   for (const [key, value] of Object.entries(fields)) {
@@ -205,9 +243,8 @@ function describe(parts) {
 function buildQuery() {
   const text = els.q.value.trim();
   const neg = els.not.value.trim();
-  const target = els.target.value;
   const weight = Number(els.weight.value) || 1;
-  const fields = filterFields();
+  const { target, fields } = showChoice(filterFields());
   const minScore = fields.min_score !== undefined ? Number(fields.min_score) : null;
   if (minScore !== null && !(minScore >= -1 && minScore <= 1)) {
     throw new ApiError(0, "The lowest score must be a number from -1 to 1.");
@@ -230,14 +267,16 @@ function buildQuery() {
   }
   if (state.similar) {
     const item = state.similar;
-    const label = describe([`more like ${nameOf(item)}`, text && `“${text}”`, neg && `not “${neg}”`]);
+    const label = describe([`more like ${els.contextLabel.textContent || nameOf(item)}`, text && `“${text}”`,
+                            neg && `not “${neg}”`]);
+    const itemId = state.similarId;
     if (text || neg) {
-      const terms = [{ item: item.id, weight: 1 }];
+      const terms = [{ item: itemId, weight: 1 }];
       if (text) terms.push({ text, weight });
       if (neg) terms.push({ text: neg, weight: -1 });
       return { label, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
     }
-    return { label, request: (k) => [`/api/items/${item.id}/similar?` + new URLSearchParams({ k, target, ...fields })] };
+    return { label, request: (k) => [`/api/items/${itemId}/similar?` + new URLSearchParams({ k, target, ...fields })] };
   }
   if (text) {
     const label = describe([`“${text}”`, neg && `not “${neg}”`]);
@@ -383,14 +422,18 @@ function clearImage(search = true) {
 
 // -- more like this ---------------------------------------------------------------------
 
-function moreLike(hit) {
+// More like a hit: a video's best moment (or the given moment's frame, or the whole video with wholeVideo).
+function moreLike(hit, frame = null, wholeVideo = false) {
   clearImage(false);
   closeDetail();
   state.similar = hit;
+  state.similarId = wholeVideo ? hit.id : frame != null ? frame : similarItem(hit);
   els.context.hidden = false;
   els.contextThumb.hidden = !hit.thumbnail;
   if (hit.thumbnail) els.contextThumb.src = `${hit.thumbnail}?size=128`;
-  els.contextLabel.textContent = nameOf(hit);
+  const moment = hit.kind === "video" && !wholeVideo
+    ? (hit.moments || []).find((m) => m.frame === state.similarId) : null;
+  els.contextLabel.textContent = moment ? `${nameOf(hit)} at ${clock(moment.time)}` : nameOf(hit);
   els.q.value = "";
   els.not.value = "";
   runSearch();
@@ -412,13 +455,45 @@ function fact(list, term, value) {
   list.append(el("dt", { text: term }), el("dd", { text: String(value) }));
 }
 
-function showMeta(meta) {
+// What a video's meta says that is about the index, not the video: not shown.
+const VIDEO_INTERNALS = new Set(["sampling", "strategy", "decoded_frames", "poster", "all_flat", "duration"]);
+
+function showMeta(meta, video = false) {
   els.detailMeta.replaceChildren();
   if (!meta || typeof meta !== "object") return;
   for (const [key, value] of Object.entries(meta)) {
-    if (value === null || value === "") continue;
+    if (value === null || value === "" || (video && VIDEO_INTERNALS.has(key))) continue;
     const text = typeof value === "object" ? JSON.stringify(value) : String(value);
     fact(els.detailMeta, key.replace(/_/g, " "), text.length > 300 ? text.slice(0, 297) + "…" : text);
+  }
+}
+
+function stopVideo() {
+  if (!els.detailVideo.hasAttribute("src")) return;
+  els.detailVideo.pause();
+  els.detailVideo.removeAttribute("src");
+  els.detailVideo.load();  // lets go of the connection
+}
+
+// The video plays from the moment: a #t= media fragment on the original (the server serves ranges).
+function showVideo(hit) {
+  els.detailVideo.poster = `${hit.thumbnail}?size=1024`;
+  els.detailVideo.src = hit.play || hit.original;
+  els.detailVideo.setAttribute("aria-label", `${hit.name || "video"}, from ${clock(hit.time || 0)}`);
+  els.detailMomentList.replaceChildren();
+  const moments = hit.moments || [];
+  els.detailMoments.hidden = moments.length < 2;
+  for (const m of moments) {
+    const button = el("button", { type: "button", title: `play from ${clock(m.time)} (cosine ${m.score.toFixed(3)})`,
+                                  "aria-label": `play from ${clock(m.time)}` },
+                      el("img", { src: `${m.thumbnail}?size=128`, alt: "", loading: "lazy" }),
+                      el("span", { text: clock(m.time) }));
+    button.addEventListener("click", () => {
+      els.detailVideo.currentTime = m.time;
+      els.detailVideo.play().catch(() => {});
+      state.detailMoment = m.frame;
+    });
+    els.detailMomentList.append(el("li", {}, button));
   }
 }
 
@@ -426,24 +501,38 @@ async function openDetail(index) {
   const hit = state.hits[index];
   if (!hit) return;
   state.detailIndex = index;
+  state.detailMoment = null;
   const image = hit.kind === "image";
+  const video = hit.kind === "video";
   els.detailImg.hidden = !image;
-  els.detailText.hidden = image;
+  els.detailVideo.hidden = !video;
+  els.detailVideo.inert = !video;  // a hidden player must not take the dialog's first focus
+  els.detailText.hidden = image || video;
+  if (!video) stopVideo();
   if (image) {
     els.detailImg.alt = hit.name || `item ${hit.id}`;
     els.detailImg.src = `${hit.thumbnail}?size=1024`;
+  } else if (video) {
+    els.detailImg.removeAttribute("src");
+    showVideo(hit);
   } else {
     els.detailImg.removeAttribute("src");
     els.detailText.textContent = hit.text || "";
   }
-  els.detailTitle.textContent = image ? (hit.name || `item ${hit.id}`) : "Text";
+  if (!video) els.detailMoments.hidden = true;
+  els.detailSimilarVideo.hidden = !video;
+  els.detailTitle.textContent = isPicture(hit) ? (hit.name || `item ${hit.id}`) : "Text";
   els.detailPath.textContent = hit.path || "";
-  els.detailOpen.hidden = !image;
-  if (image) els.detailOpen.href = hit.original;
+  els.detailOpen.hidden = !isPicture(hit);
+  if (isPicture(hit)) els.detailOpen.href = video ? (hit.play || hit.original) : hit.original;
   els.detailFacts.replaceChildren();
   fact(els.detailFacts, "Match", `${hit.score.toFixed(3)} (cosine), result ${index + 1}`);
+  if (video) {
+    fact(els.detailFacts, "Best moment", clock(hit.time || 0));
+    if (hit.meta && hit.meta.duration) fact(els.detailFacts, "Duration", clock(hit.meta.duration));
+  }
   if (hit.width && hit.height) fact(els.detailFacts, "Dimensions", `${hit.width} × ${hit.height} pixels`);
-  showMeta(hit.meta);
+  showMeta(hit.meta, video);
   els.detailPrev.disabled = index === 0;
   els.detailNext.disabled = index >= state.hits.length - 1 && state.exhausted;
   if (!els.detail.open) els.detail.showModal();
@@ -454,7 +543,7 @@ async function openDetail(index) {
     fact(els.detailFacts, "File size", bytes(item.size));
     fact(els.detailFacts, "Modified", when(item.mtime_ns));
     if (item.status !== "ok") fact(els.detailFacts, "Status", `${item.status}: ${item.error || ""}`);
-    showMeta(item.meta || hit.meta);
+    showMeta(item.meta || hit.meta, video);
   } catch (err) {
     if (state.detailIndex === index) fact(els.detailFacts, "Details", err.message);
   }
@@ -474,9 +563,11 @@ async function detailMove(step) {
 
 function closeDetail() {
   if (els.detail.open) els.detail.close();
+  stopVideo();
 }
 
 els.detail.addEventListener("close", () => {
+  stopVideo();
   const cardEl = els.results.children[state.detailIndex];
   state.detailIndex = -1;
   if (cardEl) cardEl.querySelector(".thumb")?.focus();  // back where the reader was
@@ -490,7 +581,8 @@ els.detail.addEventListener("keydown", (event) => {
 els.detailPrev.addEventListener("click", () => detailMove(-1));
 els.detailNext.addEventListener("click", () => detailMove(1));
 els.detailClose.addEventListener("click", closeDetail);
-els.detailSimilar.addEventListener("click", () => moreLike(state.hits[state.detailIndex]));
+els.detailSimilar.addEventListener("click", () => moreLike(state.hits[state.detailIndex], state.detailMoment));
+els.detailSimilarVideo.addEventListener("click", () => moreLike(state.hits[state.detailIndex], null, true));
 
 // -- keyboard ---------------------------------------------------------------------------
 
@@ -539,7 +631,7 @@ document.addEventListener("keydown", (event) => {
   } else if (event.key === "m" && !typing && focusedHit()) {
     moreLike(focusedHit());
   } else if (event.key === "o" && !typing && focusedHit()?.original) {
-    window.open(focusedHit().original, "_blank", "noopener");
+    window.open(focusedHit().play || focusedHit().original, "_blank", "noopener");
   }
 });
 
@@ -607,9 +699,10 @@ async function start() {
     const info = await api("/api/info");
     state.limits = info.limits;
     els.info.textContent = `index “${info.name}” · ${info.images.toLocaleString()} images` +
+      (info.videos ? ` · ${info.videos.toLocaleString()} video${info.videos === 1 ? "" : "s"}` : "") +
       (info.texts ? ` · ${info.texts.toLocaleString()} texts` : "");
     els.info.title = `model ${info.model}`;
-    if (!info.images && info.texts) els.target.value = "text";
+    if (!info.images && !info.videos && info.texts) els.target.value = "text";
     countFilters();
     if (params.get("q")) { els.q.value = params.get("q"); runSearch(); }
   } catch (err) {
