@@ -197,7 +197,7 @@ def _print_load_table(results: list[dict[str, Any]], n: int, cores: int) -> None
                 ir, qr = index["images_per_s"], q_index["images_per_s"]
                 it = _target(r["condition"], qr, n, cores)
                 index["target_images_per_s"], index["pass"] = it, r["condition"] == "quiet" or ir >= it
-                line += (f" {ir:.1f} | {ir / qr:.2f} | {it:.1f} | {'yes' if index['pass'] else 'NO'} | "
+                line += (f" {ir:.3g} | {ir / qr:.2f} | {it:.3g} | {'yes' if index['pass'] else 'NO'} | "
                          f"{index['load_avg_1m']:.1f} |")
             elif index:
                 line += f" error: {index.get('error', 'no quiet run')[-120:]!r} | | | | |"

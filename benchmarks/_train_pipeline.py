@@ -280,5 +280,5 @@ def _print_rates(rows: list[dict[str, Any]], key: str, title: str) -> None:
     print(f"| {title} | decode threads | samples/s | x today's loop | load avg (1 min) |\n|---|---|---|---|---|")
     for r in rows:
         r["vs_today"] = r["samples_per_s"] / max(base, 1e-9)
-        print(f"| {r[key]} | {r['workers']} | {r['samples_per_s']:.1f} | {r['vs_today']:.2f} | "
+        print(f"| {r[key]} | {r['workers']} | {r['samples_per_s']:.3g} | {r['vs_today']:.2f} | "
               f"{r['load_avg_1m']:.1f} |")
