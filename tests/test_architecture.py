@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_scenes", "synthetic_vectors", "text_light",
      "store_schema", "export_cache", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
-     "synthetic_zh"},
+     "synthetic_zh", "cpu_threads"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",
      "places", "video", "video_decode", "video_frames", "video_select", "video_pixels", "video_meta", "video_files"},
     # what files exist; decoding them (pictures, video frames); their metadata and places; opening them to serve
@@ -53,7 +53,7 @@ MODEL_SIDE = {"encoder", "fast_paths", "text_export", "hf_text_export", "model_s
 DOOR = {"api", "query", "search", "errors", "config"}
 FACE_HELPERS = {"html_report", "explain_report", "duplicates_report", "thumbnails", "server_guard", "server_files", "server_ranges",
                 "server_http",
-                "immich_models"}
+                "immich_models", "cpu_threads"}  # cpu_threads: how OpenMP waits, chosen before torch loads
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server", "server_clip_retrieval", "immich_ml"}
 EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}}
 
