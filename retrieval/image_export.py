@@ -96,10 +96,14 @@ def ensure_image_export(encoder: "Encoder", cache_root: Path, kind: str, threads
         return f"the image tower has no ONNX form ({marker.get('reason', '?')})"
     tower = load_verified_tower(directory, kind, threads)
     if tower is not None:
+        _KNOWN[encoder.fingerprint] = directory
         return tower
     entry = verified_entry(directory, kind)
     if entry is not None and not entry.get("passed") and _file_matches(directory, kind, entry):
         return _below_floor(kind, entry)  # measured before, on this very file: do not export again
+    copied = _copy_known_export(encoder.fingerprint, directory, kind, threads)
+    if copied is not None:
+        return copied
     try:
         import onnx  # noqa: F401 - torch's exporter writes the graph with it
         import onnxruntime  # noqa: F401
@@ -115,11 +119,38 @@ def ensure_image_export(encoder: "Encoder", cache_root: Path, kind: str, threads
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / UNSUPPORTED_FILE, {"reason": why, "format": FORMAT})
         return why
+    _KNOWN[encoder.fingerprint] = directory
     entry = record["kinds"][kind]
     if not entry["passed"]:
         return _below_floor(kind, entry)
     tower = load_verified_tower(directory, kind, threads)
     return tower if tower is not None else "the export just written could not be opened"
+
+
+# Verified exports this process has seen, by fingerprint: a model used under several index roots
+# (a server, a test suite) copies the graphs instead of exporting and verifying them again.
+_KNOWN: dict[str, Path] = {}
+
+
+def _copy_known_export(fingerprint: str, directory: Path, kind: str, threads: int) -> OnnxImageTower | None:
+    source = _KNOWN.get(fingerprint)
+    if source is None or source == directory or load_verified_tower(source, kind, threads) is None:
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=directory))
+        try:
+            for name in [f"{k}.onnx" for k in ONNX_KINDS]:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / name)
+                    os.replace(tmp / name, directory / name)
+            shutil.copyfile(source / RECORD_FILE, tmp / RECORD_FILE)
+            os.replace(tmp / RECORD_FILE, directory / RECORD_FILE)  # last: the graphs are in place
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        return None
+    return load_verified_tower(directory, kind, threads)  # checks the copies' hashes against the record
 
 
 def _below_floor(kind: str, entry: dict[str, Any]) -> str:

@@ -78,6 +78,9 @@ class OnnxImageTower:
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: the decoding workers that feed the next batch, and
+        # whatever else the laptop runs, need those cores between runs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
