@@ -104,7 +104,10 @@ def measure_candidates(encoder: "Encoder", cache_root: Path, threads: int, *,
     for precision in ("bf16", "int8"):
         if precision == "bf16" and not native_bf16:
             continue  # emulated bf16 is slower than fp32: not worth a measurement
-        runners[precision] = _torch_runner(encoder, precision)
+        try:
+            runners[precision] = _torch_runner(encoder, precision)
+        except Exception as exc:  # noqa: BLE001 - a tower torch cannot lower is simply not a candidate
+            runners[precision] = f"cannot lower to {precision}: {type(exc).__name__}: {str(exc)[:200]}"
     for kind in ("fp32", "int8"):
         tower = ensure_image_export(encoder, cache_root, kind, threads)
         runners[f"onnx-{kind}"] = tower if isinstance(tower, str) else _onnx_runner(tower)
@@ -114,7 +117,11 @@ def measure_candidates(encoder: "Encoder", cache_root: Path, threads: int, *,
         if isinstance(run, str):
             measured[name] = {"passed": False, "floor": floor, "why": run}
             continue
-        cosine = float(np.mean(np.sum(run(pixels) * reference, axis=1)))
+        try:
+            cosine = float(np.mean(np.sum(run(pixels) * reference, axis=1)))
+        except Exception as exc:  # noqa: BLE001 - e.g. torch int8 in a ResNet attention pool: not a candidate
+            measured[name] = {"passed": False, "floor": floor, "why": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            continue
         passed = name == "fp32" or cosine >= floor
         row: dict[str, Any] = {"mean_cosine": round(cosine, 6), "floor": floor, "passed": passed}
         if passed:  # one below its floor is never chosen: no need to time it
