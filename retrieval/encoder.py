@@ -142,8 +142,10 @@ class Encoder:
         if precision == "fp16" and torch.device(device).type == "cpu":
             # CPUs emulate fp16 matmuls: many times slower than fp32, for no gain.
             raise ModelLoadError("precision fp16 is for GPUs (--device cuda or mps); on the CPU use bf16 or fp32")
-        if precision.startswith("onnx-") and torch.device(device).type != "cpu":
-            raise ModelLoadError(f"precision {precision} runs on the CPU only: use --device cpu or another precision")
+        if precision.startswith("onnx-"):
+            # The ONNX tower is verified against this very encoder's fp32 tower before it is attached.
+            raise ModelLoadError(f"precision {precision}: load with load_encoder, or build in fp32 and call "
+                                 "use_precision with a verified tower (retrieval.image_choice.attach_onnx)")
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
