@@ -236,3 +236,16 @@ def test_accuracy_floor_on_held_out_queries(tmp_path: Path, monkeypatch: pytest.
     assert damaged.precision == "onnx-int8"
     bad = measure_accuracy(reference, damaged, catalogue)
     assert bad.mean_cosine < MIN_MEAN_COSINE and not bad.passes
+
+
+def test_a_resnet_tower_exports_and_lowers_to_int8(tmp_path: Path) -> None:
+    from retrieval.image_onnx import verified_entry
+
+    exact = load_encoder("mmsearch-small", precision="fp32", threads=1).encode_images(IMAGES)
+    onnx = load_encoder("mmsearch-small", precision="onnx-int8", cache_root=tmp_path, threads=1)
+    assert onnx.precision == "onnx-int8"
+    assert verified_entry(image_export_dir(tmp_path, onnx.fingerprint), "fp32")["mean_cosine"] >= 0.9999
+    assert float(np.mean(_cosines(onnx.encode_images(IMAGES), exact))) >= 0.995
+    # torch's int8 leaves the attention pool (whose weights it reads directly) in fp32
+    torch_int8 = load_encoder("mmsearch-small", precision="int8", threads=1)
+    assert float(np.mean(_cosines(torch_int8.encode_images(IMAGES), exact))) >= 0.995
