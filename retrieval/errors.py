@@ -8,6 +8,19 @@ from __future__ import annotations
 import os
 
 
+def reading_problem(exc: BaseException) -> str | None:
+    """The user's words for the errors any file read can meet (missing, not allowed, a folder, no memory)."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    return None
+
+
 def printable(text: str) -> str:
     """Text safe to print as one line: undecodable bytes as \\xNN, control characters (ESC, newline) escaped."""
     if text.isascii() and text.isprintable():

@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ from .image_onnx import (
     read_json,
     verified_entry,
 )
+from .export_cache import mark_unsupported, staging_dir
 from .manifest import write_json_atomic
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 # Mean cosine to open_clip's torch fp32 tower on the probe images that each numerics must keep.
 FLOORS: dict[str, float] = {"fp32": 0.9999, "int8": 0.995}
+EXPORTER = "image-onnx"  # names this exporter in unsupported.json
 PROBE_PICTURES = 12
 PROBE_NOISE = 4
 PROBE_SEED = 1234
@@ -115,9 +116,7 @@ def ensure_image_export(encoder: "Encoder", cache_root: Path, kind: str, threads
         return f"could not write the export: {exc}"
     except Exception as exc:  # noqa: BLE001 - the exporter's many error types: the tower has no ONNX form
         why = f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        log.debug("image tower of %s not exported: %s", encoder.fingerprint, why)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / UNSUPPORTED_FILE, {"reason": why, "format": FORMAT})
+        mark_unsupported(directory, UNSUPPORTED_FILE, why, EXPORTER)
         return why
     _KNOWN[encoder.fingerprint] = directory
     entry = record["kinds"][kind]
@@ -137,17 +136,14 @@ def _copy_known_export(fingerprint: str, directory: Path, kind: str, threads: in
     if source is None or source == directory or load_verified_tower(source, kind, threads) is None:
         return None
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=directory))
-        try:
+        with staging_dir(directory) as tmp:
+            directory.mkdir(parents=True, exist_ok=True)
             for name in [f"{k}.onnx" for k in ONNX_KINDS]:
                 if (source / name).is_file():
                     shutil.copyfile(source / name, tmp / name)
                     os.replace(tmp / name, directory / name)
             shutil.copyfile(source / RECORD_FILE, tmp / RECORD_FILE)
             os.replace(tmp / RECORD_FILE, directory / RECORD_FILE)  # last: the graphs are in place
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
         return None
     return load_verified_tower(directory, kind, threads)  # checks the copies' hashes against the record
@@ -168,9 +164,7 @@ def _file_matches(directory: Path, kind: str, entry: dict[str, Any]) -> bool:
 
 def _export(encoder: "Encoder", directory: Path, threads: int) -> dict[str, Any]:
     """Write both graphs and their verification record (replacing any there); returns the record."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory))
-    try:
+    with staging_dir(directory) as tmp:
         fp32 = tmp / "fp32.onnx"
         export_fp32(encoder, fp32)
         quantize_int8(fp32, tmp / "int8.onnx")
@@ -187,17 +181,15 @@ def _export(encoder: "Encoder", directory: Path, threads: int) -> dict[str, Any]
                 "min_cosine": round(float(np.min(cosines)), 6), "floor": FLOORS[kind],
                 "passed": bool(mean >= FLOORS[kind]),
             }
-        umask = os.umask(0)
-        os.umask(umask)
-        for kind in ONNX_KINDS:  # the record is written last: a graph without one is never used
-            os.chmod(tmp / f"{kind}.onnx", 0o666 & ~umask)
+        # File by file, not one folder rename: auto.json (this machine's choice) lives beside the graphs.
+        # The record is written last and names each graph's hash, so a graph without its record is never used.
+        directory.mkdir(parents=True, exist_ok=True)
+        for kind in ONNX_KINDS:
             os.replace(tmp / f"{kind}.onnx", onnx_file(directory, kind))
         record = {"format": FORMAT, "model": encoder.spec, "fingerprint": encoder.fingerprint,
                   "probes": int(pixels.shape[0]), "kinds": kinds}
         write_json_atomic(directory / RECORD_FILE, record)
         return record
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _ImageTower(torch.nn.Module):

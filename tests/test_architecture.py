@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
-     "store_schema", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
+     "store_schema", "export_cache", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
      "synthetic_zh", "image_onnx"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",
      "places", "video", "video_decode", "video_frames", "video_select", "video_pixels", "video_meta", "video_files"},
@@ -32,7 +32,8 @@ LAYERS: list[set[str]] = [
     {"embed", "urls", "video_embed"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot", "image_export",
      "image_choice", "image_accuracy"},  # the model side
-    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking
+    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_tuning", "ann_lifecycle", "vector_copy",
+     "duplicates"},  # vectors: ANN, tuning, ranking
     {"store", "store_salvage"},  # the index folder
     {"indexer", "photo_store", "video_index", "maintenance", "integrity", "catalog", "shards", "thumbnails"},
     # changing an index

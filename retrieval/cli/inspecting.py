@@ -46,10 +46,8 @@ def info(
     out(f"items:    {data.images} images{videos}, {data.texts} texts, {data.failed} failed")
     out(f"size:     {human_size(data.size_bytes)}")
     ann = data.ann
-    out(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
-    if ann.get("search"):
-        params = ", ".join(f"{k}={v}" for k, v in ann["search"].items())
-        out(f"          search {params}; recall@10 {ann.get('measured_recall')} (target {ann.get('target_recall')})")
+    for line in ann_lines(ann):
+        out(line)
     policy = ann.get("policy") or {}
     if policy:
         out(
@@ -83,6 +81,41 @@ def _runtime_lines(machines: dict[str, Any]) -> list[str]:
             cells.append(f"{name} {rate} cos {m['mean_cosine']:.5f}{floor}")
         if cells:
             lines.append("          " + "; ".join(cells))
+    return lines
+
+
+def ann_lines(ann: dict[str, Any]) -> list[str]:
+    """``info``'s lines about the ANN index: kind, rule, tuned search and what it measured, files, any shortfall."""
+    lines = [f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), "
+             f"{ann.get('rule') or 'exact search'}"]
+    if ann.get("search"):
+        params = ", ".join(f"{k}={v}" for k, v in ann["search"].items())
+        held = ann.get("held_out") or {}
+        kinds = f" ({', '.join(f'{kind} queries {r}' for kind, r in held.items())})" if held else ""
+        p50 = f"; p50 {ann['p50_ms']} ms" if ann.get("p50_ms") is not None else ""
+        lines.append(f"          search {params}; recall@10 {ann.get('measured_recall')} held out{kinds}, "
+                     f"target {ann.get('target_recall')}{p50}")
+    files = []
+    if ann.get("lists_on_disk"):
+        files.append(f"lists on disk ({(ann.get('lists') or {}).get('name', 'not written yet')}, memory-mapped)")
+    if ann.get("copy_dtype"):
+        copy = ann.get("copy")
+        files.append(f"re-rank copy {ann['copy_dtype']} ({'rerank.vectors' if copy else 'not written yet'})")
+    if files:
+        lines.append("          " + "; ".join(files))
+    lines += shortfall_lines(ann, indent="          ")
+    return lines
+
+
+def shortfall_lines(ann: dict[str, Any], indent: str = "") -> list[str]:
+    """What to say when the tuner could not reach the recall target: what it reached, and what would."""
+    short = ann.get("shortfall")
+    if not isinstance(short, dict):
+        return []
+    slow = f", p50 {short.get('p50_ms')} ms over the {short['limit_ms']} ms limit" if short.get("limit_ms") else ""
+    lines = [f"{indent}SHORT OF TARGET: recall@10 {short.get('reached')} held out (target {short.get('target')}){slow}; "
+             "to meet it:"]
+    lines += [f"{indent}  - {need}" for need in short.get("needs") or []]
     return lines
 
 
@@ -140,7 +173,7 @@ def drop(
     if not yes and not typer.confirm(f"delete {what}?", err=True):
         raise typer.Exit(1)
     delete_index(index_name, root=index_dir, wait=not no_wait, on_wait=waiting(index_name))
-    out(f"deleted index {index_name!r}")
+    out(f"deleted {what}")  # with --yes too: the user sees what went
 
 
 models_app = typer.Typer(
