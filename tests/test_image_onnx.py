@@ -249,3 +249,17 @@ def test_a_resnet_tower_exports_and_lowers_to_int8(tmp_path: Path) -> None:
     # torch's int8 leaves the attention pool (whose weights it reads directly) in fp32
     torch_int8 = load_encoder("mmsearch-small", precision="int8", threads=1)
     assert float(np.mean(_cosines(torch_int8.encode_images(IMAGES), exact))) >= 0.995
+
+
+def test_the_image_export_goes_with_the_last_index_of_its_model(image_folder: Path, tmp_path: Path) -> None:
+    from retrieval.api import delete_index, open_or_create_index
+
+    root = tmp_path / "root"
+    for name in ("a", "b"):
+        with open_or_create_index(name, model=TINY_MODEL, root=root, precision="onnx-int8", threads=1) as idx:
+            idx.add_folder(image_folder)
+            directory = image_export_dir(root, idx.encoder.fingerprint)
+    delete_index("a", root=root)
+    assert (directory / RECORD_FILE).is_file()  # "b" still uses the model
+    delete_index("b", root=root)
+    assert not directory.exists()
