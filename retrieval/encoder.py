@@ -41,12 +41,15 @@ RANDOM_INIT_SEED = 0
 
 # Numerics of the towers. fp32 is exact; the others trade a little accuracy
 # for speed and are offered only because their embeddings keep a mean cosine
-# >= 0.99 to fp32 (measured by benchmarks/bench_index.py and bench_query.py,
-# and tested). "auto" picks one per machine. fp16 is for GPUs only.
+# >= 0.995 to fp32 (measured by benchmarks/bench_index.py, bench_query.py and
+# bench_runtimes.py, and tested). "auto" picks one per machine. fp16 is for GPUs only.
 
 
 def default_precision(device: torch.device | str = "cpu") -> str:
-    """What ``precision="auto"`` means: fp16 on GPUs; bf16 on CPUs that multiply bf16 natively; else fp32.
+    """The fixed default for a device: fp16 on GPUs; bf16 on CPUs that multiply bf16 natively; else fp32.
+
+    ``precision="auto"`` means this on GPUs; on CPUs it measures the candidates
+    instead (:mod:`retrieval.image_choice`), and this decides only whether bf16 is one.
 
     On this project's reference CPU (AVX-512 BF16) bf16 runs the image tower
     ~2x faster with embeddings at cosine >= 0.9999 to fp32; CPUs without
@@ -387,6 +390,9 @@ def load_encoder(
         raise ModelLoadError(f"unknown precision {precision!r}: use auto or one of {', '.join(PRECISIONS)}")
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     dev = resolve_device(device)
+    onnx_kind = precision[len("onnx-"):] if precision.startswith("onnx-") else None
+    if onnx_kind and dev.type != "cpu":
+        raise ModelLoadError(f"precision {precision} runs on the CPU only: use --device cpu or another precision")
     measure = precision == "auto" and dev.type == "cpu"
     if precision == "auto":
         precision = "fp32" if measure else default_precision(dev)
@@ -415,9 +421,6 @@ def load_encoder(
         if missing is not None:
             raise missing from exc
         raise _explain_load_failure(parsed, exc) from exc
-    onnx_kind = precision[len("onnx-"):] if precision.startswith("onnx-") else None
-    if onnx_kind and dev.type != "cpu":
-        raise ModelLoadError(f"precision {precision} runs on the CPU only: use --device cpu or another precision")
     encoder = Encoder(
         model, preprocess, tokenizer, spec=parsed.canonical, model_config=model_config, device=dev,
         precision="fp32" if onnx_kind else precision, on_fp32_text=on_fp32_text,
