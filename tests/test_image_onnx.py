@@ -263,3 +263,10 @@ def test_the_image_export_goes_with_the_last_index_of_its_model(image_folder: Pa
     assert (directory / RECORD_FILE).is_file()  # "b" still uses the model
     delete_index("b", root=root)
     assert not directory.exists()
+
+
+def test_onnx_precisions_run_on_the_cpu_only() -> None:
+    from retrieval.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="CPU only"):
+        load_encoder(TINY_MODEL, device="meta", precision="onnx-int8")
