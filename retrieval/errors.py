@@ -112,3 +112,11 @@ class ShardError(MMSearchError):
 
 class EngineError(MMSearchError):
     """A distributed embedding run (the Ray engine) failed as a whole."""
+
+
+class ExplainUnsupportedError(MMSearchError):
+    """An explanation method cannot be applied to this model's image tower (the message names one that can)."""
+
+
+class UnknownPreprocessError(MMSearchError):
+    """The model's image preprocessing has a step whose geometry is unknown, so a heatmap cannot be placed."""

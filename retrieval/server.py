@@ -44,6 +44,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from .errors import ImageDecodeError, MMSearchError, VideoDecodeError
+from .explain_report import explained_payload
 from .query import QueryTerm, parse_terms
 from .search import Filters, photo_info
 from .server_guard import LOOPBACK_HOSTS, ApiError, RequestGuard, install_error_handlers, is_loopback, token_checker
@@ -220,6 +221,16 @@ class SearchIn(BaseModel):
     has_gps: bool | None = None
     dedup: float | None = Field(None, ge=0, le=1)
     sort: Sort = "score"
+
+
+class ExplainIn(BaseModel):
+    """Why an item matched a query: the query's terms (as ``POST /api/search`` takes them) and how to draw it."""
+
+    terms: list[TermIn] = Field(min_length=1, max_length=MAX_TERMS)
+    method: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        None, description="intgrad (default), gradcam, gradeclip, tokens, occlusion or rise")
+    term: int | None = Field(None, ge=0, lt=MAX_TERMS, description="draw this term's share only (0-based)")
+    max_side: int = Field(512, ge=32, le=2048, description="longest side of the overlay, pixels")
 
 
 ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 413, 422, 500, 503)}
@@ -658,6 +669,21 @@ def create_app(
         source, row = await run_in_threadpool(backend.main.open_original, row)
         assert row.path is not None
         return stream_ranges(source, row.path, range_header)
+
+    @api.post("/items/{item_id}/explain", tags=["items"],
+              summary="Why this item matched the query: a heatmap over the photo (PNG data URI) and its grid")
+    async def explain(item_id: ItemId, body: ExplainIn) -> dict[str, Any]:
+        row = await row_of(item_id)
+        if row.kind != "image":
+            raise ApiError(422, "not_a_picture", f"item {item_id} is a {row.kind}: heatmaps are drawn on pictures")
+        terms = [QueryTerm.text(t.text, t.weight) if t.text is not None else QueryTerm.item(t.item, t.weight)
+                 for t in body.terms]  # type: ignore[arg-type]
+        options = {} if body.method is None else {"method": body.method}
+        # On the index thread (the query's item terms and the picture's path are store reads); the
+        # model's passes run there too, a few encodes' worth, like an image search's.
+        drawn = await backend(backend.main.explain_overlay, terms, item_id, max_side=body.max_side, format="PNG",
+                              term=body.term, **options)
+        return explained_payload(drawn)
 
     app.include_router(api)
 

@@ -190,16 +190,56 @@ function card(hit, index) {
   const thumb = el("button", { type: "button", class: "thumb", title: (hit.path || hit.text || "") + where,
                                "aria-label": `${nameOf(hit)}: show details (result ${index + 1})` }, inner);
   thumb.addEventListener("click", () => openDetail(index));
+  const meta = el("div", { class: "meta" },
+                  el("span", { class: "name", text: isPicture(hit) ? (hit.name || "") : "text", title: hit.path || "" }),
+                  scoreBar(hit));
+  const terms = state.query && state.query.explainTerms;
+  if (hit.kind === "image" && terms) meta.append(whyButton(hit, terms, inner));
   const article = el("article", { class: `card ${isPicture(hit) ? "image" : "text"}${hit.kind === "video" ? " video" : ""}`,
                                   "data-id": String(hit.id) },
-                     thumb, el("div", { class: "meta" },
-                               el("span", { class: "name", text: isPicture(hit) ? (hit.name || "") : "text",
-                                            title: hit.path || "" }),
-                               scoreBar(hit)));
+                     thumb, meta);
   const taken = photoLine(hit.photo);
   if (taken) article.lastChild.after(el("div", { class: "taken muted", text: taken, title: photoTitle(hit.photo) }));
   article.style.setProperty("--ar", ar.toFixed(4));
   return article;
+}
+
+// "why?": the heatmap of this hit for the query the hits answered (issue 21), drawn in place of the
+// thumbnail; pressed again, the thumbnail comes back. Red pulled the picture towards the query, blue
+// pushed it away (a negative term's share shows as what held it back).
+function whyButton(hit, terms, img) {
+  const button = el("button", { type: "button", class: "why", "aria-pressed": "false", text: "why?",
+                                title: "Why did this match? Show where in the photo the query was answered" });
+  let plain = null;
+  button.addEventListener("click", async () => {
+    if (plain) {
+      img.src = plain.src;
+      if (plain.srcset) img.setAttribute("srcset", plain.srcset);
+      plain = null;
+      button.setAttribute("aria-pressed", "false");
+      return;
+    }
+    button.disabled = true;
+    try {
+      const body = await api(`/api/items/${hit.id}/explain`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ terms, max_side: 512 }),
+      });
+      plain = { src: img.getAttribute("src"), srcset: img.getAttribute("srcset") };
+      img.removeAttribute("srcset");
+      img.src = body.overlay;
+      button.setAttribute("aria-pressed", "true");
+      const why = body.explanation;
+      const parts = why.terms.map((t) => `${t.label || "term"}: +${t.pull.toFixed(3)} / ${t.push.toFixed(3)}`);
+      button.title = [`score ${why.score.toFixed(3)} (red pulled it in, blue pushed it away)`, ...parts,
+                      why.outside_note || ""].filter(Boolean).join("\n");
+    } catch (err) {
+      setStatus(`why? ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
 }
 
 function showHits(hits, append) {
@@ -363,18 +403,20 @@ function buildQuery() {
       const terms = [{ item: itemId, weight: 1 }];
       if (text) terms.push({ text, weight });
       if (neg) terms.push({ text: neg, weight: -1 });
-      return { label, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
+      return { label, explainTerms: terms, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
     }
-    return { label, request: (k) => [`/api/items/${itemId}/similar?` + new URLSearchParams({ k, target, ...fields })] };
+    return { label, explainTerms: [{ item: itemId, weight: 1 }],
+             request: (k) => [`/api/items/${itemId}/similar?` + new URLSearchParams({ k, target, ...fields })] };
   }
   if (text) {
     const label = describe([`“${text}”`, neg && `not “${neg}”`]);
+    const terms = [{ text, weight }];
+    if (neg) terms.push({ text: neg, weight: -1 });
     if (neg || weight !== 1) {
-      const terms = [{ text, weight }];
-      if (neg) terms.push({ text: neg, weight: -1 });
-      return { label, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
+      return { label, explainTerms: terms, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
     }
-    return { label, request: (k) => ["/api/search?" + new URLSearchParams({ q: text, k, target, ...fields })] };
+    return { label, explainTerms: terms,
+             request: (k) => ["/api/search?" + new URLSearchParams({ q: text, k, target, ...fields })] };
   }
   return null;
 }
@@ -733,6 +775,8 @@ document.addEventListener("keydown", (event) => {
     event.preventDefault();
   } else if (event.key === "m" && !typing && focusedHit()) {
     moreLike(focusedHit());
+  } else if (event.key === "w" && !typing && focusedHit()) {
+    document.activeElement.closest(".card").querySelector(".why")?.click();  // why did it match? (pictures)
   } else if (event.key === "o" && !typing && focusedHit()?.original) {
     window.open(focusedHit().play || focusedHit().original, "_blank", "noopener");
   }
