@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -34,6 +34,7 @@ from .errors import (
     ModelMismatchError,
     SourceError,
 )
+from .image_onnx import read_auto_choices
 from .indexer import IndexReport, ProgressFn, SkipFn, update_index, update_texts
 from .explanation import DEFAULT_METHOD as EXPLAIN_DEFAULT_METHOD
 from .explanation import METHODS as EXPLAIN_METHODS
@@ -102,6 +103,8 @@ class IndexInfo:
     photos: PhotoStats | None = None  # capture dates, positions, places and cameras of the images
     videos: int = 0  # searchable videos (their frames hold the vectors)
     frames: int = 0  # frames of those videos, one vector each
+    # What --precision auto measured and chose for this index's model, per machine (retrieval.image_choice).
+    image_runtimes: dict[str, Any] = field(default_factory=dict)
 
 
     def as_dict(self) -> dict[str, Any]:
@@ -195,6 +198,7 @@ class Index(ItemsMixin, ExplainMixin):
             images=counts["images"], texts=counts["texts"], failed=counts["failed"], size_bytes=size,
             ann=dict(m.ann), schema_version=m.schema_version, created_at=m.created_at, updated_at=m.updated_at,
             photos=self.store.photo_stats(), videos=counts["videos"], frames=counts["frames"],
+            image_runtimes=read_auto_choices(self.path.parent, m.fingerprint),
         )
 
     def configure_ann(

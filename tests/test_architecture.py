@@ -25,12 +25,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 LAYERS: list[set[str]] = [
     {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_scenes", "synthetic_vectors", "text_light",
      "store_schema", "export_cache", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
-     "synthetic_zh", "cpu_threads"},
+     "synthetic_zh", "cpu_threads", "image_onnx"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",
      "places", "video", "video_decode", "video_frames", "video_select", "video_pixels", "video_meta", "video_files"},
     # what files exist; decoding them (pictures, video frames); their metadata and places; opening them to serve
     {"embed", "urls", "video_embed"},  # files -> pixels -> vectors (with any encoder)
     {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot",
+     "image_export", "image_choice", "image_accuracy",
      "explain", "explain_towers", "explain_overlay", "explanation"},  # the model side (explain_overlay, explanation: torch-free)
     {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_tuning", "ann_lifecycle", "vector_copy",
      "duplicates"},  # vectors: ANN, tuning, ranking
@@ -49,7 +50,8 @@ LAYERS: list[set[str]] = [
      "cli.training", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
-MODEL_SIDE = {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "explain", "explain_towers"}
+MODEL_SIDE = {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "explain", "explain_towers",
+              "image_export", "image_choice"}
 DOOR = {"api", "query", "search", "errors", "config"}
 FACE_HELPERS = {"html_report", "explain_report", "duplicates_report", "thumbnails", "server_guard", "server_files", "server_ranges",
                 "server_http",

@@ -54,11 +54,34 @@ def info(
             f"          policy --ann {policy.get('ann')} --max-memory {human_size(policy.get('max_memory', 0))} "
             f"--target-recall {policy.get('target_recall')}"
         )
+    for line in _runtime_lines(data.image_runtimes):
+        out(line)
     if data.photos is not None and data.photos.images:
         for line in _photo_lines(data.photos):
             out(line)
     for path, reason in failures:
         out(f"failed:   {path}: {reason}")
+
+
+def _runtime_lines(machines: dict[str, Any]) -> list[str]:
+    """What --precision auto chose per machine, with each candidate's measured rate and cosine to fp32."""
+    lines = []
+    for machine, entry in sorted(machines.items()):
+        if not isinstance(entry, dict):
+            continue
+        lines.append(f"image:    --precision auto = {entry.get('chosen')} on {machine}")
+        cells = []
+        for name, m in sorted((entry.get("candidates") or {}).items(),
+                              key=lambda kv: -float(kv[1].get("images_per_s") or 0.0)):
+            if "mean_cosine" not in m:
+                cells.append(f"{name} unavailable")
+                continue
+            rate = f"{m['images_per_s']:.1f} img/s" if m.get("images_per_s") is not None else "not timed"
+            floor = "" if m.get("passed") else f" < floor {m.get('floor')}"
+            cells.append(f"{name} {rate} cos {m['mean_cosine']:.5f}{floor}")
+        if cells:
+            lines.append("          " + "; ".join(cells))
+    return lines
 
 
 def ann_lines(ann: dict[str, Any]) -> list[str]:
