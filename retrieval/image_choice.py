@@ -76,6 +76,9 @@ def choose_precision(encoder: "Encoder", cache_root: Path, threads: int, *, nati
     # Measured in this process under another index root (a server's several roots, a test suite)?
     entry = None if stale else _MEASURED.get((encoder.fingerprint, key))
     if entry is None:
+        # Once per model and machine, and it takes a while (an export and a few timed batches): say so.
+        log.warning("mmsearch: finding the fastest way to run %s's image tower on this machine (once; this can "
+                    "take a minute)", encoder.spec)
         measured = measure_candidates(encoder, cache_root, threads, native_bf16=native_bf16)
         entry = {"format": AUTO_FORMAT, "chosen": pick(measured), "threads": threads, "measured_at": time.time(),
                  "candidates": measured}

@@ -77,6 +77,9 @@ def _root(
     # open_clip and huggingface_hub log warnings a user can do nothing about
     # (e.g. "model initialized randomly" for test models); keep stderr readable.
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s: %(message)s")
+    # The image-runtime choice says when it measures (a pause of a minute once) and when it falls back.
+    for name in ("retrieval.image_choice", "retrieval.image_export"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 for _group in (indexing, searching, explaining, inspecting, duplicates, training, maintenance, serving, scaling):
