@@ -86,7 +86,11 @@ def faiss_range_search(vectors: np.ndarray, threshold: float, *, nprobe: int = 1
 def _toward(v: np.ndarray, other: np.ndarray, cos: float) -> np.ndarray:
     """A unit vector at exactly ``cos`` to ``v``, turned toward ``other``."""
     u = other - (other @ v) * v
-    u /= np.linalg.norm(u)
+    norm = np.linalg.norm(u)
+    if norm < 1e-6:  # ``other`` is ``v`` itself (or parallel to it): turn toward any orthogonal direction
+        u = np.roll(v, 1) - (np.roll(v, 1) @ v) * v
+        norm = np.linalg.norm(u)
+    u /= norm
     return (cos * v + math.sqrt(1 - cos * cos) * u).astype(np.float32)
 
 

@@ -1,6 +1,12 @@
 """Train the demo model on the synthetic world and measure it; compare with open_clip_train.
 
     .venv/bin/python benchmarks/bench_train.py [--minutes 5] [--images 8000] [--skip-reference]
+    .venv/bin/python benchmarks/bench_train.py --pipeline [--photos 200] [--pairs 12000,100000]
+    .venv/bin/python benchmarks/bench_train.py --load N [--policies passive,spin] [--index]
+
+``--pipeline`` (issue 23) and ``--load N`` (issue 17) are described in
+benchmarks/_train_pipeline.py and benchmarks/_train_load.py; the rest of this
+docstring is about the default comparison with open_clip_train.
 
 What it prints (a table, then one JSON object):
   - training samples/s and wall time of our trainer (``retrieval.train.fit``);
@@ -41,6 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from retrieval import synthetic as syn  # noqa: E402
 
@@ -270,7 +277,53 @@ def main() -> int:
     parser.add_argument("--skip-reference", action="store_true", help="do not run open_clip_train")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="RESULTS_JSON",
                         help="print the table of several runs' results.json together (no training)")
+    io = parser.add_argument_group("--pipeline: the input pipeline, its training speed and its memory (issue 23)")
+    io.add_argument("--pipeline", action="store_true", help="run this benchmark instead of the trainer comparison")
+    io.add_argument("--photos", type=int, default=200, help="3000x2000 JPEGs for the speed measurements")
+    io.add_argument("--batch", type=int, default=32, help="batch of the speed measurements")
+    io.add_argument("--train-steps", type=int, default=4, help="timed ViT-B-32 steps per pipeline (0: skip)")
+    io.add_argument("--pairs", default="12000,100000", help="pair counts whose one-epoch peak memory is measured")
+    io.add_argument("--distinct", type=int, default=1000, help="distinct 800x600 JPEGs behind those pairs")
+    io.add_argument("--small-cache-mb", type=float, default=256, help="the second, small --cache-mb measured")
+    io.add_argument("--memory-timeout", type=float, default=0, help="stop each memory run after this many s")
+    io.add_argument("--workers", type=int, default=0, help="decode threads [default: the trainer's choice]")
+    io.add_argument("--memory-child", help=argparse.SUPPRESS)
+    io.add_argument("--cache-mb", type=float, help=argparse.SUPPRESS)
+    load = parser.add_argument_group("--load N: training and indexing beside N busy processes (issue 17)")
+    load.add_argument("--load", type=int, default=0, metavar="N", help="competing CPU-bound processes")
+    load.add_argument("--policies", default="passive,spin", help="OpenMP waiting: passive (mmsearch's default), "
+                                                                  "spin (GNU OpenMP's default)")
+    load.add_argument("--load-epochs", type=int, default=3)
+    load.add_argument("--load-batch", type=int, default=128)
+    load.add_argument("--budget-minutes", type=float, default=60.0,
+                      help="train with --max-minutes this (tuned threads); 0: a fixed thread count")
+    load.add_argument("--index", action="store_true", help="also time `mmsearch index` in each condition")
+    load.add_argument("--index-photos", type=int, default=150, help="1600x1200 JPEGs indexed")
     args = parser.parse_args()
+
+    if args.memory_child:
+        from _train_pipeline import peak_memory_child
+
+        peak_memory_child(args.memory_child, args.cache_mb, args.workers or None, str(args.out))
+        return 0
+    if args.pipeline or args.load:
+        from _common import emit_json, machine
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.pipeline:
+            from _train_pipeline import run_pipeline
+
+            summary = {"machine": machine(), **run_pipeline(args)}
+            (args.out / "pipeline.json").write_text(json.dumps(summary, indent=1) + "\n")
+        else:
+            from _train_load import run_load
+
+            if args.images == 8000:
+                args.images = 3000  # a smaller world: each condition trains its own model
+            summary = {"machine": machine(), **run_load(args)}
+            (args.out / "load.json").write_text(json.dumps(summary, indent=1) + "\n")
+        emit_json(summary, None)
+        return 0
 
     if args.combine:
         results = [r for path in args.combine for r in json.loads(path.read_text())["results"]]

@@ -1,28 +1,32 @@
 """An index's ANN policy over time: what to build now, when to rebuild, with tuning.
 
-The policy (``--ann``, ``--max-memory``, ``--target-recall``) is saved in the
-manifest under ``ann.policy``; the built index's :class:`~retrieval.ann.AnnConfig`
-(kind, parameters, the rule that chose them, tuned search parameters and the
-recall they measured) is saved beside it.
+The policy (``--ann``, ``--max-memory``, ``--target-recall``, and an optional
+``max_latency_ms``) is saved in the manifest under ``ann.policy``; the built
+index's :class:`~retrieval.ann.AnnConfig` (kind, parameters, the rule that
+chose them, tuned search parameters, the held-out recall they measured, and a
+shortfall with what would meet the target) is saved beside it.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .ann import ANN_TYPES, AnnConfig, VectorIndex
 from .ann_policy import (
     DEFAULT_MAX_MEMORY,
     DEFAULT_TARGET_RECALL,
+    alternatives,
     choose_ann,
+    estimate_memory,
     make_config,
     needs_rebuild,
-    tune,
 )
+from .ann_tuning import tune
 from .errors import MMSearchError
+from .vector_copy import VectorSource
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -47,8 +51,12 @@ def policy_of(manifest_ann: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def make_policy(ann: str | None = None, max_memory: str | int | None = None, target_recall: float | None = None,
-                base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A policy from user options (``None`` keeps ``base``'s value)."""
+                base: dict[str, Any] | None = None, *, max_latency_ms: float | None = None) -> dict[str, Any]:
+    """A policy from user options (``None`` keeps ``base``'s value).
+
+    ``max_latency_ms`` caps the tuner's choice (p50 of one query); without it
+    the tuner takes the fastest search that meets the target, however slow.
+    """
     policy = dict(base or default_policy())
     if ann is not None:
         if ann != "auto" and ann not in ANN_TYPES:
@@ -60,6 +68,10 @@ def make_policy(ann: str | None = None, max_memory: str | int | None = None, tar
         if not 0 < target_recall <= 1:
             raise MMSearchError(f"--target-recall must be in (0, 1], got {target_recall}")
         policy["target_recall"] = float(target_recall)
+    if max_latency_ms is not None:
+        if not max_latency_ms > 0:
+            raise MMSearchError(f"the latency limit must be a positive number of milliseconds, got {max_latency_ms}")
+        policy["max_latency_ms"] = float(max_latency_ms)
     return policy
 
 
@@ -73,11 +85,73 @@ def plan(policy: dict[str, Any], n: int, dim: int) -> AnnConfig:
     return config
 
 
-def build(policy: dict[str, Any], dim: int, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
-    """Build and tune the index the policy asks for over these vectors."""
-    config = plan(policy, len(ids), dim)
-    index = VectorIndex.build(dim, ids, vectors, config)
-    return tune(index, ids, vectors, target=float(policy["target_recall"]))
+def build(policy: dict[str, Any], dim: int, source: VectorSource, *, workdir: Path | None = None,
+          n_queries: int = 200) -> VectorIndex:
+    """Build and tune the index the policy asks for over every vector of ``source``.
+
+    When the first build misses the target, the other builds the budget
+    allows (:func:`~retrieval.ann_policy.alternatives`) are tried, and the
+    better one is kept. A shortfall that remains is recorded with ``needs``:
+    what would meet the target, in the user's terms. ``workdir`` receives the
+    temp files of on-disk lists and of the re-rank copy (see
+    :meth:`VectorIndex.build_from`).
+    """
+    n = len(source)
+    budget = int(policy["max_memory"])
+    target = float(policy["target_recall"])
+    limit = policy.get("max_latency_ms")
+    config = plan(policy, n, dim)
+
+    def made(cfg: AnnConfig) -> VectorIndex:
+        index = VectorIndex.build_from(dim, source, cfg, workdir=workdir)
+        return tune(index, source, target=target, n_queries=n_queries, max_latency_ms=limit)
+
+    index = made(config)
+    short = index.config.shortfall
+    # Another build raises recall, not speed: no use when only a latency limit stood in the way.
+    for other in alternatives(config, n, dim, max_memory=budget) if short and not short.get("slower") else []:
+        candidate = made(other)
+        if (candidate.config.measured_recall or 0) > (index.config.measured_recall or 0):
+            index, candidate = candidate, index
+        candidate.discard()
+        if not index.config.shortfall:
+            break
+    if index.config.shortfall:
+        index.config = index.config.but(shortfall={**index.config.shortfall, "needs": needs(index.config, policy, n, dim)})
+    return index
+
+
+def needs(config: AnnConfig, policy: dict[str, Any], n: int, dim: int) -> list[str]:
+    """What would meet the target a shortfall describes, as lines for a person (and the options that do it)."""
+    short = config.shortfall or {}
+    lines = []
+    full = short.get("full_vectors")
+    if full:
+        ivf = make_config("ivf", n, dim)
+        lines.append(
+            f"more memory: --max-memory {_human(estimate_memory(ivf, n, dim))} keeps full vectors (IVF, exact "
+            f"scores), whose lists reach recall {full['recall']} at nprobe {full['nprobe']} on these queries"
+        )
+    slower = short.get("slower")
+    if slower:
+        params = ", ".join(f"{k} {v}" for k, v in slower["search"].items())
+        lines.append(
+            f"a slower search: {params} reaches {slower['recall']} at p50 {slower['p50_ms']} ms, over the "
+            f"{policy.get('max_latency_ms')} ms limit"
+        )
+    if short.get("limit_ms") is not None:
+        lines.append(f"a higher latency limit: nothing measured runs within {short['limit_ms']} ms "
+                     f"(what is used now takes p50 {short.get('p50_ms')} ms)")
+    if short.get("deeper") and not lines:
+        lines.append("the most thorough search tried falls short: a larger --max-memory (a bigger code or full "
+                     "vectors) is what raises recall")
+    if not lines:
+        lines.append(f"a lower --target-recall ({short.get('reached')} is what this index reaches)")
+    return lines
+
+
+def _human(n: int) -> str:
+    return f"{math.ceil(n / 2**30 * 10) / 10:.1f}GiB"
 
 
 def needs_refresh(policy: dict[str, Any], index: VectorIndex, n: int, dim: int) -> bool:
@@ -89,6 +163,8 @@ def needs_refresh(policy: dict[str, Any], index: VectorIndex, n: int, dim: int) 
     if current.needs_training and not index.is_trained:
         return True
     if current.type == "ivfpq" and wanted.pq_m != current.pq_m:
+        return True
+    if wanted.lists_on_disk != current.lists_on_disk:
         return True
     if current.target_recall is not None and abs(current.target_recall - float(policy["target_recall"])) > 1e-9:
         return True

@@ -1,26 +1,25 @@
-"""Which ANN index to build, and how to tune it (the rules autofaiss taught us).
+"""Which ANN index to build for a size and a memory budget (the rules autofaiss taught us).
 
 ``choose_ann`` is a small set of explicit rules from the number of items and
 a memory budget; the chosen parameters and the rule that chose them are saved
-in the manifest. ``tune`` then sets the search parameters (nprobe, efSearch,
-re-rank depth) to the cheapest ones that reach a target recall@10 against
-exact search, measured on a sample of the stored vectors.
+in the manifest. :mod:`retrieval.ann_tuning` then sets the search parameters
+by measured recall, and ``alternatives`` names the other builds the budget
+allows when the first cannot reach the target.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-import numpy as np
 
-from .ann import ANN_TYPES, AnnConfig, VectorIndex, exact_knn
+from .ann import ANN_TYPES, HNSW_QUANTIZER_FROM, AnnConfig
 from .errors import MMSearchError
-from .search import rerank
 
 DEFAULT_MAX_MEMORY = 4 * 1024**3  # bytes the ANN index may take in RAM, unless --max-memory says otherwise
 EXACT_BELOW = 20_000  # brute force over <20k vectors takes ~1-2 ms: no approximation needed
 DEFAULT_TARGET_RECALL = 0.95
 HNSW_M = 32
+PQ_SIZES = (64, 32, 16, 8)  # bytes per vector, largest first
+COPY_DTYPE = "float16"  # the re-rank copy of the kinds whose own scores are approximate
 REBUILD_GROWTH = 4.0  # rebuild a trained index once the collection is 4x what it was built for
 
 
@@ -30,23 +29,45 @@ def nlist_for(n: int) -> int:
     nlist = 2 ** max(4, round(math.log2(target)))
     while nlist > 16 and n / nlist < 16:
         nlist //= 2
-    return int(min(nlist, 65536))
+    return int(min(nlist, 262_144))
+
+
+def ivf_prefix(nlist: int) -> str:
+    """``IVF{nlist}``, with an HNSW graph over the centroids from :data:`~retrieval.ann.HNSW_QUANTIZER_FROM` lists."""
+    return f"IVF{nlist}_HNSW32" if nlist >= HNSW_QUANTIZER_FROM else f"IVF{nlist}"
 
 
 def estimate_memory(config: AnnConfig, n: int, dim: int) -> int:
-    """Approximate RAM of the index in bytes (vectors/codes, ids, lists, quantizers)."""
+    """Approximate RAM of the index in bytes (vectors/codes, ids, lists, quantizers).
+
+    Lists on disk are not counted (the page cache holds what queries read),
+    nor is the re-rank copy (memory-mapped; see :func:`estimate_disk`).
+    """
     ids = 16 * n  # id per entry + the id map's bookkeeping
     if config.type == "flat":
         return 4 * dim * n + ids
     if config.type == "hnsw":
         links = int(2 * (config.hnsw_m or HNSW_M) * 4 * 1.1)  # level-0 neighbours + upper levels
         return (4 * dim + links) * n + ids
-    centroids = 4 * dim * (config.nlist or 1)
+    nlist = config.nlist or 1
+    centroids = 4 * dim * nlist + (int(2 * 32 * 4 * 1.1) * nlist if nlist >= HNSW_QUANTIZER_FROM else 0)
+    lists = 0 if config.lists_on_disk else n
     if config.type == "ivf":
-        return 4 * dim * n + 8 * n + centroids
+        return (4 * dim + 8) * lists + centroids
     m = config.pq_m or 8
     opq = 4 * dim * dim
-    return (m + 8) * n + centroids + opq + 4 * 256 * dim
+    return (m + 8) * lists + centroids + opq + 4 * 256 * dim
+
+
+def estimate_disk(config: AnnConfig, n: int, dim: int) -> int:
+    """Approximate bytes on disk beside items.sqlite: index.faiss, lists file, re-rank copy."""
+    if config.type in ("ivf", "ivfpq"):
+        codes = 4 * dim if config.type == "ivf" else (config.pq_m or 8)
+        index = (codes + 8) * n + 4 * dim * (config.nlist or 1)
+    else:
+        index = estimate_memory(config, n, dim)
+    copy = {"float16": 2 * dim + 8, "int8": dim + 12}.get(config.copy_dtype or "", 0) * n
+    return index + copy
 
 
 def make_config(
@@ -54,9 +75,12 @@ def make_config(
 ) -> AnnConfig:
     """The config of one explicit kind (``--ann flat|hnsw|ivf|ivfpq``), sized for ``n`` items.
 
-    ``opq`` adds FAISS's OPQ rotation before PQ: a little more recall per byte,
-    but its training costs minutes at 512-d, so it is off unless asked for;
-    exact re-ranking from the stored vectors recovers most of the loss anyway.
+    ``ivfpq`` takes the largest PQ code (64/32/16/8 bytes) whose lists fit
+    ``max_memory``; when even 8-byte codes do not, or ``ivf``'s full vectors
+    do not, the lists go **on disk** (memory-mapped; RAM holds the centroids).
+    ``opq`` adds FAISS's OPQ rotation before PQ: more recall per byte, but its
+    training costs minutes at 512-d, so it is what the builder tries when the
+    plain code misses the target (:func:`alternatives`).
     """
     if kind == "flat":
         return AnnConfig("flat", "IDMap2,Flat", rule=rule or "asked for exact search", built_for=n)
@@ -65,24 +89,31 @@ def make_config(
             "hnsw", f"IDMap2,HNSW{HNSW_M},Flat", hnsw_m=HNSW_M, rule=rule or "asked for HNSW", built_for=n
         )
     nlist = nlist_for(n)
+    prefix = ivf_prefix(nlist)
     if kind == "ivf":
-        return AnnConfig("ivf", f"IVF{nlist},Flat", nlist=nlist, rule=rule or "asked for IVF", built_for=n)
+        config = AnnConfig("ivf", f"{prefix},Flat", nlist=nlist, rule=rule or "asked for IVF", built_for=n)
+        if estimate_memory(config, n, dim) > max_memory:
+            config = config.but(lists_on_disk=True,
+                                rule=rule or f"asked for IVF; its lists exceed the {_gib(max_memory)} budget: on disk")
+        return config
     if kind == "ivfpq":
-        budget_per_item = max_memory / max(n, 1)
-        m = next(
-            (m for m in (64, 32, 16, 8) if dim % m == 0 and estimate_memory(
-                AnnConfig("ivfpq", "", nlist=nlist, pq_m=m), n, dim) <= max_memory),
-            None,
+        sizes = [m for m in PQ_SIZES if dim % m == 0]
+        if not sizes:
+            raise MMSearchError(f"IVF-PQ needs a dimension divisible by 8, this index has {dim}")
+        fits = [m for m in sizes if estimate_memory(AnnConfig("ivfpq", "", nlist=nlist, pq_m=m), n, dim) <= max_memory]
+        m = fits[0] if fits else sizes[0]
+        on_disk = not fits
+        config = AnnConfig(
+            "ivfpq", f"{'OPQ%d,' % m if opq else ''}{prefix},PQ{m}x8", nlist=nlist, pq_m=m, built_for=n,
+            copy_dtype=COPY_DTYPE, lists_on_disk=on_disk,
+            rule=rule or f"asked for IVF-PQ ({m} bytes per vector{', lists on disk' if on_disk else ''})",
         )
-        if m is None:
+        if on_disk and estimate_memory(config, n, dim) > max_memory:
             raise MMSearchError(
-                f"--max-memory {max_memory} bytes ({budget_per_item:.0f} per item) is too small even for "
-                f"8-byte codes of {n} items; raise it"
+                f"--max-memory {max_memory} bytes cannot even hold the {nlist} centroids of {n} items "
+                f"({estimate_memory(config, n, dim)} bytes with lists on disk); raise it"
             )
-        return AnnConfig(
-            "ivfpq", f"{'OPQ%d,' % m if opq else ''}IVF{nlist},PQ{m}x8", nlist=nlist, pq_m=m,
-            rule=rule or f"asked for IVF-PQ ({m} bytes per vector)", built_for=n,
-        )
+        return config
     raise MMSearchError(f"unknown ANN type {kind!r}: use auto, {', '.join(ANN_TYPES)}")
 
 
@@ -92,19 +123,37 @@ def choose_ann(n: int, dim: int, *, max_memory: int = DEFAULT_MAX_MEMORY) -> Ann
     1. fewer than 20k items: ``flat`` (exact; brute force is already fast);
     2. else, if full vectors fit the budget: ``ivf`` (IVF{~4 sqrt(n)},Flat; exact scores);
     3. else: ``ivfpq`` with the largest PQ code (64/32/16/8 bytes) that fits,
-       and exact re-ranking of the top candidates from the stored vectors.
+       and exact re-ranking of the top candidates (from a float16 copy, refined
+       from the stored float32 vectors);
+    4. else (not even 8-byte codes fit): ``ivfpq`` with 64-byte codes whose
+       lists live on disk, memory-mapped.
+    From 4,096 lists the coarse quantizer is an HNSW graph over the centroids.
     HNSW is never chosen automatically: FAISS cannot delete from it and its build is the
     slowest on CPUs; ask for it with ``--ann hnsw``.
     """
     if n < EXACT_BELOW:
         return make_config("flat", n, dim, rule=f"auto: {n} < {EXACT_BELOW} items, exact search")
-    ivf = make_config("ivf", n, dim)
-    if estimate_memory(ivf, n, dim) <= max_memory:
-        return replace(ivf, rule=f"auto: {n} items, full vectors fit the {_gib(max_memory)} budget: IVF")
+    ivf = make_config("ivf", n, dim, max_memory=max_memory)
+    if not ivf.lists_on_disk:
+        return ivf.but(rule=f"auto: {n} items, full vectors fit the {_gib(max_memory)} budget: IVF")
     pq = make_config("ivfpq", n, dim, max_memory=max_memory)
-    return replace(
-        pq, rule=f"auto: {n} items, full vectors exceed the {_gib(max_memory)} budget: IVF-PQ{pq.pq_m} + re-ranking"
-    )
+    if pq.lists_on_disk:
+        why = f"not even {min(PQ_SIZES)}-byte codes fit the {_gib(max_memory)} budget: IVF-PQ{pq.pq_m} lists on disk"
+    else:
+        why = f"full vectors exceed the {_gib(max_memory)} budget: IVF-PQ{pq.pq_m}"
+    return pq.but(rule=f"auto: {n} items, {why} + re-ranking")
+
+
+def alternatives(config: AnnConfig, n: int, dim: int, *, max_memory: int = DEFAULT_MAX_MEMORY) -> list[AnnConfig]:
+    """Other builds within the same budget that may reach a target ``config`` missed, most promising first.
+
+    Today: OPQ for IVF-PQ (a learned rotation that spreads the variance evenly
+    over the sub-quantizers: the same bytes, more recall, minutes of training).
+    """
+    if config.type == "ivfpq" and not config.factory.startswith("OPQ"):
+        opq = make_config("ivfpq", n, dim, max_memory=max_memory, opq=True)
+        return [opq.but(rule=config.rule + ", with OPQ (the plain code missed the target)")]
+    return []
 
 
 def needs_rebuild(config: AnnConfig, n: int) -> bool:
@@ -116,92 +165,4 @@ def needs_rebuild(config: AnnConfig, n: int) -> bool:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB"
-
-
-# -- tuning ---------------------------------------------------------------------------
-
-
-def sample_queries(vectors: np.ndarray, n_queries: int, seed: int = 0, noise: float = 0.5) -> np.ndarray:
-    """Queries near the data: stored vectors moved by a random direction, renormalised.
-
-    A stored vector itself would find itself at rank 1 and inflate recall.
-    """
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)
-    base = vectors[pick]
-    jitter = rng.standard_normal(base.shape).astype(np.float32)
-    jitter /= np.linalg.norm(jitter, axis=1, keepdims=True)
-    q = base + noise * jitter * np.float32(1 / math.sqrt(2))
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-
-
-def exact_topk(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
-    """Ids of each query's exact top-k among ``vectors`` (the ground truth recall is measured against)."""
-    return ids[exact_knn(queries, vectors, k)]
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
-
-
-def tune(
-    index: VectorIndex,
-    ids: np.ndarray,
-    vectors: np.ndarray,
-    *,
-    target: float = DEFAULT_TARGET_RECALL,
-    k: int = 10,
-    n_queries: int = 300,
-    seed: int = 0,
-) -> VectorIndex:
-    """Set the cheapest search parameters reaching ``target`` recall@k; record what was measured.
-
-    The sample's recall is itself an estimate, so the parameters must beat the
-    target by two standard errors: on 1M vectors a tuner that stopped at the
-    target itself (0.9095 on its sample) gave 0.893 on held-out queries.
-    """
-    cfg = index.config
-    if cfg.type == "flat" or len(ids) <= k:
-        index.config = replace(cfg, target_recall=target, measured_recall=1.0, search={})
-        return index
-    order = np.argsort(ids)
-    sorted_ids, sorted_vecs = ids[order], vectors[order]
-
-    def fetch(wanted: np.ndarray) -> np.ndarray:
-        return sorted_vecs[np.searchsorted(sorted_ids, wanted)]
-
-    queries = sample_queries(vectors, n_queries, seed)
-    truth = exact_topk(queries, ids, vectors, k)
-    margin = 2 * math.sqrt(max(target * (1 - target), 1e-4) / (len(queries) * k))
-    goal = min(1.0, target + margin)
-    if cfg.type == "hnsw":
-        grid = [{"efSearch": ef} for ef in (16, 32, 64, 128, 256, 512, 1024)]
-    else:
-        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= (cfg.nlist or 1)]
-        depths = (4, 10, 25) if cfg.type == "ivfpq" else (1,)
-        grid = [{"nprobe": p, "rerank": d} if cfg.type == "ivfpq" else {"nprobe": p} for p in probes for d in depths]
-    best: tuple[dict[str, int], float] | None = None
-    for params in grid:
-        index.apply_search_params(params)
-        depth = params.get("rerank", 1)
-        _, cands = index.search(queries, k * depth)
-        if depth > 1 or cfg.type == "hnsw":
-            # search.rerank: the same exact re-scoring that queries use, so what is tuned is what is served.
-            found = np.stack([
-                np.pad(rerank(queries[i], cands[i], fetch)[1][:k], (0, k), constant_values=-1)[:k]
-                for i in range(len(queries))
-            ])
-        else:
-            found = cands[:, :k]
-        recall = recall_at_k(found, truth)
-        if best is None or recall > best[1]:
-            best = (params, recall)
-        if recall >= goal:
-            best = (params, recall)
-            break
-    assert best is not None
-    index.apply_search_params(best[0])
-    index.config = replace(index.config, target_recall=target, measured_recall=round(best[1], 4))
-    return index
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,12 +34,17 @@ from .errors import (
     ModelMismatchError,
     SourceError,
 )
+from .image_onnx import read_auto_choices
 from .indexer import IndexReport, ProgressFn, SkipFn, update_index, update_texts
+from .explanation import DEFAULT_METHOD as EXPLAIN_DEFAULT_METHOD
+from .explanation import METHODS as EXPLAIN_METHODS
+from .explanation import ExplainedItem
 from .query import QueryEncoder, QueryTerm, load_query_model
 from .search import Filters, Hit, search_vector
 from .store import IndexStore, ItemRow, PhotoStats
 
 if TYPE_CHECKING:
+    from .zeroshot import Prediction
     from PIL import Image
 
     from .ann import VectorIndex
@@ -47,17 +52,29 @@ if TYPE_CHECKING:
     from .encoder import Encoder
     from .engine_ray import RayCfg
     from .integrity import RepairReport, VerifyReport
-    from .merge import MergeResult
     from .originals import VerifiedFiles
-    from .shard_embed import EmbedResult
     from .thumbnails import ThumbnailCache
     from .video import FrameSampling
-    from .zeroshot import Prediction
+
+from .api_explain import ExplainMixin, ExplainQuery
+from .api_items import ItemsMixin
+from .api_models import (
+    check_sources,
+    embed_to_shards,
+    list_models,
+    load_model,
+    merge_shards,
+    multilingual_models,
+    parse_labels,
+    ray_engine,
+    save_model,
+)
 
 PathLike = str | os.PathLike[str]
 
 __all__ = [
-    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "DropPlan", "Index", "IndexInfo", "IndexReport", "ItemRow", "PhotoStats",
+    "DEFAULT_INDEX_NAME", "DEFAULT_MODEL", "EXPLAIN_DEFAULT_METHOD", "EXPLAIN_METHODS", "DropPlan", "ExplainQuery",
+    "ExplainedItem", "Index", "IndexInfo", "IndexReport", "ItemRow", "PhotoStats",
     "check_sources", "classify_images", "create_index", "delete_index", "drop_plan", "embed_to_shards",
     "list_indexes", "list_models", "load_model", "merge_shards", "multilingual_models", "open_index",
     "open_or_create_index", "parse_labels", "ray_engine", "repair_index", "save_model", "verify_index",
@@ -86,6 +103,8 @@ class IndexInfo:
     photos: PhotoStats | None = None  # capture dates, positions, places and cameras of the images
     videos: int = 0  # searchable videos (their frames hold the vectors)
     frames: int = 0  # frames of those videos, one vector each
+    # What --precision auto measured and chose for this index's model, per machine (retrieval.image_choice).
+    image_runtimes: dict[str, Any] = field(default_factory=dict)
 
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,7 +120,7 @@ class IndexInfo:
                    error=error)
 
 
-class Index:
+class Index(ItemsMixin, ExplainMixin):
     """One named index: its store, its vector index and (loaded on demand) its model.
 
     Pass ``encoder`` to reuse a model you already hold (tests pass a tiny one);
@@ -179,6 +198,7 @@ class Index:
             images=counts["images"], texts=counts["texts"], failed=counts["failed"], size_bytes=size,
             ann=dict(m.ann), schema_version=m.schema_version, created_at=m.created_at, updated_at=m.updated_at,
             photos=self.store.photo_stats(), videos=counts["videos"], frames=counts["frames"],
+            image_runtimes=read_auto_choices(self.path.parent, m.fingerprint),
         )
 
     def configure_ann(
@@ -203,172 +223,6 @@ class Index:
     def failed(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed: undecodable ones, and what the walks skipped."""
         return sorted(self.store.failed_items() + self.store.skipped_files())
-
-    # -- items ------------------------------------------------------------------
-
-    def item(self, item_id: int) -> ItemRow | None:
-        """One item's stored row (path or text, size, dimensions, status, metadata), or None."""
-        return self.items([item_id]).get(item_id)
-
-    def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
-        """Stored rows of the given ids (ids not in the index are left out)."""
-        for item_id in ids:
-            if isinstance(item_id, bool) or not isinstance(item_id, int):
-                raise InvalidQueryError(f"an item id is a whole number (got {item_id!r})")
-        return self.store.items_by_id([i for i in ids if 0 <= i < 2**63])
-
-    def find_item(self, path_or_id: "PathLike | int") -> int:
-        """The id of an indexed item, given its id, its file path, its text key, or a moment of a video.
-
-        A moment is ``PATH#t=SECONDS`` (or ``#t=MM:SS``): the id of the video's
-        frame nearest that time.
-        """
-        if isinstance(path_or_id, bool) or not isinstance(path_or_id, (int, str, os.PathLike)):
-            raise InvalidQueryError(f"an item is named by its id or its path, not {type(path_or_id).__name__}")
-        if isinstance(path_or_id, int) or (isinstance(path_or_id, str) and path_or_id.isascii() and path_or_id.isdigit()):
-            item_id = int(path_or_id)
-            if 0 <= item_id < 2**63 and self.store.items_by_id([item_id]):
-                return item_id
-            raise ItemNotFoundError(f"no item with id {item_id} in index {self.name!r}")
-        row = self._row_by_path(os.fspath(path_or_id))
-        if row is None:
-            from .video_files import split_moment
-
-            moment = split_moment(os.fspath(path_or_id))
-            if moment is not None and (video := self._row_by_path(moment[0])) is not None:
-                return self._frame_near(video, moment[1])
-            raise ItemNotFoundError(
-                f"{os.fspath(path_or_id)} is not in index {self.name!r} (index it first, or use 'query --image')"
-            )
-        if row.status != "ok":
-            raise ItemNotFoundError(f"{os.fspath(path_or_id)} could not be indexed: {row.error}")
-        return row.id
-
-    def _row_by_path(self, text: str) -> ItemRow | None:
-        key = os.path.abspath(os.path.expanduser(text))
-        return self.store.item_by_key(key) or self.store.item_by_key(text)
-
-    def _frame_near(self, video: ItemRow, seconds: float) -> int:
-        """The id of the frame of ``video`` nearest ``seconds`` (what a moment names)."""
-        if video.kind != "video":
-            raise ItemNotFoundError(f"{video.key} is not a video: a moment (#t=SECONDS) names a time in a video")
-        if video.status != "ok":
-            raise ItemNotFoundError(f"{video.key} could not be indexed: {video.error}")
-        frames = self.store.frames_of(video.id)
-        if not frames:
-            raise ItemNotFoundError(f"{video.key} has no indexed frames ('mmsearch repair', then index it again)")
-        return min(frames, key=lambda f: (abs(f[1] - seconds), f[1]))[0]
-
-    def item_vector(self, item_id: int) -> np.ndarray | None:
-        """An item's stored vector; for a video, the mean of its frames' (the video as a whole); None if none."""
-        vector = self.store.vector(int(item_id))
-        if vector is not None:
-            return vector
-        frames = self.store.frames_of(int(item_id))
-        if not frames:
-            return None
-        mean = self.store.vectors_of([i for i, _ in frames]).mean(axis=0)
-        norm = float(np.linalg.norm(mean))
-        return (mean / norm).astype(np.float32) if norm > 1e-8 else None
-
-    def moments(self, item_id: int) -> list[tuple[int, float]]:
-        """(frame id, seconds) of a video's indexed frames in time order; [] for anything else."""
-        return self.store.frames_of(int(item_id))
-
-    def open_original(self, item: "ItemRow | int") -> tuple[BinaryIO, ItemRow]:
-        """The file of an image or video item, open for reading, only while it is still the file that was indexed.
-
-        Opened without following a symlink put in its place, checked on the open
-        descriptor (a regular file of the recorded size and time) and by its
-        content hash (once per unchanged file); see :mod:`retrieval.originals`.
-        A frame of a video opens its video (the row returned is the video's).
-        Raises ``ItemNotFoundError`` with the reason for a text, an item that
-        failed, or a file that is gone, changed or replaced. Given a row (not an
-        id) it does not touch the store, except to find a frame's video. The
-        caller closes the file.
-        """
-        return self._open_checked(item, check_content=True)
-
-    def _file_row(self, item: "ItemRow | int") -> ItemRow:
-        """The row whose file an item shows: itself for images and videos, the video for a frame."""
-        row = self.item(item) if isinstance(item, int) else item
-        if row is None:
-            raise ItemNotFoundError(f"no item with id {item} in index {self.name!r}")
-        if row.kind == "frame":
-            video = self.item(row.parent_id) if row.parent_id is not None else None
-            if video is None:
-                raise ItemNotFoundError(f"item {row.id} is a frame of a video that is no longer indexed")
-            row = video
-        if row.kind not in ("image", "video") or row.path is None:
-            raise ItemNotFoundError(f"item {row.id} is a text, it has no image")
-        if row.status != "ok":
-            raise ItemNotFoundError(f"item {row.id} could not be indexed: {row.error}")
-        return row
-
-    def _open_checked(self, item: "ItemRow | int", *, check_content: bool) -> tuple[BinaryIO, ItemRow]:
-        from .originals import ExpectedFile, VerifiedFiles, open_indexed_file
-
-        row = self._file_row(item)
-        if self._verified is None:
-            with self._thumbnails_lock:
-                if self._verified is None:
-                    self._verified = VerifiedFiles()
-        expected = ExpectedFile.of(row)
-        return open_indexed_file(expected, self._verified, check_content=check_content), row
-
-    def shown_at(self, item: "ItemRow | int") -> tuple[ItemRow, float | None]:
-        """(the row of the file an item shows, the time it shows): what a thumbnail or a player needs.
-
-        An image: itself, no time. A video: itself at its first indexed frame
-        (after any black intro). A frame: its video at the frame's time. Reads
-        the store (the server calls it on its index thread, then hands the
-        result to :meth:`thumbnail` and :meth:`open_original` elsewhere).
-        """
-        if isinstance(item, ItemRow) and item.kind == "image":
-            return item, None
-        row = self._file_row(item)
-        if row.kind != "video":
-            return row, None
-        given = item if isinstance(item, ItemRow) else self.item(item)
-        if given is not None and given.kind == "frame":
-            return row, float(given.time or 0.0)
-        frames = self.store.frames_of(row.id)
-        return row, frames[0][1] if frames else 0.0
-
-    def thumbnail(self, item: ItemRow, size: int | None = None, *, time: float | None = None) -> Path:
-        """A JPEG thumbnail of an image item, or of a video at a moment (longest side ``size``), made once and cached.
-
-        A video shows ``time`` (seconds); a frame item, or a video without
-        ``time``, is first resolved with :meth:`shown_at` (which reads the
-        store). Served only while the item's file is still the file that was
-        indexed (the rule of :meth:`open_original`) and made from that open
-        file; a thumbnail made earlier is served after the cheap part of the
-        check (the content was checked when it was made). Raises
-        ``ItemNotFoundError`` when the file is not the one indexed,
-        ``ImageDecodeError`` (``VideoDecodeError``) when it can no longer be
-        decoded. Given an image, or a video with ``time``, it does not touch
-        the store: any thread may call it.
-        """
-        from .thumbnails import DEFAULT_THUMB_SIZE, ThumbnailCache
-
-        if self._thumbnails is None:
-            with self._thumbnails_lock:
-                if self._thumbnails is None:
-                    self._thumbnails = ThumbnailCache.for_index(self.path)
-        row = item
-        if item.kind == "frame" or (item.kind == "video" and time is None):
-            row, time = self.shown_at(item)
-        key = row.hash or f"id{row.id}-{row.mtime_ns}"
-        if row.kind == "video":
-            from .video_files import format_seconds
-
-            time = float(time or 0.0)
-            key = f"{key}-t{format_seconds(time)}"
-        size = size or DEFAULT_THUMB_SIZE
-        made = self._thumbnails.path_for(key, size).is_file()
-        source, row = self._open_checked(row, check_content=not made)
-        with source:
-            return self._thumbnails.get(source, key, size, name=row.path, time=time if row.kind == "video" else None)
 
     # -- writing ----------------------------------------------------------------
 
@@ -829,44 +683,6 @@ def repair_index(
     return report
 
 
-def check_sources(paths: Sequence[PathLike] = (), text_files: Sequence[PathLike] = ()) -> None:
-    """Raise ``SourceError`` unless every folder/file (or URL) to index is there; cheap, so callers check first."""
-    from .urls import is_url
-
-    if not paths and not text_files:
-        raise SourceError("nothing to index: give a folder of images and/or --texts FILE")
-    for path in [*paths, *text_files]:
-        if not is_url(os.fspath(path)) and not os.path.exists(path):
-            raise SourceError(f"no such file or directory: {os.fspath(path)}")
-
-
-# -- the rest of the engine ---------------------------------------------------------
-
-
-def ray_engine(address: str | None = None, num_workers: int | None = None) -> "RayCfg":
-    """Settings for ``add_folder(engine="ray")`` / ``embed_to_shards(engine="ray")``; says at once if Ray is missing."""
-    from .engine_ray import RayCfg, require_ray
-
-    require_ray()
-    return RayCfg(address=address, num_workers=num_workers)
-
-
-def embed_to_shards(
-    paths: Sequence[PathLike], output: PathLike, *, model: str = DEFAULT_MODEL, **options: Any
-) -> "EmbedResult":
-    """Embed every image under ``paths`` into Parquet shards in ``output`` (no index); see :mod:`retrieval.shard_embed`."""
-    from .shard_embed import embed_to_shards as embed
-
-    return embed(paths, output, model=model, **options)
-
-
-def merge_shards(name: str, shards: Sequence[PathLike], *, root: PathLike | None = None, **options: Any) -> "MergeResult":
-    """Build or update index ``name`` from Parquet embedding shards; see :func:`retrieval.merge.merge_into_index`."""
-    from .merge import merge_into_index
-
-    return merge_into_index(name, shards, root=root, **options)
-
-
 def classify_images(
     images: Sequence["PathLike | Image.Image"], labels: Sequence[str], *, model: str | None = None,
     index: str = DEFAULT_INDEX_NAME, root: PathLike | None = None, device: str = "cpu",
@@ -878,49 +694,10 @@ def classify_images(
     if model is None:
         model = DEFAULT_MODEL
         if catalog.index_exists(index, root):
+            from .api import (
+                open_index,  # the door's own function: imported when it is needed (no cycle)
+            )
+
             with open_index(index, root=root) as opened:
                 model = opened.model
     return classify(load_encoder(model, device=device), images, list(labels))
-
-
-def load_model(spec: str, *, device: str = "cpu", precision: str = "fp32") -> "Encoder":
-    """The model a spec names, for callers that embed without an index (the immich stand-in, notebooks)."""
-    from .encoder import load_encoder
-
-    check_model_options(device, precision)
-    return load_encoder(spec, device=device, precision=precision)
-
-
-def list_models(*, pretrained: bool = False) -> list[str]:
-    """Architectures (or ``ARCH:PRETRAINED`` pairs) that a model spec may name."""
-    from .encoder import available_models
-
-    return available_models(pretrained=pretrained)
-
-
-def multilingual_models(lang: str = "zh") -> list[dict[str, Any]]:
-    """The published multilingual models, best first by Crossmodal-3600 recall@1 in ``lang``, and the English default.
-
-    One JSON-ready row each (see :func:`retrieval.multilingual.model_rows`); no torch is imported.
-    """
-    from .multilingual import model_rows
-
-    return model_rows(lang)
-
-
-def save_model(spec: str, out_dir: PathLike, *, overwrite: bool = False, device: str = "cpu") -> Path:
-    """Write model ``spec`` into one folder that ``--model out_dir`` loads with no network; returns the folder.
-
-    Downloads the model if it is not cached; see :func:`retrieval.model_save.save_model_folder`.
-    """
-    from .model_save import save_model_folder
-
-    return save_model_folder(spec, out_dir, overwrite=overwrite, device=device)
-
-
-def parse_labels(raw: str | None = None, labels_file: PathLike | None = None) -> list[str]:
-    """Labels from a comma-separated string and/or a file with one label per line."""
-    from .zeroshot import parse_labels as parse
-
-    return parse(raw, labels_file)
-

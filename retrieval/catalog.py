@@ -2,7 +2,8 @@
 
 An index is a folder ``<root>/<name>/`` holding a ``manifest.json`` (see
 :mod:`retrieval.store`). Beside the indexes, ``<root>/.cache/text/<fingerprint>/``
-holds the torch-free text-tower export of each model (:mod:`retrieval.text_export`),
+holds the torch-free text-tower export of each model (:mod:`retrieval.text_export`), and
+``<root>/.cache/image/<fingerprint>/`` its image tower's ONNX graphs (:mod:`retrieval.image_export`),
 shared by every index of that model and deleted with the last one.
 """
 
@@ -107,11 +108,12 @@ def remove_index_folder(name: str, root: PathLike | None = None) -> None:
 
 
 def prune_text_exports(index_root: Path) -> None:
-    """Delete the text-tower exports that no index under ``index_root`` uses any more."""
+    """Delete the text- and image-tower exports that no index under ``index_root`` uses any more."""
+    from .image_onnx import image_export_dir
     from .text_light import export_dir
 
-    exports = export_dir(index_root, "x").parent
-    if not exports.is_dir():
+    folders = [f for f in (export_dir(index_root, "x").parent, image_export_dir(index_root, "x").parent) if f.is_dir()]
+    if not folders:
         return
     used = set()
     for child in index_root.iterdir():
@@ -120,6 +122,7 @@ def prune_text_exports(index_root: Path) -> None:
         except Exception:  # noqa: BLE001 - not an index, or an unreadable one: keep every export
             if (child / MANIFEST).exists():
                 return
-    for export in exports.iterdir():
-        if export.is_dir() and export.name not in used and not export.name.startswith("."):
-            shutil.rmtree(export, ignore_errors=True)
+    for exports in folders:
+        for export in exports.iterdir():
+            if export.is_dir() and export.name not in used and not export.name.startswith("."):
+                shutil.rmtree(export, ignore_errors=True)

@@ -55,7 +55,8 @@ def validate_index_name(name: str) -> str:
     return name
 
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+# onnx-*: the image tower under ONNX Runtime (retrieval.image_onnx), exported and verified per model.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "onnx-fp32", "onnx-int8")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

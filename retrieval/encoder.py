@@ -41,12 +41,15 @@ RANDOM_INIT_SEED = 0
 
 # Numerics of the towers. fp32 is exact; the others trade a little accuracy
 # for speed and are offered only because their embeddings keep a mean cosine
-# >= 0.99 to fp32 (measured by benchmarks/bench_index.py and bench_query.py,
-# and tested). "auto" picks one per machine. fp16 is for GPUs only.
+# >= 0.995 to fp32 (measured by benchmarks/bench_index.py, bench_query.py and
+# bench_runtimes.py, and tested). "auto" picks one per machine. fp16 is for GPUs only.
 
 
 def default_precision(device: torch.device | str = "cpu") -> str:
-    """What ``precision="auto"`` means: fp16 on GPUs; bf16 on CPUs that multiply bf16 natively; else fp32.
+    """The fixed default for a device: fp16 on GPUs; bf16 on CPUs that multiply bf16 natively; else fp32.
+
+    ``precision="auto"`` means this on GPUs; on CPUs it measures the candidates
+    instead (:mod:`retrieval.image_choice`), and this decides only whether bf16 is one.
 
     On this project's reference CPU (AVX-512 BF16) bf16 runs the image tower
     ~2x faster with embeddings at cosine >= 0.9999 to fp32; CPUs without
@@ -142,6 +145,10 @@ class Encoder:
         if precision == "fp16" and torch.device(device).type == "cpu":
             # CPUs emulate fp16 matmuls: many times slower than fp32, for no gain.
             raise ModelLoadError("precision fp16 is for GPUs (--device cuda or mps); on the CPU use bf16 or fp32")
+        if precision.startswith("onnx-"):
+            # The ONNX tower is verified against this very encoder's fp32 tower before it is attached.
+            raise ModelLoadError(f"precision {precision}: load with load_encoder, or build in fp32 and call "
+                                 "use_precision with a verified tower (retrieval.image_choice.attach_onnx)")
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -152,6 +159,10 @@ class Encoder:
         self._fingerprint: str | None = None
         self._split = SplitPreprocess.of(preprocess)
         self._languages: list[str] | None | bool = False  # False: not looked up yet
+        # The image tower under ONNX Runtime (precision onnx-*), attached by load_encoder once verified.
+        self.image_runtime: Any = None
+        # What --precision auto measured and chose on this machine (retrieval.image_choice), when it ran.
+        self.auto_choice: dict[str, Any] | None = None
         # An NLLB tokenizer takes its language as state (src_lang): one language at a time.
         self._language_lock = threading.Lock()
         if precision != "fp32":
@@ -228,8 +239,29 @@ class Encoder:
             return torch.stack(list(prepared))  # type: ignore[arg-type]
         return self._split.to_pixels(prepared)  # type: ignore[arg-type]
 
+    def use_precision(self, precision: str, image_runtime: Any = None) -> None:
+        """Switch an encoder loaded in fp32 to ``precision`` (what ``--precision auto`` chose).
+
+        Torch numerics lower both towers in place, as loading with that
+        precision would; ``onnx-*`` attaches ``image_runtime`` (an
+        :class:`retrieval.image_onnx.OnnxImageTower`) and keeps torch's towers exact.
+        """
+        if self.precision != "fp32" or self.image_runtime is not None:
+            raise ModelLoadError(f"can only switch an fp32 encoder, not one in {self.precision}")
+        if precision.startswith("onnx-"):
+            if image_runtime is None:
+                raise ModelLoadError(f"precision {precision} needs its ONNX image tower")
+            self.image_runtime = image_runtime
+        elif precision != "fp32":
+            _ = self.fingerprint  # hashed from the exact weights, before they are converted
+            self._image_dtype = lower_image_tower(self.model, precision, self.device)
+            self.text_dtype = lower_text_tower(self.model, precision)
+        self.precision = precision
+
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Embed a preprocessed pixel batch of shape (n, 3, H, W)."""
+        if self.image_runtime is not None:
+            return self.image_runtime.encode(pixels.detach().cpu().float().numpy())
         with torch.inference_mode():
             feats = self.model.encode_image(pixels.to(self.device, self._image_dtype), normalize=True)
         return _to_unit_float32(feats)
@@ -336,13 +368,20 @@ def _to_unit_float32(feats: torch.Tensor) -> np.ndarray:
 
 def load_encoder(
     spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-    on_fp32_text: "Callable[[Encoder], object] | None" = None,
+    on_fp32_text: "Callable[[Encoder], object] | None" = None, cache_root: str | os.PathLike[str] | None = None,
 ) -> Encoder:
     """Load the encoder named by a model spec (see :mod:`retrieval.model_spec`).
 
-    ``precision`` ("fp32", "bf16", "int8" or "auto", see :func:`default_precision`)
-    sets the numerics of the towers: bf16 lowers both, int8 the image tower only.
-    ``threads`` sets torch's CPU threads (see :func:`configure_threads`).
+    ``precision`` sets the numerics of the towers: bf16 lowers both, int8 the
+    image tower only (torch dynamic int8, Linear layers), ``onnx-fp32`` /
+    ``onnx-int8`` run the image tower under ONNX Runtime from a verified export
+    cached under ``cache_root`` (an index root; default: the one
+    :func:`retrieval.config.resolve_index_root` names), falling back to torch
+    fp32 with one logged warning when there is none. ``auto`` on the CPU
+    measures the candidates that pass their accuracy floor once per machine
+    and takes the fastest (:mod:`retrieval.image_choice`); on GPUs it is
+    :func:`default_precision`.
+    ``threads`` sets torch's CPU threads (see :func:`configure_threads`), and ONNX Runtime's.
     ``on_fp32_text`` is called with the encoder while its text tower is still
     exact (before any lowering). Raises ``ModelLoadError`` with a message that
     says what to do, e.g. when weights cannot be downloaded and are not cached.
@@ -351,9 +390,13 @@ def load_encoder(
         raise ModelLoadError(f"unknown precision {precision!r}: use auto or one of {', '.join(PRECISIONS)}")
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     dev = resolve_device(device)
+    onnx_kind = precision[len("onnx-"):] if precision.startswith("onnx-") else None
+    if onnx_kind and dev.type != "cpu":
+        raise ModelLoadError(f"precision {precision} runs on the CPU only: use --device cpu or another precision")
+    measure = precision == "auto" and dev.type == "cpu"
     if precision == "auto":
-        precision = default_precision(dev)
-    configure_threads(threads)
+        precision = "fp32" if measure else default_precision(dev)
+    n_threads = configure_threads(threads)
     model_config = _model_config(parsed)
     # A model with a Hugging Face text side needs the multilingual extra: say so before any download.
     require_text_extra(_open_clip_config(parsed, model_config), parsed.canonical)
@@ -378,10 +421,20 @@ def load_encoder(
         if missing is not None:
             raise missing from exc
         raise _explain_load_failure(parsed, exc) from exc
-    return Encoder(
+    encoder = Encoder(
         model, preprocess, tokenizer, spec=parsed.canonical, model_config=model_config, device=dev,
-        precision=precision, on_fp32_text=on_fp32_text,
+        precision="fp32" if onnx_kind else precision, on_fp32_text=on_fp32_text,
     )
+    if measure or onnx_kind:
+        from .config import resolve_index_root
+        from .image_choice import attach_onnx, choose_precision
+
+        root = Path(cache_root) if cache_root is not None else resolve_index_root()
+        if onnx_kind:
+            attach_onnx(encoder, root, onnx_kind, n_threads)
+        else:
+            choose_precision(encoder, root, n_threads, native_bf16=default_precision(dev) == "bf16")
+    return encoder
 
 
 def available_models(*, pretrained: bool = False) -> list[str]:

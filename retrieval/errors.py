@@ -8,6 +8,19 @@ from __future__ import annotations
 import os
 
 
+def reading_problem(exc: BaseException) -> str | None:
+    """The user's words for the errors any file read can meet (missing, not allowed, a folder, no memory)."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    return None
+
+
 def printable(text: str) -> str:
     """Text safe to print as one line: undecodable bytes as \\xNN, control characters (ESC, newline) escaped."""
     if text.isascii() and text.isprintable():
@@ -99,3 +112,11 @@ class ShardError(MMSearchError):
 
 class EngineError(MMSearchError):
     """A distributed embedding run (the Ray engine) failed as a whole."""
+
+
+class ExplainUnsupportedError(MMSearchError):
+    """An explanation method cannot be applied to this model's image tower (the message names one that can)."""
+
+
+class UnknownPreprocessError(MMSearchError):
+    """The model's image preprocessing has a step whose geometry is unknown, so a heatmap cannot be placed."""

@@ -168,9 +168,25 @@ def lower_image_tower(model: torch.nn.Module, precision: str, device: torch.devi
         with warnings.catch_warnings():
             # torch.ao's eager dynamic quantisation is deprecated in favour of torchao, not removed.
             warnings.simplefilter("ignore")
-            torch.ao.quantization.quantize_dynamic(visual, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            torch.ao.quantization.quantize_dynamic(visual, _quantisable_linears(visual), dtype=torch.qint8,
+                                                   inplace=True)
         return torch.float32
     return torch.float32
+
+
+def _quantisable_linears(visual: torch.nn.Module) -> set[str]:
+    """Names of the Linear layers int8 may replace: not those whose weights are read directly.
+
+    A ResNet tower's attention pool passes its projections' ``weight`` and
+    ``bias`` to ``multi_head_attention_forward`` itself; a quantised Linear has
+    no such tensors, so the pool stays fp32. Exact type, as torch's own type
+    rule: attention's ``NonDynamicallyQuantizableLinear`` out-projection stays too.
+    """
+    from open_clip.modified_resnet import AttentionPool2d
+
+    pools = [name for name, m in visual.named_modules() if isinstance(m, AttentionPool2d)]
+    return {name for name, m in visual.named_modules()
+            if type(m) is torch.nn.Linear and not any(name.startswith(p + ".") for p in pools)}
 
 
 def lower_text_tower(model: torch.nn.Module, precision: str) -> torch.dtype:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from .hf_text_light import (
     HfLightTextEncoder,
     load_hf_light_encoder,
 )
-from .manifest import write_json_atomic
+from .export_cache import mark_unsupported, publish, staging_dir
 from .text_light import META_FILE, UNSUPPORTED_FILE, export_dir
 from .text_normalise import tokenizer_kind_of
 
@@ -113,12 +111,7 @@ def _export(encoder: Encoder, target: Path) -> bool:
     if isinstance(settings, str):
         _mark_unsupported(target, settings)
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is as readable as the index
-    try:
+    with staging_dir(target) as tmp:
         backend = encoder.tokenizer.tokenizer.backend_tokenizer
         (tmp / TOKENIZER_FILE).write_text(backend.to_str(), encoding="utf-8")
         try:
@@ -141,21 +134,11 @@ def _export(encoder: Encoder, target: Path) -> bool:
         if problem:
             _mark_unsupported(target, problem)
             return False
-        try:
-            os.replace(tmp, target)  # atomic: readers see a whole export or none
-        except OSError:
-            if (target / META_FILE).is_file():  # another process finished first
-                return True
-            raise
-        return True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return publish(tmp, target, META_FILE)
 
 
 def _mark_unsupported(target: Path, why: str) -> None:
-    log.debug("text side of %s not exported: %s", target.name, why)
-    target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / UNSUPPORTED_FILE, {"reason": why, "exporter": FORMAT})
+    mark_unsupported(target, UNSUPPORTED_FILE, why, FORMAT)
 
 
 def _marked_by_us(target: Path) -> bool:

@@ -12,7 +12,7 @@ import html
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .errors import MMSearchError
 from .search import Hit
@@ -67,8 +67,13 @@ def _video_card(hit: Hit, score: str) -> str:
     )
 
 
-def render_results_page(hits: Sequence[Hit], title: str) -> str:
-    """The page as a string: a grid of thumbnails (images) and cards (texts) with rank and score."""
+def render_results_page(hits: Sequence[Hit], title: str, heatmaps: Mapping[int, str] | None = None) -> str:
+    """The page as a string: a grid of thumbnails (images) and cards (texts) with rank and score.
+
+    ``heatmaps`` (``{hit id: image URI}``, e.g. from
+    :func:`retrieval.explain_report.heatmap_uris`) puts each hit's heatmap beside its thumbnail.
+    """
+    heatmaps = heatmaps or {}
     cards = []
     for hit in hits:
         score = f"#{hit.rank} &middot; {hit.score:.3f}"
@@ -81,13 +86,20 @@ def render_results_page(hits: Sequence[Hit], title: str) -> str:
             picture = (
                 f'<img src="{uri}" alt="{name}" loading="lazy">' if uri else '<div class="missing">no preview</div>'
             )
+            why = heatmaps.get(hit.id)
+            if why is not None:  # issue 21: the heatmap beside the thumbnail
+                picture = (f'<span class="pair">{picture}<img src="{html.escape(why, quote=True)}" '
+                           f'alt="why {name} matched" title="why it matched" loading="lazy"></span>')
+            explained = ' class="explained"' if why is not None else ""
             cards.append(
-                f'<figure><a href="{href}">{picture}</a><figcaption>{score}<br>'
+                f'<figure{explained}><a href="{href}">{picture}</a><figcaption>{score}<br>'
                 f'<span title="{html.escape(hit.path, quote=True)}">{name}</span></figcaption></figure>'
             )
         else:
             cards.append(f'<figure class="text"><p>{html.escape(hit.text or "")}</p><figcaption>{score}</figcaption></figure>')
     body = "\n".join(cards) or "<p>No results.</p>"
+    legend = ('<p class="legend">Beside each picture: why it matched. Red pulls it towards the query, blue '
+              'pushes it away; shaded parts were outside what the model saw.</p>\n' if heatmaps else "")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -103,11 +115,15 @@ figure img, figure video {{ width: 100%; height: 200px; object-fit: cover; displ
 figure.text p {{ padding: .8rem; margin: 0; min-height: 4rem; }}
 figcaption {{ padding: .4rem .6rem; font-size: .8rem; color: #555; word-break: break-all; }}
 .missing {{ height: 200px; display: grid; place-items: center; color: #999; }}
+figure.explained {{ grid-column: span 2; }}
+.pair {{ display: grid; grid-template-columns: 1fr 1fr; gap: 2px; }}
+.pair img {{ object-fit: contain; background: #eee; }}
+.legend {{ color: #555; font-size: .9rem; }}
 </style>
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
-<main>
+{legend}<main>
 {body}
 </main>
 </body>
@@ -115,14 +131,18 @@ figcaption {{ padding: .4rem .6rem; font-size: .8rem; color: #555; word-break: b
 """
 
 
-def write_results_page(hits: Sequence[Hit], path: str | os.PathLike[str], title: str) -> Path:
-    """Write the page atomically and return its path; ``MMSearchError`` says why it cannot be written."""
+def write_results_page(hits: Sequence[Hit], path: str | os.PathLike[str], title: str,
+                       heatmaps: Mapping[int, str] | None = None) -> Path:
+    """Write the page atomically and return its path; ``MMSearchError`` says why it cannot be written.
+
+    ``heatmaps``: see :func:`render_results_page`.
+    """
     out = Path(path)
     if out.is_dir():
         raise MMSearchError(f"--html {out} is a folder: give a file name, e.g. {out / 'results.html'}")
     if not out.parent.is_dir():
         raise MMSearchError(f"--html {out}: the folder {out.parent} does not exist")
-    page = render_results_page(hits, title).encode("utf-8", "backslashreplace")  # a non-UTF-8 name stays readable
+    page = render_results_page(hits, title, heatmaps).encode("utf-8", "backslashreplace")  # a non-UTF-8 name stays readable
     tmp = out.with_name(out.name + ".tmp")
     try:
         tmp.write_bytes(page)

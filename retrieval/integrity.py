@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import SCHEMA_VERSION
 from .errors import IndexCorruptError, ModelMismatchError
-from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ModelRecord, faiss_file_vouched, ann_count_agrees
+from .store import FAISS_FILE, TEMP_SUFFIX, IndexStore, ModelRecord, ann_count_agrees, ann_files_vouched, faiss_file_vouched
 from .sources import file_is_gone
 from .urls import is_url
 
@@ -134,7 +134,7 @@ def _verify_ann(store: IndexStore, report: VerifyReport) -> None:
     if not path.is_file():
         report.notes.append(f"no {FAISS_FILE}: it is rebuilt from the stored vectors when needed ('mmsearch repair' writes it)")
         return
-    if not faiss_file_vouched(path, ann):
+    if not ann_files_vouched(store.directory, ann):
         report.problems.append(
             f"{FAISS_FILE} is not the file the manifest describes (replaced or copied from elsewhere): queries rebuild "
             "it from the stored vectors; 'mmsearch repair' rewrites it"
@@ -169,6 +169,32 @@ def _verify_ann(store: IndexStore, report: VerifyReport) -> None:
         _, found = index.search(np.frombuffer(blob, dtype=np.float32)[None, :], 10)
         if item_id not in set(int(i) for i in found[0]):
             report.problems.append(f"{FAISS_FILE} does not find item {item_id} by its own stored vector")
+    _verify_copy(store, report, ann, index)
+
+
+def _verify_copy(store: IndexStore, report: VerifyReport, ann: dict[str, Any], index: Any) -> None:
+    """The re-rank copy beside index.faiss: the file the manifest vouches for, holding every stored vector."""
+    from .vector_copy import COPY_FILE, VectorCopy
+
+    if not index.config.copy_dtype:
+        return
+    path = store.directory / COPY_FILE
+    recorded = ann.get("copy")
+    fix = "queries re-rank from items.sqlite meanwhile (slower); 'mmsearch repair' rewrites it"
+    if not isinstance(recorded, dict) or not path.is_file():
+        report.notes.append(f"no {COPY_FILE} (the re-rank copy): {fix}")
+        return
+    if not faiss_file_vouched(path, {"file": recorded}):
+        report.problems.append(f"{COPY_FILE} is not the file the manifest describes (replaced or copied from "
+                               f"elsewhere): {fix}")
+        return
+    try:
+        copy = VectorCopy.open(path, store.manifest.dim)
+    except IndexCorruptError as exc:
+        report.problems.append(f"{exc}: {fix}")
+        return
+    used = "queries read it, so they may miss or misorder results: 'mmsearch repair' rewrites it"
+    report.problems += [f"{problem}: {used}" for problem in copy.problems_against(store.stored_vectors().chunks())]
 
 
 def settle_model(store: IndexStore, given: ModelRecord | None) -> tuple[ModelRecord, bool]:

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from .errors import reading_problem
 from .jxl import jpeg_xl_size
 
 __all__ = ["LoadedImage", "load_image", "register_format_plugins", "DEFAULT_MAX_PIXELS"]
@@ -318,14 +319,9 @@ def _describe(exc: Exception, max_pixels: int) -> str:
         if match:
             return f"too large: {int(match.group(1))} pixels exceeds the {limit}-pixel limit"
         return f"too large: more than the {limit}-pixel limit (possible decompression bomb)"
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not a file"
-    if isinstance(exc, MemoryError):
-        return "out of memory while decoding"
+    common = reading_problem(exc)
+    if common:
+        return common
     message = " ".join(str(exc).split())  # one line, whatever the library wrote
     lowered = message.lower()
     if "truncated" in lowered or "broken data stream" in lowered or "unexpected end" in lowered:

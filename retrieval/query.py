@@ -170,6 +170,7 @@ def load_query_model(
 
     The export is taken once per model, while the text tower is still exact
     (before bf16 lowering); later processes then embed text queries without torch.
+    The image tower's ONNX exports and ``--precision auto``'s choice are cached there too.
     """
     from .encoder import load_encoder
 
@@ -179,7 +180,8 @@ def load_query_model(
 
             ensure_export(encoder, index_root)
 
-    return load_encoder(spec, device=device, precision=precision, threads=threads, on_fp32_text=export)
+    return load_encoder(spec, device=device, precision=precision, threads=threads, on_fp32_text=export,
+                        cache_root=index_root)
 
 
 # Text queries are encoded once per QueryEncoder: a server or notebook repeating a

@@ -4,8 +4,8 @@ This module owns everything between "here is a unit vector" and "here are the
 results": which items may be returned (:class:`Filters`, built once from the
 strings a command line, a query string or a form gives: paths, file dates,
 and the photos' own capture time, place, camera and position), exact
-re-scoring of approximate candidates (:func:`rerank`, also what the ANN tuner
-measures with), near-duplicate suppression, the order of the results
+re-scoring of approximate candidates (:func:`rerank`, from the index's
+re-rank copy or the stored vectors; also what the ANN tuner measures with), near-duplicate suppression, the order of the results
 (:data:`SORTS`), and the :class:`Hit` a caller gets.
 Turning query terms into that vector is :mod:`retrieval.query`'s job.
 """
@@ -300,22 +300,55 @@ def _is_under(path: str, folder: str) -> bool:
 # -- ranking ------------------------------------------------------------------------
 
 
-VectorFetch = Callable[[np.ndarray], np.ndarray]  # ids -> their stored vectors, one row per id
+VectorFetch = Callable[[np.ndarray], np.ndarray]  # ids -> their vectors, one row per id
 
 
-def rerank(query: np.ndarray, candidates: np.ndarray, fetch: VectorFetch) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine scores of candidate ids from their stored vectors, best first.
+def rerank(
+    query: np.ndarray, candidates: np.ndarray, fetch: VectorFetch, *, refine: VectorFetch | None = None,
+    top: int = 0, error: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores of candidate ids from their vectors, best first.
 
-    Padding (-1) and repeated ids are dropped; ties keep id order. The one
-    re-rank: queries use it on compressed-code and HNSW candidates, and the
-    ANN tuner measures recall with it, so what is tuned is what is served.
+    ``fetch`` reads the vectors: the stored float32 ones (exact scores), or a
+    compact copy whose cosines are within ``error`` of the exact ones. With
+    ``refine`` (the exact vectors) and ``top``, every candidate whose
+    approximate score is within ``2 * error`` of the ``top``-th best is
+    re-scored exactly: the exact top-``top`` can only be among them (the
+    others are at least ``error`` below), so the first ``top`` results are
+    exactly those float32 would give, with exact scores; later ones keep
+    scores within ``error``. Padding (-1) and repeated ids are dropped; ties
+    keep id order. The one re-rank: queries use it (through
+    :func:`rerank_candidates`) and so does the ANN tuner, so what is tuned is
+    what is served.
     """
     cand = np.unique(candidates[candidates >= 0])
     if len(cand) == 0:
         return np.zeros(0, dtype=np.float32), cand
     scores = fetch(cand) @ query
+    if refine is not None and error > 0 and top > 0:
+        nth = min(top, len(scores)) - 1
+        bar = -np.partition(-scores, nth)[nth] - 2 * error
+        near = scores >= bar
+        scores[near] = refine(cand[near]) @ query
     order = np.argsort(-scores, kind="stable")
     return scores[order], cand[order]
+
+
+def rerank_candidates(
+    query: np.ndarray, candidates: np.ndarray, index: "VectorIndex", exact: VectorFetch, top: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """How queries and the tuner re-rank an index's candidates: from its re-rank copy when it has one.
+
+    The copy (float16, memory-mapped beside index.faiss) is read for every
+    candidate; the few near the ``top``-th best are re-scored from ``exact``
+    (the stored float32 vectors), so the top ones and their scores are exact.
+    Without a copy (HNSW, or a copy that is missing or stale) every candidate
+    is read from ``exact``.
+    """
+    copy = index.copy
+    if copy is None:
+        return rerank(query, candidates, exact)
+    return rerank(query, candidates, copy.fetch, refine=exact, top=top, error=copy.max_error)
 
 
 def normalise(vector: np.ndarray) -> np.ndarray:
@@ -380,7 +413,7 @@ def _nearest(
         if not index.config.exact_scores or not index.supports_remove:
             # Compressed codes give approximate scores, and HNSW may hold stale
             # copies of updated ids: re-score the candidates from stored vectors.
-            exact, cand = rerank(query, ids[0], store.vectors_of)
+            exact, cand = rerank_candidates(query, ids[0], index, store.vectors_of, fetch)
             scores, ids = exact[None, :], cand[None, :]
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
         rows = store.items_by_id([i for _, i in found])

@@ -27,6 +27,7 @@ body cap, token and error bodies live in :mod:`retrieval.server_guard`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from functools import partial
 import time
@@ -43,8 +44,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from .errors import ImageDecodeError, MMSearchError, VideoDecodeError
+from .explain_report import explained_payload
 from .query import QueryTerm, parse_terms
-from .search import Filters
+from .search import Filters, photo_info
 from .server_guard import LOOPBACK_HOSTS, ApiError, RequestGuard, install_error_handlers, is_loopback, token_checker
 from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool
 from .server_ranges import stream_ranges
@@ -52,6 +54,7 @@ from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES
 
 if TYPE_CHECKING:
     from .api import Index, ItemRow
+    from .duplicates import DuplicateGroup
     from .search import Hit
 
 __all__ = ["create_app", "is_loopback", "LOOPBACK_HOSTS", "DEFAULT_MAX_UPLOAD_BYTES", "MAX_K", "MAX_ITEM_ID"]
@@ -68,6 +71,9 @@ T = TypeVar("T")
 Target = Literal["image", "text", "all"]
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="an item id, as search results give it")]
 FilterText = Annotated[str | None, StringConstraints(max_length=4096)]
+DateText = Annotated[str | None, StringConstraints(max_length=64)]
+PlaceText = Annotated[str | None, StringConstraints(max_length=256)]
+Sort = Literal["score", "taken"]
 
 
 # -- response and request models (they are the OpenAPI docs) -------------------------
@@ -78,6 +84,27 @@ class MomentOut(BaseModel):
     score: float = Field(description="cosine similarity of that moment's frame to the query")
     frame: int = Field(description="item id of the frame: its thumbnail, or 'more like this moment'")
     thumbnail: str | None = Field(None, description="URL of a JPEG of that moment")
+
+
+class PhotoOut(BaseModel):
+    """What a photo or video says about itself (only what is known): when, where, with what."""
+
+    taken_at: str | None = Field(None, description="capture time, ISO 8601 (with its UTC offset when known)")
+    taken_ts: float | None = Field(None, description="capture time, seconds since 1970 (UTC)")
+    time_source: str | None = Field(None, description="where the time came from ('file-mtime': no date in the file)")
+    utc_offset_min: int | None = None
+    camera: str | None = Field(None, description="make and model")
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+    gps_alt: float | None = None
+    place: str | None = Field(None, description="'City, Region, Country' from the position (offline gazetteer)")
+    place_city: str | None = None
+    place_region: str | None = None
+    place_country: str | None = None
+    place_cc: str | None = Field(None, description="ISO 3166 country code")
 
 
 class HitOut(BaseModel):
@@ -97,6 +124,7 @@ class HitOut(BaseModel):
     frame: int | None = Field(None, description="videos: item id of the best moment's frame")
     play: str | None = Field(None, description="videos: URL that plays the video from the best moment (#t=SECONDS)")
     moments: list[MomentOut] | None = Field(None, description="videos: the best moments, best first")
+    photo: PhotoOut | None = Field(None, description="capture time, camera and place, where the file has them")
 
 
 class SearchOut(BaseModel):
@@ -122,6 +150,34 @@ class ItemOut(BaseModel):
     original: str | None = None
     parent_id: int | None = Field(None, description="frames: the video's item id")
     time: float | None = Field(None, description="frames: seconds into the video")
+    photo: PhotoOut | None = Field(None, description="capture time, camera and place, where the file has them")
+
+
+class DuplicateMemberOut(BaseModel):
+    id: int
+    path: str | None = None
+    name: str | None = None
+    width: int | None = None
+    height: int | None = None
+    size: int | None = Field(None, description="bytes")
+    taken_at: str | None = None
+    similarity: float = Field(description="cosine similarity to the copy to keep (1 for that copy)")
+    exact_copy_of: int | None = Field(None, description="id of an earlier member with the same bytes")
+    thumbnail: str
+    original: str
+
+
+class DuplicateGroupOut(BaseModel):
+    keep: int = Field(description="id of the copy to keep: most pixels, then earliest capture, then larger file")
+    all_exact: bool = Field(description="every other member is a byte copy of the kept one")
+    members: list[DuplicateMemberOut]
+
+
+class DuplicatesOut(BaseModel):
+    groups: list[DuplicateGroupOut] = Field(description="largest groups first; nothing is ever deleted")
+    total: int = Field(description="groups found (more than 'groups' holds when 'limit' cut the list)")
+    threshold: float
+    took_ms: float
 
 
 class ErrorOut(BaseModel):
@@ -156,7 +212,25 @@ class SearchIn(BaseModel):
     types: list[Annotated[str, StringConstraints(max_length=64)]] = Field(default_factory=list, max_length=32)
     after: FilterText = None
     before: FilterText = None
+    taken_after: DateText = None
+    taken_before: DateText = None
+    place: PlaceText = None
+    near: PlaceText = None
+    within: float | None = Field(None, gt=0, le=20_038, description="kilometres from 'near'")
+    camera: PlaceText = None
+    has_gps: bool | None = None
     dedup: float | None = Field(None, ge=0, le=1)
+    sort: Sort = "score"
+
+
+class ExplainIn(BaseModel):
+    """Why an item matched a query: the query's terms (as ``POST /api/search`` takes them) and how to draw it."""
+
+    terms: list[TermIn] = Field(min_length=1, max_length=MAX_TERMS)
+    method: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        None, description="intgrad (default), gradcam, gradeclip, tokens, occlusion or rise")
+    term: int | None = Field(None, ge=0, lt=MAX_TERMS, description="draw this term's share only (0-based)")
+    max_side: int = Field(512, ge=32, le=2048, description="longest side of the overlay, pixels")
 
 
 ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 413, 422, 500, 503)}
@@ -174,30 +248,51 @@ def filters_of(**raw: Any) -> Filters:
         raise ApiError(400, "invalid_query", f"invalid filter: {exc}") from None
 
 
-def _query_filters(
-    target: Annotated[Target, Query(description="what to return; 'text' gives image->text")] = "image",
-    min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
-    under: Annotated[str | None, Query(max_length=4096, description="only files under this folder")] = None,
-    glob: Annotated[str | None, Query(max_length=4096, description="only files whose path or name matches")] = None,
-    types: Annotated[str | None, Query(max_length=1024, description="comma-separated extensions, e.g. jpg,png")] = None,
-    after: Annotated[str | None, Query(max_length=64, description="modified on/after YYYY-MM-DD")] = None,
-    before: Annotated[str | None, Query(max_length=64, description="modified before YYYY-MM-DD")] = None,
-) -> Filters:
-    return filters_of(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
-                      before=before)
+# Every filter a search takes, declared once: (name, type, constraints, description). The query-string
+# and the form versions of the dependency are made from it, and the JSON body (SearchIn) has the same names.
+_FILTER_PARAMS: tuple[tuple[str, Any, dict[str, Any], str], ...] = (
+    ("target", Target, {}, "what to return; 'text' gives image->text"),
+    ("min_score", float | None, {"ge": -1, "le": 1}, "lowest cosine similarity"),
+    ("under", str | None, {"max_length": 4096}, "only files under this folder"),
+    ("glob", str | None, {"max_length": 4096}, "only files whose path or name matches"),
+    ("types", str | None, {"max_length": 1024}, "comma-separated extensions, e.g. jpg,png"),
+    ("after", str | None, {"max_length": 64}, "modified on/after YYYY-MM-DD"),
+    ("before", str | None, {"max_length": 64}, "modified before YYYY-MM-DD"),
+    ("taken_after", str | None, {"max_length": 64}, "captured on/after YYYY-MM-DD[THH:MM] (the photo's local time)"),
+    ("taken_before", str | None, {"max_length": 64}, "captured before YYYY-MM-DD[THH:MM]"),
+    ("place", str | None, {"max_length": 256}, "city, region or country name (any case)"),
+    ("near", str | None, {"max_length": 256}, "a place name or 'LAT,LON': photos taken within 'within' km"),
+    ("within", float | None, {"gt": 0, "le": 20_038}, "kilometres from 'near' (default 25)"),
+    ("camera", str | None, {"max_length": 256}, "camera make or model contains this (any case)"),
+    ("has_gps", bool | None, {}, "only photos with (true) or without (false) a recorded position"),
+)
+_FILTER_NAMES = tuple(name for name, *_ in _FILTER_PARAMS)
 
 
-def _form_filters(
-    target: Annotated[Target, Form()] = "image",
-    min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
-    under: Annotated[str | None, Form(max_length=4096)] = None,
-    glob: Annotated[str | None, Form(max_length=4096)] = None,
-    types: Annotated[str | None, Form(max_length=1024)] = None,
-    after: Annotated[str | None, Form(max_length=64)] = None,
-    before: Annotated[str | None, Form(max_length=64)] = None,
-) -> Filters:
-    return filters_of(target=target, min_score=min_score, under=under, glob=glob, types=types, after=after,
-                      before=before)
+def _filters_dependency(kind: Callable[..., Any]) -> Callable[..., Filters]:
+    """A FastAPI dependency reading every filter from the query string (``Query``) or a form (``Form``)."""
+
+    def dependency(**raw: Any) -> Filters:
+        return filters_of(**raw)
+
+    dependency.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default="image" if name == "target" else None,
+                          annotation=Annotated[tp, kind(description=text, **limits)])
+        for name, tp, limits, text in _FILTER_PARAMS
+    ], return_annotation=Filters)
+    return dependency
+
+
+_query_filters = _filters_dependency(Query)
+_form_filters = _filters_dependency(Form)
+
+
+def _sort_query(sort: Annotated[Sort, Query(description="'taken': the k best, newest capture first")] = "score") -> str:
+    return sort
+
+
+def _sort_form(sort: Annotated[Sort, Form(description="'taken': the k best, newest capture first")] = "score") -> str:
+    return sort
 
 
 def form_terms(texts: Sequence[str], not_texts: Sequence[str]) -> list[QueryTerm]:
@@ -256,6 +351,15 @@ def _item_out(row: "ItemRow") -> dict[str, Any]:
         data.update(_image_links(row.id))
     if row.kind == "frame" and row.parent_id is not None:
         data.update(thumbnail=f"/api/items/{row.id}/thumbnail", original=_play_link(row.parent_id, row.time or 0.0))
+    data["photo"] = photo_info(row)
+    return data
+
+
+def _group_out(group: "DuplicateGroup") -> dict[str, Any]:
+    data = group.as_dict()
+    for member in data["members"]:
+        member["name"] = os.path.basename(member["path"]) if member.get("path") else None
+        member.update(_image_links(member["id"]))
     return data
 
 
@@ -422,14 +526,16 @@ def create_app(
             raise ApiError(404, "not_found", f"no item with id {item_id}")
         return row
 
-    def search_rows(terms: list[QueryTerm], k: int, filters: Filters, dedup: float | None) -> tuple[list, dict]:
+    def search_rows(terms: list[QueryTerm], k: int, filters: Filters, dedup: float | None,
+                    sort: str = "score") -> tuple[list, dict]:
         served = backend.main
-        hits = served.search(terms, k, filters=filters, dedup=dedup)
+        hits = served.search(terms, k, filters=filters, dedup=dedup, sort=sort)
         return hits, served.items([h.id for h in hits])
 
-    def similar_rows(item_id: int, k: int, filters: Filters, dedup: float | None) -> tuple[list, dict]:
+    def similar_rows(item_id: int, k: int, filters: Filters, dedup: float | None,
+                     sort: str = "score") -> tuple[list, dict]:
         served = backend.main
-        hits = served.similar(item_id, k, filters=filters, dedup=dedup)
+        hits = served.similar(item_id, k, filters=filters, dedup=dedup, sort=sort)
         return hits, served.items([h.id for h in hits])
 
     def searched(found: tuple[list["Hit"], dict[int, "ItemRow"]], k: int, started: float) -> dict[str, Any]:
@@ -457,19 +563,19 @@ def create_app(
         filters: Annotated[Filters, Depends(_query_filters)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         dedup: Annotated[float | None, Query(ge=0, le=1, description="drop hits this similar to a better hit")] = None,
+        sort: Annotated[str, Depends(_sort_query)] = "score",
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        return searched(await backend(search_rows, [QueryTerm.text(q)], k, filters, dedup), k, started)
+        return searched(await backend(search_rows, [QueryTerm.text(q)], k, filters, dedup, sort), k, started)
 
     @api.post("/search", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
               summary="Combined query: weighted texts and indexed items, negatives push away")
     async def search_combined(body: SearchIn) -> dict[str, Any]:
         started = time.perf_counter()
-        filters = filters_of(target=body.target, min_score=body.min_score, under=body.under, glob=body.glob,
-                             types=body.types, after=body.after, before=body.before)
+        filters = filters_of(**{name: getattr(body, name) for name in _FILTER_NAMES})
         terms = [QueryTerm.text(t.text, t.weight) if t.text is not None else QueryTerm.item(t.item, t.weight)
                  for t in body.terms]  # type: ignore[arg-type]
-        return searched(await backend(search_rows, terms, body.k, filters, body.dedup), body.k, started)
+        return searched(await backend(search_rows, terms, body.k, filters, body.dedup, body.sort), body.k, started)
 
     @api.post("/search/image", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
               summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')",
@@ -484,6 +590,7 @@ def create_app(
         image_weight: Annotated[float, Form(ge=-MAX_WEIGHT, le=MAX_WEIGHT)] = 1.0,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
         dedup: Annotated[float | None, Form(ge=0, le=1)] = None,
+        sort: Annotated[str, Depends(_sort_form)] = "score",
     ) -> dict[str, Any]:
         started = time.perf_counter()
         words = form_terms(text, not_text)  # cheap checks first: a refused form costs no decoding
@@ -495,7 +602,7 @@ def create_app(
         _, vector = await decoder.decode_and_embed(data, backend.main.embed_image, min_side=image_side,
                                                    max_pixels=max_upload_pixels)
         terms = [QueryTerm.vector(vector, image_weight), *words]
-        return searched(await backend(search_rows, terms, k, filters, dedup), k, started)
+        return searched(await backend(search_rows, terms, k, filters, dedup, sort), k, started)
 
     @api.get("/items/{item_id}/similar", response_model=SearchOut, response_model_exclude_none=True, tags=["items"],
              summary="More like this: neighbours of an indexed item (no model run)")
@@ -503,10 +610,23 @@ def create_app(
         item_id: ItemId, filters: Annotated[Filters, Depends(_query_filters)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         dedup: Annotated[float | None, Query(ge=0, le=1)] = None,
+        sort: Annotated[str, Depends(_sort_query)] = "score",
     ) -> dict[str, Any]:
         started = time.perf_counter()
         await row_of(item_id)
-        return searched(await backend(similar_rows, item_id, k, filters, dedup), k, started)
+        return searched(await backend(similar_rows, item_id, k, filters, dedup, sort), k, started)
+
+    @api.get("/duplicates", response_model=DuplicatesOut, response_model_exclude_none=True, tags=["items"],
+             summary="Groups of near-identical photos, the copy to keep first (nothing is deleted)")
+    async def duplicates(
+        filters: Annotated[Filters, Depends(_query_filters)],
+        threshold: Annotated[float, Query(ge=0.5, le=1, description="cosine at or above which photos group")] = 0.95,
+        limit: Annotated[int, Query(ge=1, le=MAX_K, description="at most this many groups")] = 100,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        groups = await backend(backend.main.duplicates, threshold, filters=filters)
+        return {"groups": [_group_out(g) for g in groups[:limit]], "total": len(groups), "threshold": threshold,
+                "took_ms": round((time.perf_counter() - started) * 1e3, 2)}
 
     @api.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=True, tags=["items"],
              summary="One item: path, size, dimensions, date, metadata")
@@ -549,6 +669,21 @@ def create_app(
         source, row = await run_in_threadpool(backend.main.open_original, row)
         assert row.path is not None
         return stream_ranges(source, row.path, range_header)
+
+    @api.post("/items/{item_id}/explain", tags=["items"],
+              summary="Why this item matched the query: a heatmap over the photo (PNG data URI) and its grid")
+    async def explain(item_id: ItemId, body: ExplainIn) -> dict[str, Any]:
+        row = await row_of(item_id)
+        if row.kind != "image":
+            raise ApiError(422, "not_a_picture", f"item {item_id} is a {row.kind}: heatmaps are drawn on pictures")
+        terms = [QueryTerm.text(t.text, t.weight) if t.text is not None else QueryTerm.item(t.item, t.weight)
+                 for t in body.terms]  # type: ignore[arg-type]
+        options = {} if body.method is None else {"method": body.method}
+        # On the index thread (the query's item terms and the picture's path are store reads); the
+        # model's passes run there too, a few encodes' worth, like an image search's.
+        drawn = await backend(backend.main.explain_overlay, terms, item_id, max_side=body.max_side, format="PNG",
+                              term=body.term, **options)
+        return explained_payload(drawn)
 
     app.include_router(api)
 

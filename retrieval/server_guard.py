@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import (
+    ExplainUnsupportedError,
     ImageDecodeError,
     IndexLockedError,
     IndexNotFoundError,
@@ -38,6 +39,7 @@ from .errors import (
     ItemNotFoundError,
     MMSearchError,
     ModelLoadError,
+    UnknownPreprocessError,
 )
 
 TOKEN_COOKIE = "mmsearch_token"
@@ -78,6 +80,8 @@ def status_of(exc: MMSearchError) -> tuple[int, str]:
         return 400, "invalid_query"
     if isinstance(exc, ImageDecodeError):
         return 422, "bad_image"
+    if isinstance(exc, (ExplainUnsupportedError, UnknownPreprocessError)):
+        return 422, "unsupported"  # this model cannot be explained that way; the message names a way that works
     if isinstance(exc, IndexNotFoundError):
         return 404, "index_not_found"
     if isinstance(exc, (ModelLoadError, IndexLockedError)):

@@ -24,7 +24,6 @@ nothing (not even the FAISS cache) is written, and writing raises a clear error.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import shutil
 import tempfile
@@ -32,9 +31,9 @@ import sqlite3
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -42,7 +41,6 @@ from .config import SCHEMA_VERSION
 from .errors import (
     IndexCorruptError,
     IndexExistsError,
-    IndexLockedError,
     IndexNotFoundError,
     MMSearchError,
     SchemaVersionError,
@@ -51,7 +49,6 @@ from .manifest import (  # Manifest and MANIFEST are part of this module's publi
     MANIFEST,
     TEMP_SUFFIX,
     Manifest,
-    ann_problem,
     describe_write_error,
     older_schema_error,
     read_manifest,
@@ -69,241 +66,36 @@ from .store_schema import (  # noqa: F401 - MIGRATIONS and Migration are this mo
     to_db,
 )
 
-if TYPE_CHECKING:
-    from .ann import VectorIndex  # faiss loads only when vectors are needed: 'info' stays light
-
-ITEMS_DB = "items.sqlite"
-FAISS_FILE = "index.faiss"
-LOCK_FILE = "write.lock"
-READ_LOCK_FILE = "read.lock"
-
-_ITEM_SELECT = "SELECT " + ", ".join(ITEM_COLUMNS) + " FROM items"
-# An image's capture metadata (see retrieval.photo_store), written by the indexer and the back-fill.
-PHOTO_COLUMNS: tuple[str, ...] = ITEM_COLUMNS[ITEM_COLUMNS.index("taken_at"):ITEM_COLUMNS.index("meta_version") + 1]
-_PATH_POSITIONS = tuple(i for i, c in enumerate(ITEM_COLUMNS) if c in PATH_COLUMNS)
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """The model that made an index's vectors: what both manifest.json and items.sqlite record."""
-
-    model: str
-    fingerprint: str
-    dim: int
-
-
-@dataclass(frozen=True)
-class ItemRow:
-    """One stored item, as a search hit or a listing needs it (the columns of store_schema.ITEM_COLUMNS)."""
-
-    id: int
-    kind: str
-    key: str
-    path: str | None
-    text: str | None
-    size: int | None
-    mtime_ns: int | None
-    hash: str | None
-    width: int | None
-    height: int | None
-    status: str
-    error: str | None
-    meta: str | None
-    dev: int | None = None
-    inode: int | None = None
-    real_path: str | None = None
-    parent_id: int | None = None
-    time: float | None = None
-    taken_at: str | None = None
-    taken_ts: float | None = None
-    local_ts: float | None = None
-    time_source: str | None = None
-    utc_offset_min: int | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
-    lens: str | None = None
-    gps_lat: float | None = None
-    gps_lon: float | None = None
-    gps_alt: float | None = None
-    place_city: str | None = None
-    place_region: str | None = None
-    place_country: str | None = None
-    place_cc: str | None = None
-    meta_version: int | None = None
-
-    @classmethod
-    def from_db(cls, values: tuple) -> "ItemRow":
-        row = list(values)
-        for i in _PATH_POSITIONS:
-            row[i] = from_db(row[i])
-        return cls(*row)
-
-
-@dataclass(frozen=True)
-class NewItem:
-    """An item to write; ``vector`` is None for a failed one (or for a video, whose frames carry the vectors)."""
-
-    kind: str
-    key: str
-    path: str | None = None
-    text: str | None = None
-    size: int | None = None
-    mtime_ns: int | None = None
-    hash: str | None = None
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-    meta: str | None = None
-    vector: np.ndarray | None = None
-    dev: int | None = None
-    inode: int | None = None
-    real_path: str | None = None
-    parent_id: int | None = None
-    time: float | None = None
-    taken_at: str | None = None
-    taken_ts: float | None = None
-    local_ts: float | None = None
-    time_source: str | None = None
-    utc_offset_min: int | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
-    lens: str | None = None
-    gps_lat: float | None = None
-    gps_lon: float | None = None
-    gps_alt: float | None = None
-    place_city: str | None = None
-    place_region: str | None = None
-    place_country: str | None = None
-    place_cc: str | None = None
-    meta_version: int | None = None
-    ok_without_vector: bool = False  # a video: status ok, its frames hold the vectors
-
-
-@dataclass(frozen=True)
-class PhotoStats:
-    """What an index's photos say about themselves, for ``mmsearch info``.
-
-    Counts are of searchable image items. A capture time is one the file's
-    metadata gives (EXIF, XMP, IPTC, GPS); ``file_time_only`` items are dated by
-    their file's modification time alone. ``first_taken``/``last_taken`` are
-    dates (YYYY-MM-DD) on the photos' own clocks. ``cameras`` and ``countries``
-    map a name to its number of photos, most first. ``not_read`` photos have no
-    metadata yet: the next ``mmsearch index`` of their folder reads it.
-    """
-
-    images: int = 0
-    with_capture_time: int = 0
-    file_time_only: int = 0
-    first_taken: str | None = None
-    last_taken: str | None = None
-    with_gps: int = 0
-    with_place: int = 0
-    not_read: int = 0
-    cameras: dict[str, int] = field(default_factory=dict)
-    countries: dict[str, int] = field(default_factory=dict)
-
+from .store_checks import IntegrityMixin
+from .store_db import _is_damage, _Connection, write_transaction, writer_lock  # noqa: F401 - this module's names too
+from .store_photos import PhotoMetadataMixin
+from .store_rows import (  # noqa: F401 - the row types and file names are this module's public names too
+    _ITEM_SELECT,
+    _PATH_POSITIONS,
+    FAISS_FILE,
+    ITEMS_DB,
+    LOCK_FILE,
+    PHOTO_COLUMNS,
+    READ_LOCK_FILE,
+    ItemRow,
+    ModelRecord,
+    NewItem,
+    PhotoStats,
+)
+from .store_vectors import (  # noqa: F401 - this module's names too
+    StoredVectors,
+    VectorIndexMixin,
+    ann_count_agrees,
+    ann_files_vouched,
+    faiss_file_vouched,
+)
+from .store_videos import VideoRowsMixin
 
 # Columns an upsert writes (all but id), and the NewItem field each one takes.
 _WRITE_COLUMNS: tuple[str, ...] = tuple(c for c in ITEM_COLUMNS if c not in ("id", "status")) + ("status", "indexed_at")
 
 
-def _is_damage(exc: sqlite3.DatabaseError) -> bool:
-    """sqlite's words for a damaged file (as opposed to a lock, a full disk or a bug of ours)."""
-    text = str(exc).lower()
-    return type(exc) is sqlite3.DatabaseError or any(
-        w in text for w in ("malformed", "not a database", "disk i/o error", "corrupt"))
-
-
-class _Cursor(sqlite3.Cursor):
-    """A cursor whose reads turn sqlite's "file is damaged" into one IndexCorruptError naming the fix."""
-
-    damaged: Callable[[sqlite3.DatabaseError], IndexCorruptError]
-
-    def __next__(self) -> Any:
-        try:
-            return super().__next__()
-        except sqlite3.DatabaseError as exc:
-            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
-
-    def fetchone(self) -> Any:
-        try:
-            return super().fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return super().fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
-
-
-class _Connection(sqlite3.Connection):
-    """items.sqlite's connection: every read and write reports a damaged file the same way (see _Cursor)."""
-
-    damaged: Callable[[sqlite3.DatabaseError], IndexCorruptError]
-
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
-        cursor = self.cursor(_Cursor)
-        cursor.damaged = self.damaged  # type: ignore[attr-defined]
-        try:
-            return cursor.execute(sql, parameters)
-        except sqlite3.DatabaseError as exc:
-            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
-
-    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:  # type: ignore[override]
-        try:
-            return super().executemany(sql, parameters)
-        except sqlite3.DatabaseError as exc:
-            raise (self.damaged(exc) if _is_damage(exc) else exc) from exc
-
-
-@contextmanager
-def write_transaction(db: sqlite3.Connection, failure: Callable[[str], str]) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
-
-    An sqlite error becomes one ``MMSearchError`` whose message is
-    ``failure(why)`` (``why`` says what went wrong in words, e.g. a full disk);
-    anything else (a bug, KeyboardInterrupt) propagates after the rollback.
-    Either way the database keeps exactly what was committed before.
-    """
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        yield db
-        db.execute("COMMIT")
-    except BaseException as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise MMSearchError(failure(describe_write_error(exc))) from exc
-        raise
-
-
-@contextmanager
-def writer_lock(directory: Path, *, wait: bool = True, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold index ``directory``'s single-writer lock (flock on write.lock); ``wait=False`` fails at once if taken."""
-    try:
-        fh = open(directory / LOCK_FILE, "a+")
-    except OSError as exc:
-        raise MMSearchError(f"cannot write to index directory {directory}: {describe_write_error(exc)}") from exc
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise IndexLockedError(
-                    f"index {directory.name!r} is being written by another process; "
-                    "try again later (or leave out --no-wait to wait for it)"
-                ) from None
-            if on_wait:
-                on_wait()
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-    finally:
-        fh.close()  # releases the lock
-
-
-class IndexStore:
+class IndexStore(PhotoMetadataMixin, IntegrityMixin, VideoRowsMixin, VectorIndexMixin):
     """One index directory. Open with :meth:`create` or :meth:`open`.
 
     ``readonly`` stores (a directory this process cannot write to) answer
@@ -823,91 +615,6 @@ class IndexStore:
         counts["items"] = counts["images"] + counts["texts"] + counts["videos"]
         return counts
 
-    # -- capture metadata (retrieval.photo_store) ----------------------------------
-
-    def metadata_backlog(self, version: int) -> set[str]:
-        """Keys of searchable image items whose metadata was never read, or read by a reader older than ``version``."""
-        rows = self.connect().execute(
-            "SELECT key FROM items WHERE kind='image' AND status='ok' AND (meta_version IS NULL OR meta_version < ?)",
-            (version,),
-        )
-        return {from_db(r[0]) for r in rows}
-
-    def photo_of_hash(self, content_hash: str, version: int) -> dict[str, Any] | None:
-        """The metadata columns of an image item with this content, read by reader ``version`` or newer; or None."""
-        listed = ", ".join(PHOTO_COLUMNS)
-        row = self.connect().execute(
-            f"SELECT {listed} FROM items WHERE hash=? AND kind='image' AND meta_version >= ? LIMIT 1",
-            (content_hash, version),
-        ).fetchone()
-        return dict(zip(PHOTO_COLUMNS, row)) if row else None
-
-    def write_photo_metadata(self, rows: list[tuple[str, dict[str, Any]]]) -> int:
-        """Set the metadata columns of image items, by key, in one transaction -> rows changed.
-
-        Columns missing from a row's dict are cleared, so a re-read replaces all
-        an older reader wrote. Vectors are untouched, so the generation (and the
-        FAISS file) stays as it is.
-        """
-        if not rows:
-            return 0
-        self._require_writable()
-        assignments = ", ".join(f"{c}=?" for c in PHOTO_COLUMNS)
-        failure = (lambda why: f"could not write photo metadata to index {self.name!r}: {why} "  # noqa: E731
-                   "(the index keeps everything committed before this)")
-        changed = 0
-        with write_transaction(self.connect(), failure) as db:
-            for key, columns in rows:
-                cur = db.execute(
-                    f"UPDATE items SET {assignments} WHERE key=? AND kind='image'",
-                    (*(columns.get(c) for c in PHOTO_COLUMNS), to_db(key)),
-                )
-                changed += cur.rowcount
-        return changed
-
-    def photo_stats(self) -> PhotoStats:
-        """Counts of capture times, positions, places and cameras over the searchable images."""
-        from datetime import datetime, timezone
-
-        db = self.connect()
-        with self.snapshot():
-            (images, dated, file_dated, first, last, gps, placed, unread) = db.execute(
-                "SELECT COUNT(*), "
-                "SUM(taken_ts IS NOT NULL AND time_source != 'file-mtime'), SUM(time_source = 'file-mtime'), "
-                "MIN(CASE WHEN time_source != 'file-mtime' THEN local_ts END), "
-                "MAX(CASE WHEN time_source != 'file-mtime' THEN local_ts END), "
-                "SUM(gps_lat IS NOT NULL), SUM(place_cc IS NOT NULL), SUM(meta_version IS NULL) "
-                "FROM items WHERE kind='image' AND status='ok'"
-            ).fetchone()
-            cameras: dict[str, int] = {}
-            for make, model, n in db.execute(
-                "SELECT camera_make, camera_model, COUNT(*) FROM items WHERE kind='image' AND status='ok' "
-                "AND (camera_make IS NOT NULL OR camera_model IS NOT NULL) GROUP BY camera_make, camera_model"
-            ):
-                name = " ".join(p for p in (make, model) if p)
-                cameras[name] = cameras.get(name, 0) + n
-            countries = dict(db.execute(
-                "SELECT place_country, COUNT(*) FROM items WHERE kind='image' AND status='ok' "
-                "AND place_country IS NOT NULL GROUP BY place_country"
-            ).fetchall())
-
-        def day(ts: float | None) -> str | None:
-            if ts is None:
-                return None
-            try:
-                return datetime.fromtimestamp(ts, tz=timezone.utc).date().isoformat()
-            except (OverflowError, OSError, ValueError):
-                return None
-
-        def most_first(counts: dict[str, int]) -> dict[str, int]:
-            return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-        return PhotoStats(
-            images=images or 0, with_capture_time=dated or 0, file_time_only=file_dated or 0,
-            first_taken=day(first), last_taken=day(last), with_gps=gps or 0, with_place=placed or 0,
-            not_read=unread or 0, cameras=most_first(cameras), countries=most_first(countries),
-        )
-
     def image_rows(self) -> list[ItemRow]:
         """Every searchable image item, by id (duplicate grouping reads them all at once)."""
         return [ItemRow.from_db(r) for r in self.connect().execute(
@@ -939,149 +646,6 @@ class IndexStore:
             (from_db(r[0]), r[1] or "")
             for r in self.connect().execute("SELECT key, error FROM items WHERE status='failed' ORDER BY key")
         ]
-
-    # -- integrity (what retrieval.integrity checks and repairs) ------------------
-
-    def quick_check(self) -> list[str]:
-        """sqlite's ``PRAGMA quick_check``: ``["ok"]`` for an undamaged file, else what is wrong."""
-        try:
-            return [str(r[0]) for r in self.connect().execute("PRAGMA quick_check").fetchall()]
-        except sqlite3.DatabaseError as exc:
-            return [str(exc)]
-
-    def row_counts(self) -> tuple[int, int]:
-        """(rows in items, rows in vectors)."""
-        db = self.connect()
-        return (db.execute("SELECT COUNT(*) FROM items").fetchone()[0],
-                db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
-
-    _CONSISTENCY_CHECKS = {
-        "items marked ok have no vector": "SELECT COUNT(*) FROM items i LEFT JOIN vectors v ON v.id = i.id "
-        "WHERE i.status = 'ok' AND i.kind != 'video' AND v.id IS NULL",
-        "videos have a vector of their own": "SELECT COUNT(*) FROM items i JOIN vectors v ON v.id = i.id "
-        "WHERE i.kind = 'video'",
-        "failed items have a vector": "SELECT COUNT(*) FROM items i JOIN vectors v ON v.id = i.id "
-        "WHERE i.status = 'failed'",
-        "vectors belong to no item": "SELECT COUNT(*) FROM vectors v LEFT JOIN items i ON i.id = v.id "
-        "WHERE i.id IS NULL",
-        "image items whose key is not their path": "SELECT COUNT(*) FROM items WHERE kind IN ('image', 'video') "
-        "AND (path IS NULL OR path != key)",
-        "frames whose parent is not a video": "SELECT COUNT(*) FROM items f LEFT JOIN items v ON v.id = f.parent_id "
-        "WHERE f.kind = 'frame' AND (v.id IS NULL OR v.kind != 'video' OR v.status != 'ok')",
-        "videos marked ok have no frame": "SELECT COUNT(*) FROM items v WHERE v.kind = 'video' AND v.status = 'ok' "
-        "AND NOT EXISTS (SELECT 1 FROM items f WHERE f.parent_id = v.id AND f.kind = 'frame')",
-        "items other than frames have a parent": "SELECT COUNT(*) FROM items WHERE kind != 'frame' "
-        "AND parent_id IS NOT NULL",
-    }
-
-    def inconsistencies(self) -> dict[str, int]:
-        """What breaks the items/vectors invariants -> how many rows (only the non-zero ones)."""
-        db = self.connect()
-        found = {what: db.execute(sql).fetchone()[0] for what, sql in self._CONSISTENCY_CHECKS.items()}
-        return {what: n for what, n in found.items() if n}
-
-    def vector_blobs(self) -> Iterator[tuple[int, bytes]]:
-        """(id, raw stored bytes) of every vector, by id, undecoded (so damage can be seen)."""
-        yield from self.connect().execute("SELECT id, vec FROM vectors ORDER BY id")
-
-    def vector_blob(self, item_id: int) -> bytes | None:
-        row = self.connect().execute("SELECT vec FROM vectors WHERE id=?", (item_id,)).fetchone()
-        return row[0] if row else None
-
-    def image_keys(self) -> list[str]:
-        return [from_db(r[0]) for r in self.connect().execute("SELECT key FROM items WHERE kind IN ('image', 'video')")]
-
-    def untrusted_rows(self, vector_ids: list[int]) -> tuple[list[int], list[int]]:
-        """What a repair drops: (item ids, stray vector ids).
-
-        The items of ``vector_ids`` (vectors found bad), ok items without a
-        vector, and vectors without an ok item (strays). Videos go whole: a
-        frame that cannot be trusted takes its video and the video's other
-        frames with it (the next index run samples the video again; a video
-        left with a frame missing would count as unchanged), and so do frames
-        whose parent is not an indexed video and videos without a frame.
-        """
-        db = self.connect()
-        bad = set(vector_ids)
-        items = set()
-        for start in range(0, len(vector_ids), 500):
-            chunk = vector_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            items |= {r[0] for r in db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)}
-        items |= {r[0] for r in db.execute(
-            "SELECT id FROM items WHERE status = 'ok' AND kind != 'video' AND id NOT IN (SELECT id FROM vectors)")}
-        items |= {r[0] for r in db.execute(
-            "SELECT f.id FROM items f LEFT JOIN items v ON v.id = f.parent_id WHERE f.kind = 'frame' "
-            "AND (v.id IS NULL OR v.kind != 'video' OR v.status != 'ok')")}
-        items |= {r[0] for r in db.execute(
-            "SELECT v.id FROM items v WHERE v.kind = 'video' AND v.status = 'ok' "
-            "AND NOT EXISTS (SELECT 1 FROM items f WHERE f.parent_id = v.id AND f.kind = 'frame')")}
-        parents = self._parents_of(db, items)
-        dropped_parents = set(self.items_by_id(sorted(parents))) if parents else set()
-        items |= dropped_parents
-        for frames in self.frames_of_videos(sorted(dropped_parents)).values():
-            items |= {frame_id for frame_id, _ in frames}
-        strays = (bad - items) | {r[0] for r in db.execute(
-            "SELECT id FROM vectors WHERE id NOT IN (SELECT id FROM items WHERE status = 'ok' AND kind != 'video')")}
-        return sorted(items), sorted(strays - items)
-
-    @staticmethod
-    def _parents_of(db: sqlite3.Connection, ids: set[int]) -> set[int]:
-        out: set[int] = set()
-        listed = sorted(ids)
-        for start in range(0, len(listed), 500):
-            chunk = listed[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            out |= {r[0] for r in db.execute(
-                f"SELECT parent_id FROM items WHERE id IN ({marks}) AND parent_id IS NOT NULL", chunk)}
-        return out
-
-    def count_untrusted(self, vector_ids: list[int]) -> tuple[int, int]:
-        items, strays = self.untrusted_rows(vector_ids)
-        return len(items), len(strays)
-
-    def describe_untrusted(self, vector_ids: list[int]) -> list[str]:
-        """What a repair would drop, in words: each item's path or text key, and stray vectors by id."""
-        items, strays = self.untrusted_rows(vector_ids)
-        rows = self.items_by_id(items)
-        whole = {i for i in items if i in rows and rows[i].kind == "video"}
-        # A video dropped whole is named once, not once per frame.
-        shown = [i for i in items if not (i in rows and rows[i].parent_id in whole)]
-        return [rows[i].key if i in rows else f"item {i}" for i in shown] + [f"stray vector {i}" for i in strays]
-
-    def drop_untrusted(self, vector_ids: list[int], failure: Callable[[str], str]) -> tuple[int, int]:
-        """Delete what :meth:`untrusted_rows` names, in one transaction -> (items dropped, stray vectors dropped)."""
-        self._require_writable()
-        items, strays = self.untrusted_rows(vector_ids)
-        if not items and not strays:
-            return 0, 0
-        with write_transaction(self.connect(), failure) as db:
-            for item_id in items:
-                db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
-                db.execute("DELETE FROM items WHERE id=?", (item_id,))
-            for item_id in strays:
-                db.execute("DELETE FROM vectors WHERE id=?", (item_id,))
-            self.bump_generation(db)
-        return len(items), len(strays)
-
-    def rebuild_manifest(self, model: ModelRecord) -> None:
-        """Write manifest.json anew for ``model``, keeping what the old one said of the ANN policy when readable."""
-        self._require_writable()
-        old = self.manifest
-        ann: dict[str, Any] = {}
-        if not self.manifest_problems or (self.directory / MANIFEST).is_file():
-            try:
-                ann = {"policy": dict((read_manifest(self.directory / MANIFEST).get("ann") or {}).get("policy") or {})}
-                if ann_problem(ann):
-                    ann = {}
-            except (IndexCorruptError, AttributeError, TypeError):
-                ann = {}
-        self.manifest = Manifest(
-            name=self.name, model=model.model, fingerprint=model.fingerprint, dim=model.dim,
-            ann={**ann, "generation": -1}, created_at=old.created_at if old.created_at else time.time(),
-        )
-        self.manifest_problems = []
-        self.write_manifest()
 
     # -- writing ----------------------------------------------------------------
 
@@ -1162,68 +726,6 @@ class IndexStore:
             )
         db.execute("INSERT INTO vectors (id, vec) VALUES (?, ?)", (item_id, vec.tobytes()))
 
-    # -- videos: a 'video' row (no vector) and its 'frame' rows (one vector each) ---------
-
-    def commit_video(self, video: NewItem, frames: Sequence[NewItem], deletes: Sequence[int] = ()
-                     ) -> tuple[list[int], list[int]]:
-        """Write one video and all its frames as a single transaction, replacing the frames it had.
-
-        ``frames`` get the video's id as ``parent_id``; a failed video (no
-        frames) keeps no frame. ``deletes`` are removed in the same
-        transaction. Returns (frame ids written, ids whose vectors must leave
-        the ANN index), as :meth:`commit` does; a crash keeps the video whole
-        or as it was before.
-        """
-        self._require_writable()
-        db = self.connect()
-        now = time.time()
-        added: list[int] = []
-        with write_transaction(db, self._commit_failure):
-            dropped = self._delete_items(db, deletes)
-            video_id, replaced = self._upsert(db, replace(video, vector=None), now)
-            if replaced:
-                old = [r[0] for r in db.execute("SELECT id FROM items WHERE parent_id=?", (video_id,))]
-                dropped += self._delete_items(db, old) + [video_id]
-            for frame in frames:
-                if frame.vector is None:
-                    raise ValueError("a frame item needs a vector")
-                frame_id, replaced = self._upsert(db, replace(frame, kind="frame", parent_id=video_id), now)
-                if replaced:  # a frame key left by something else (it cannot be another video's)
-                    dropped.append(frame_id)
-                self._insert_vector(db, frame_id, frame.vector)
-                added.append(frame_id)
-            self.bump_generation(db)
-        return added, dropped
-
-    def frames_of(self, video_id: int) -> list[tuple[int, float]]:
-        """(frame id, seconds) of a video's frames, in time order."""
-        rows = self.connect().execute(
-            "SELECT id, time FROM items WHERE parent_id=? AND kind='frame' ORDER BY time, id", (video_id,))
-        return [(int(i), float(t or 0.0)) for i, t in rows]
-
-    def frames_of_videos(self, video_ids: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
-        """video id -> (frame id, seconds) of its frames in time order, for several videos at once."""
-        out: dict[int, list[tuple[int, float]]] = {}
-        db = self.connect()
-        unique = list(dict.fromkeys(int(v) for v in video_ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for parent, frame_id, t in db.execute(
-                f"SELECT parent_id, id, time FROM items WHERE kind='frame' AND parent_id IN ({marks}) "
-                "ORDER BY parent_id, time, id", chunk):
-                out.setdefault(int(parent), []).append((int(frame_id), float(t or 0.0)))
-        return out
-
-    def video_twin(self, fingerprint: str) -> ItemRow | None:
-        """An indexed video with this content fingerprint and at least one frame (for a renamed or copied file)."""
-        row = self.connect().execute(
-            f"{_ITEM_SELECT} WHERE hash=? AND kind='video' AND status='ok' "
-            "AND EXISTS (SELECT 1 FROM items f WHERE f.parent_id = items.id) ORDER BY id LIMIT 1",
-            (fingerprint,),
-        ).fetchone()
-        return ItemRow.from_db(row) if row else None
-
     @staticmethod
     def bump_generation(db: sqlite3.Connection) -> None:
         """Inside a write transaction: mark the stored state as changed (readers then rebuild FAISS)."""
@@ -1231,127 +733,3 @@ class IndexStore:
             "INSERT INTO meta (key, value) VALUES ('generation', '1') "
             "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
         )
-
-    # -- the ANN index ----------------------------------------------------------
-
-    def vector_index_is_current(self) -> bool:
-        """Whether index.faiss (per the manifest on disk) was built from the committed generation."""
-        try:
-            ann = read_manifest(self.directory / MANIFEST).get("ann", {})
-        except IndexCorruptError:
-            return False
-        return faiss_file_vouched(self.directory / FAISS_FILE, ann) and ann.get("generation") == self.generation
-
-    def load_vector_index(self, *, persist: bool = False, mmap: bool = False) -> "VectorIndex":
-        """The FAISS index for the last committed state.
-
-        Loaded from index.faiss when that file matches the committed generation;
-        otherwise (a crash or a concurrent writer) rebuilt from the stored
-        vectors, and written back when ``persist`` (the writer holds the lock).
-        The generation, the file check and the vectors come from one snapshot.
-        """
-        from .ann import AnnConfig, VectorIndex
-
-        path = self.directory / FAISS_FILE
-        with self._read_lock(exclusive=False), self.snapshot() as db:
-            generation = self.generation
-            ann = self.reload_manifest().ann
-            if faiss_file_vouched(path, ann) and ann.get("generation") == generation:
-                # mmap (readers): the codes stay in the page cache, shared between processes.
-                try:
-                    index = VectorIndex.load(path, self.manifest.dim, AnnConfig.from_dict(ann), mmap=mmap)
-                except IndexCorruptError as exc:
-                    # index.faiss is a cache of the stored vectors: a damaged one is rebuilt, not fatal.
-                    logging.getLogger(__name__).warning(
-                        "%s; rebuilding it from the stored vectors ('mmsearch repair --index %s' rewrites it)",
-                        exc, self.name)
-                else:
-                    count = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-                    if ann_count_agrees(index, count):
-                        return index
-            ids, vectors = self.all_vectors()
-        index = self._build_vector_index(ids, vectors)
-        if persist and not self.readonly:
-            self.save_vector_index(index, generation)
-        return index
-
-    def _build_vector_index(self, ids: np.ndarray, vectors: np.ndarray) -> "VectorIndex":
-        from .ann_lifecycle import build, policy_of
-
-        return build(policy_of(self.manifest.ann), self.manifest.dim, ids, vectors)
-
-    def rebuild_vector_index(self) -> "VectorIndex":
-        """A new ANN index from every stored vector, per the policy (built, then tuned)."""
-        ids, vectors = self.all_vectors()
-        return self._build_vector_index(ids, vectors)
-
-    def refresh_vector_index(self, index: "VectorIndex") -> "VectorIndex":
-        """``index``, or a rebuilt one if the policy now wants another kind or size (growth, untrained)."""
-        from .ann_lifecycle import needs_refresh, policy_of
-
-        count = self.connect().execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        policy = policy_of(self.manifest.ann)
-        if needs_refresh(policy, index, count, self.manifest.dim):
-            return self.rebuild_vector_index()
-        if index.config.type == "flat":  # nothing to rebuild, but say why for today's size
-            from dataclasses import replace
-
-            from .ann_lifecycle import plan
-
-            index.config = replace(index.config, rule=plan(policy, count, self.manifest.dim).rule)
-        return index
-
-    def set_ann_policy(self, policy: dict[str, Any]) -> None:
-        """Record a new ANN policy; the caller holds the writer lock and saves a rebuilt index."""
-        self._require_writable()
-        self.manifest.ann = {**self.manifest.ann, "policy": dict(policy)}
-        self.write_manifest()
-
-    def save_vector_index(self, index: "VectorIndex", generation: int | None = None) -> None:
-        """Write index.faiss, then the manifest that vouches for it (in that order, both atomic)."""
-        self._require_writable()
-        generation = self.generation if generation is None else generation
-        try:
-            counts = self.counts()
-            with self._read_lock(exclusive=True):
-                index.save(self.directory / FAISS_FILE)
-                from .ann_lifecycle import policy_of, with_policy
-
-                st = os.stat(self.directory / FAISS_FILE)
-                self.manifest.ann = {
-                    **with_policy(index.config, policy_of(self.manifest.ann)),
-                    "generation": generation, "ntotal": index.ntotal,
-                    # What the manifest vouches for: a file copied over it (another index's) is not it.
-                    "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
-                }
-                self.manifest.counts = counts
-                self.write_manifest()
-        except (OSError, RuntimeError) as exc:  # faiss reports write errors as RuntimeError
-            reason = describe_write_error(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
-            raise MMSearchError(
-                f"could not write index {self.name!r} ({reason}); "
-                "the items committed so far are safe and the next run finishes the job"
-            ) from exc
-
-
-def faiss_file_vouched(path: Path, ann: dict[str, Any]) -> bool:
-    """Whether index.faiss is the very file the manifest's ANN entry describes (size and mtime)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    recorded = ann.get("file")
-    if not isinstance(recorded, dict):
-        return True  # written before files were recorded: the generation check alone
-    return recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
-
-
-def ann_count_agrees(index: "VectorIndex", stored: int) -> bool:
-    """Whether an ANN index can hold exactly the ``stored`` vectors.
-
-    An index kind that cannot delete (HNSW) keeps removed ids, filtered out at
-    query time by their missing rows, so it may hold more.
-    """
-    if getattr(index, "supports_remove", True):
-        return index.ntotal == stored
-    return index.ntotal >= stored

@@ -7,6 +7,11 @@ background. Each picture gets several captions from templates and synonyms,
 each naming a subset of its attributes ("red shoes", "a photo of a striped blue
 shirt", "a small mug on the left").
 
+The catalogue records each object's tight box, and two-object scenes ("a red
+shoe on the left and a blue cup on the right") are drawn apart from it
+(:func:`generate_scenes`): the renderer knows where everything is, so where a
+model looks can be checked (docs/explain.md).
+
 Some (kind, colour) combinations are *held out*: no training picture shows
 them, so a model's generalisation to unseen combinations can be measured.
 
@@ -115,6 +120,9 @@ class SyntheticItem:
     captions: tuple[str, ...]  # English
     split: str  # train | val | test (seen combinations) | unseen (held-out combinations)
     captions_zh: tuple[str, ...] = ()  # Chinese, in a catalogue generated with languages=("en", "zh")
+    # Each object drawn: its attributes and "box" [x0, y0, x1, y1] (pixels, right/bottom exclusive).
+    # One for a catalogue picture; empty for a catalogue written before boxes were recorded.
+    objects: tuple[dict[str, object], ...] = ()
 
     @property
     def all_captions(self) -> tuple[str, ...]:
@@ -290,15 +298,46 @@ def _contrast(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def render(attributes: Mapping[str, str], size: int, rng: random.Random) -> Image.Image:
     """Draw one picture with the given attributes (jittered by ``rng``)."""
+    return render_with_box(attributes, size, rng)[0]
+
+
+def render_with_box(attributes: Mapping[str, str], size: int, rng: random.Random
+                    ) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """:func:`render`, and the drawn object's tight box ``[x0, y0, x1, y1]`` (pixels, right/bottom exclusive)."""
+    image = _background(size, rng)
+    box = _draw_object(image, attributes, rng)
+    return image, box
+
+
+def _background(size: int, rng: random.Random) -> Image.Image:
     if rng.random() < 0.5:
         bg = (255, 255, 255)
     else:
         bg = tuple(rng.randint(215, 250) for _ in range(3))
-    image = Image.new("RGB", (size, size), bg)
+    return Image.new("RGB", (size, size), bg)
+
+
+# Horizontal centre of an object at each position, as a fraction of the side.
+_CENTRES: dict[str, float] = {"left": 0.27, "center": 0.5, "right": 0.73}
+
+
+def _draw_object(image: Image.Image, attributes: Mapping[str, str], rng: random.Random, *,
+                 centres: Mapping[str, float] = _CENTRES, jitter: float = 0.04) -> tuple[int, int, int, int]:
+    """Draw one object onto the square ``image`` (jittered by ``rng``) and return its tight box.
+
+    The box ``(x0, y0, x1, y1)`` covers every pixel the object changed (its
+    filled silhouette and the dark outline around it), clipped to the canvas,
+    right/bottom exclusive. ``jitter`` is the random horizontal shift (a
+    fraction of the side); 0 draws no random number for it. With the defaults
+    the random numbers are drawn in the order :func:`render` always drew them,
+    so catalogues stay byte-identical.
+    """
+    size = image.width
     frac = rng.uniform(0.34, 0.40) if attributes["size"] == "small" else rng.uniform(0.58, 0.66)
     side = frac * size
-    cx = {"left": 0.27, "center": 0.5, "right": 0.73}[attributes["position"]] * size
-    cx += rng.uniform(-0.04, 0.04) * size
+    cx = centres[attributes["position"]] * size
+    if jitter:
+        cx += rng.uniform(-jitter, jitter) * size
     cy = size * 0.5 + rng.uniform(-0.12, 0.12) * size * (1 - frac)
     box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
@@ -332,7 +371,12 @@ def render(attributes: Mapping[str, str], size: int, rng: random.Random) -> Imag
     # A thin dark outline keeps the silhouette readable on any background.
     edge = mask.point(lambda v: 255 if v else 0).filter(_EDGE_FILTER)
     image.paste((20, 20, 20), (0, 0), edge)
-    return image
+    # The tight box: where the fill (mask) or the outline (edge) touched the picture. getbbox is
+    # already clipped to the canvas and right/bottom exclusive.
+    drawn = [b for b in (mask.getbbox(), edge.getbbox()) if b is not None]
+    if not drawn:  # cannot happen for the world's sizes; a box must still be a box
+        return (0, 0, 0, 0)
+    return (min(b[0] for b in drawn), min(b[1] for b in drawn), max(b[2] for b in drawn), max(b[3] for b in drawn))
 
 
 _EDGE_FILTER = ImageFilter.FIND_EDGES
@@ -387,7 +431,9 @@ def generate_catalogue(
       ``captions.csv``       ``image,caption,label,split``, one row per caption in every language
                              (image paths relative to ``out_dir``, so ``mmsearch train out_dir/captions.csv``
                              works, and trains on every language);
-      ``attributes.jsonl``   one line per picture: image, attributes, captions (``captions_zh`` too), split;
+      ``attributes.jsonl``   one line per picture: image, attributes, captions (``captions_zh`` too), split,
+                             and ``objects``: each object drawn with its attributes and tight ``box``
+                             ``[x0, y0, x1, y1]`` in pixels (right/bottom exclusive);
       ``catalogue.json``     seed, sizes, languages, held-out pairs, vocabulary.
 
     ``languages``: ``("en",)`` or ``("en", "zh")``: ``captions_per_image``
@@ -412,9 +458,10 @@ def generate_catalogue(
         captions = make_captions(attributes, rng, captions_per_image)
         captions_zh = make_captions_zh(attributes, rng_zh, captions_per_image) if "zh" in langs else ()
         name = f"images/{i:06d}.png"
-        render(attributes, image_size, rng).save(root / name, optimize=False, compress_level=1)
+        image, box = render_with_box(attributes, image_size, rng)
+        image.save(root / name, optimize=False, compress_level=1)
         items.append(SyntheticItem(image=name, attributes=attributes, captions=captions, split=split,
-                                   captions_zh=captions_zh))
+                                   captions_zh=captions_zh, objects=({**attributes, "box": list(box)},)))
 
     with (root / "captions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -427,6 +474,7 @@ def generate_catalogue(
             row = {"image": item.image, **item.attributes, "captions": list(item.captions), "split": item.split}
             if item.captions_zh:
                 row["captions_zh"] = list(item.captions_zh)
+            row["objects"] = list(item.objects)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     meta = {
         "seed": seed, "n_images": n_images, "image_size": image_size, "languages": list(langs),
@@ -450,6 +498,7 @@ def load_catalogue(root: str | Path) -> Catalogue:
             items.append(SyntheticItem(
                 image=row["image"], attributes={a: row[a] for a in ATTRIBUTES},
                 captions=tuple(row["captions"]), split=row["split"], captions_zh=tuple(row.get("captions_zh", ())),
+                objects=tuple(row.get("objects", ())),
             ))
     return Catalogue(root=root, items=items, seed=int(meta["seed"]), image_size=int(meta["image_size"]),
                      held_out=frozenset(tuple(p) for p in meta["held_out"]),

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import torch
 
 from .encoder import Encoder
 from .fast_paths import CausalTextTower
-from .manifest import write_json_atomic
+from .export_cache import mark_unsupported, publish, staging_dir
 from .text_light import (
     CLEAN_KINDS,
     FORMAT_VERSION,
@@ -92,12 +90,7 @@ def _export(encoder: Encoder, target: Path) -> bool:
         _mark_unsupported(target, layout)
         return False
     meta, tensors = layout
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is as readable as the index
-    try:
+    with staging_dir(target) as tmp:
         for name, tensor in tensors.items():
             np.save(tmp / f"{name}.npy", tensor.detach().to(torch.float32).cpu().numpy())
         meta["fingerprint"] = encoder.fingerprint
@@ -106,21 +99,11 @@ def _export(encoder: Encoder, target: Path) -> bool:
         if problem:
             _mark_unsupported(target, problem)
             return False
-        try:
-            os.replace(tmp, target)  # atomic: readers see a whole export or none
-        except OSError:
-            if (target / META_FILE).is_file():  # another process finished first
-                return True
-            raise
-        return True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return publish(tmp, target, META_FILE)
 
 
 def _mark_unsupported(target: Path, why: str) -> None:
-    log.debug("text tower of %s not exported: %s", target.name, why)
-    target.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(target / UNSUPPORTED_FILE, {"reason": why, "exporter": EXPORTER})
+    mark_unsupported(target, UNSUPPORTED_FILE, why, EXPORTER)
 
 
 def _describe(encoder: Encoder) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | str:

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Union
 import av
 from av.stream import Disposition
 
-from .errors import VideoDecodeError  # raised here; defined with the other typed errors
+from .errors import VideoDecodeError, reading_problem  # VideoDecodeError raised here; defined with the other typed errors
 
 __all__ = [
     "EXACT_SEEK_FORMATS",
@@ -156,14 +156,9 @@ def keyframe_interval(container: av.container.InputContainer, stream: av.video.s
 
 def describe_error(exc: BaseException, opening: bool = False) -> str:
     """One line a user can act on, for an exception from PyAV/FFmpeg."""
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not a file"
-    if isinstance(exc, MemoryError):
-        return "out of memory while decoding"
+    common = reading_problem(exc)
+    if common:
+        return common
     if isinstance(exc, av.error.InvalidDataError):
         return "not a video or damaged (no readable container)" if opening else "damaged video data"
     if isinstance(exc, av.error.DecoderNotFoundError):

@@ -62,7 +62,8 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory, tiny_encoder):
 OPERATIONS = [
     "GET /api/health", "GET /api/info", "GET /api/search", "POST /api/search", "POST /api/search/image",
     "GET /api/items/{item_id}/similar", "GET /api/items/{item_id}", "GET /api/items/{item_id}/thumbnail",
-    "GET /api/items/{item_id}/original", "POST /knn-service", "POST /metadata", "GET /indices-list",
+    "GET /api/items/{item_id}/original", "GET /api/duplicates", "POST /api/items/{item_id}/explain",
+    "POST /knn-service", "POST /metadata", "GET /indices-list",
     "GET /config.json", "GET /clip-retrieval/images/{indice_name}/{item_id}.jpg",
     "GET /clip-retrieval/originals/{indice_name}/{item_id}",
 ]

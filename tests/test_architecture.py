@@ -23,33 +23,39 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_vectors", "text_light",
-     "store_schema", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
-     "synthetic_zh"},
+    {"errors", "config", "manifest", "model_spec", "jxl", "synthetic", "synthetic_scenes", "synthetic_vectors", "text_light",
+     "store_schema", "export_cache", "model_folder", "multilingual", "multilingual_figures", "text_normalise", "hf_text_light",
+     "synthetic_zh", "cpu_threads", "image_onnx"},
     {"loading", "sources", "originals", "photo_meta", "photo_tags", "photo_time", "xmp", "gazetteer",
      "places", "video", "video_decode", "video_frames", "video_select", "video_pixels", "video_meta", "video_files"},
     # what files exist; decoding them (pictures, video frames); their metadata and places; opening them to serve
     {"embed", "urls", "video_embed"},  # files -> pixels -> vectors (with any encoder)
-    {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot"},  # the model side
-    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_lifecycle", "duplicates"},  # vectors: ANN, tuning, ranking
-    {"store", "store_salvage"},  # the index folder
+    {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "zeroshot",
+     "image_export", "image_choice", "image_accuracy",
+     "explain", "explain_towers", "explain_overlay", "explanation"},  # the model side (explain_overlay, explanation: torch-free)
+    {"search", "photo_filters", "video_moments", "ann", "ann_policy", "ann_tuning", "ann_lifecycle", "vector_copy",
+     "duplicates"},  # vectors: ANN, tuning, ranking
+    {"store", "store_salvage", "store_rows", "store_db", "store_photos", "store_checks", "store_videos",
+     "store_vectors"},  # the index folder
     {"indexer", "photo_store", "video_index", "maintenance", "integrity", "catalog", "shards", "thumbnails"},
     # changing an index
     {"merge", "engine_ray", "shard_embed"},  # embedding elsewhere
     {"query"},  # terms -> a vector
+    {"api_items", "api_explain", "api_models"},  # the door's halves
     {"api"},  # the door
-    {"html_report", "duplicates_report", "server_guard", "server_files", "server_ranges", "server_http", "server",
+    {"html_report", "explain_report", "duplicates_report", "server_guard", "server_files", "server_ranges", "server_http", "server",
      "server_clip_retrieval", "immich_models", "immich_ml"},  # faces
     {"cli", "cli.options", "cli.indexing", "cli.searching", "cli.inspecting", "cli.duplicates", "cli.maintenance",
-     "cli.serving", "cli.scaling",
+     "cli.serving", "cli.scaling", "cli.explaining",
      "cli.training", "cli.__main__", "__init__"},
 ]
 TRAINING = "train"  # a separate application over the model side: it may import layers up to the model side
-MODEL_SIDE = {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save"}
+MODEL_SIDE = {"encoder", "fast_paths", "text_export", "hf_text_export", "model_save", "explain", "explain_towers",
+              "image_export", "image_choice"}
 DOOR = {"api", "query", "search", "errors", "config"}
-FACE_HELPERS = {"html_report", "duplicates_report", "thumbnails", "server_guard", "server_files", "server_ranges",
+FACE_HELPERS = {"html_report", "explain_report", "duplicates_report", "thumbnails", "server_guard", "server_files", "server_ranges",
                 "server_http",
-                "immich_models"}
+                "immich_models", "cpu_threads"}  # cpu_threads: how OpenMP waits, chosen before torch loads
 FACES = {name for name in LAYERS[-1] if name.startswith("cli")} | {"server", "server_clip_retrieval", "immich_ml"}
 EXTRA_FOR_FACE = {"cli.serving": {"server"}, "cli.training": {"train", "synthetic"}}
 

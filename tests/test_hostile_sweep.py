@@ -106,7 +106,8 @@ def test_3_drop_refuses_an_index_that_is_being_written(indexed: Path) -> None:
     plan = ok("drop", "default", "--dry-run")
     assert "would delete" in plan.stdout and "10 items" in plan.stdout
     assert index_dir().exists()
-    ok("drop", "default", "--yes")
+    dropped = ok("drop", "default", "--yes")
+    assert "deleted index 'default'" in dropped.stdout and "10 items" in dropped.stdout  # --yes says what went
     assert not index_dir().exists()
 
 

@@ -62,10 +62,13 @@ def test_csv_groups_captions_and_counts_what_it_skips(tmp_path: Path) -> None:
         "b.png,too,many,fields\n"            # malformed row
     )
     data = read_pairs(tmp_path / "pairs.csv", images_dir=tmp_path / "imgs")
+    # Reading decodes nothing: the broken file is counted when training meets it (tests/test_train_pipeline.py).
     assert [(i.image_path.name, i.captions) for i in data.items] == [
-        ("a.png", ["a red square", "crimson block"]), ("b.png", ["another red square"])]
-    assert data.skipped_rows == 2 and data.skipped_images == 2
-    assert data.has_labels and "skipped 4" in data.summary()
+        ("a.png", ["a red square", "crimson block"]), ("b.png", ["another red square"]),
+        ("broken.png", ["undecodable"])]
+    assert data.skipped_rows == 2 and data.skipped_images == 1
+    assert data.skip_reasons["missing image files"] == 1
+    assert data.has_labels and "skipped 3" in data.summary()
 
 
 def test_jsonl_and_sidecar_folder(tmp_path: Path) -> None:

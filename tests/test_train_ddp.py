@@ -194,7 +194,7 @@ def _fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
 def _loss_and_grads(model: torch.nn.Module, loss_fn: torch.nn.Module, kind: str,
                     micro: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, dict[str, torch.Tensor]]:
     """One optimizer step's loss and gradients, by the training loop's own step."""
-    from retrieval.train.loop import accumulate
+    from retrieval.train.steps import accumulate
 
     loss = accumulate(model, loss_fn, kind, micro, len(micro), torch.device("cpu"))
     inner = getattr(model, "module", model)

@@ -1,6 +1,6 @@
 """The ``mmsearch`` command line: thin adapters over :mod:`retrieval.api`.
 
-One module per command group (indexing, searching, inspecting, duplicates,
+One module per command group (indexing, searching, explaining, inspecting, duplicates,
 training, maintenance, serving, scaling), each with a ``register(app)``; option types
 shared between them live in :mod:`retrieval.cli.options`. Heavy modules
 (torch, open_clip, faiss) are imported inside the commands that need them, so
@@ -21,7 +21,7 @@ from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
 from ..errors import MMSearchError, printable
-from . import duplicates, indexing, inspecting, maintenance, scaling, searching, serving, training
+from . import duplicates, explaining, indexing, inspecting, maintenance, scaling, searching, serving, training
 
 
 class _Group(TyperGroup):
@@ -77,9 +77,12 @@ def _root(
     # open_clip and huggingface_hub log warnings a user can do nothing about
     # (e.g. "model initialized randomly" for test models); keep stderr readable.
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s: %(message)s")
+    # The image-runtime choice says when it measures (a pause of a minute once) and when it falls back.
+    for name in ("retrieval.image_choice", "retrieval.image_export"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-for _group in (indexing, searching, inspecting, duplicates, training, maintenance, serving, scaling):
+for _group in (indexing, searching, explaining, inspecting, duplicates, training, maintenance, serving, scaling):
     _group.register(app)
 
 

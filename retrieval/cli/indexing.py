@@ -10,6 +10,7 @@ import typer
 
 from ..config import DEFAULT_INDEX_NAME, DEFAULT_MODEL
 from ..errors import printable
+from .inspecting import shortfall_lines
 from .options import (
     AddressOpt,
     AnnOpt,
@@ -143,13 +144,20 @@ def index(
             finally:
                 progress.stop()
         total = len(idx)
+        ann = idx.info().ann
+        shortfall = shortfall_lines(ann, indent="  ")
     assert report is not None
+    if shortfall:  # the recall promise is not kept: say so (stderr), and what would keep it
+        console.print(f"warning: index {index_name!r}:", markup=False)
+        for line in shortfall:
+            console.print(line, markup=False, soft_wrap=True)
     if not quiet:
         for path, why in report.partial:
             console.print(printable(f"indexed in part: {path}: {why}"), markup=False, soft_wrap=True)
     unit = "items" if paths and texts or report.videos else "texts" if texts else "images"
     if json_out:
-        echo_json({"index": index_name, "items": total, **report.as_dict()})
+        echo_json({"index": index_name, "items": total, **report.as_dict(),
+                   **({"ann_shortfall": ann["shortfall"]} if shortfall else {})})
         return
     videos = ""
     if report.videos:

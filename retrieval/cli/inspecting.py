@@ -46,21 +46,77 @@ def info(
     out(f"items:    {data.images} images{videos}, {data.texts} texts, {data.failed} failed")
     out(f"size:     {human_size(data.size_bytes)}")
     ann = data.ann
-    out(f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), {ann.get('rule') or 'exact search'}")
-    if ann.get("search"):
-        params = ", ".join(f"{k}={v}" for k, v in ann["search"].items())
-        out(f"          search {params}; recall@10 {ann.get('measured_recall')} (target {ann.get('target_recall')})")
+    for line in ann_lines(ann):
+        out(line)
     policy = ann.get("policy") or {}
     if policy:
         out(
             f"          policy --ann {policy.get('ann')} --max-memory {human_size(policy.get('max_memory', 0))} "
             f"--target-recall {policy.get('target_recall')}"
         )
+    for line in _runtime_lines(data.image_runtimes):
+        out(line)
     if data.photos is not None and data.photos.images:
         for line in _photo_lines(data.photos):
             out(line)
     for path, reason in failures:
         out(f"failed:   {path}: {reason}")
+
+
+def _runtime_lines(machines: dict[str, Any]) -> list[str]:
+    """What --precision auto chose per machine, with each candidate's measured rate and cosine to fp32."""
+    lines = []
+    for machine, entry in sorted(machines.items()):
+        if not isinstance(entry, dict):
+            continue
+        lines.append(f"image:    --precision auto = {entry.get('chosen')} on {machine}")
+        cells = []
+        for name, m in sorted((entry.get("candidates") or {}).items(),
+                              key=lambda kv: -float(kv[1].get("images_per_s") or 0.0)):
+            if "mean_cosine" not in m:
+                cells.append(f"{name} unavailable")
+                continue
+            rate = f"{m['images_per_s']:.1f} img/s" if m.get("images_per_s") is not None else "not timed"
+            floor = "" if m.get("passed") else f" < floor {m.get('floor')}"
+            cells.append(f"{name} {rate} cos {m['mean_cosine']:.5f}{floor}")
+        if cells:
+            lines.append("          " + "; ".join(cells))
+    return lines
+
+
+def ann_lines(ann: dict[str, Any]) -> list[str]:
+    """``info``'s lines about the ANN index: kind, rule, tuned search and what it measured, files, any shortfall."""
+    lines = [f"ann:      {ann.get('type', 'flat')} ({ann.get('factory', 'IDMap2,Flat')}), "
+             f"{ann.get('rule') or 'exact search'}"]
+    if ann.get("search"):
+        params = ", ".join(f"{k}={v}" for k, v in ann["search"].items())
+        held = ann.get("held_out") or {}
+        kinds = f" ({', '.join(f'{kind} queries {r}' for kind, r in held.items())})" if held else ""
+        p50 = f"; p50 {ann['p50_ms']} ms" if ann.get("p50_ms") is not None else ""
+        lines.append(f"          search {params}; recall@10 {ann.get('measured_recall')} held out{kinds}, "
+                     f"target {ann.get('target_recall')}{p50}")
+    files = []
+    if ann.get("lists_on_disk"):
+        files.append(f"lists on disk ({(ann.get('lists') or {}).get('name', 'not written yet')}, memory-mapped)")
+    if ann.get("copy_dtype"):
+        copy = ann.get("copy")
+        files.append(f"re-rank copy {ann['copy_dtype']} ({'rerank.vectors' if copy else 'not written yet'})")
+    if files:
+        lines.append("          " + "; ".join(files))
+    lines += shortfall_lines(ann, indent="          ")
+    return lines
+
+
+def shortfall_lines(ann: dict[str, Any], indent: str = "") -> list[str]:
+    """What to say when the tuner could not reach the recall target: what it reached, and what would."""
+    short = ann.get("shortfall")
+    if not isinstance(short, dict):
+        return []
+    slow = f", p50 {short.get('p50_ms')} ms over the {short['limit_ms']} ms limit" if short.get("limit_ms") else ""
+    lines = [f"{indent}SHORT OF TARGET: recall@10 {short.get('reached')} held out (target {short.get('target')}){slow}; "
+             "to meet it:"]
+    lines += [f"{indent}  - {need}" for need in short.get("needs") or []]
+    return lines
 
 
 def _photo_lines(photos: Any, shown: int = 8) -> list[str]:
@@ -117,7 +173,7 @@ def drop(
     if not yes and not typer.confirm(f"delete {what}?", err=True):
         raise typer.Exit(1)
     delete_index(index_name, root=index_dir, wait=not no_wait, on_wait=waiting(index_name))
-    out(f"deleted index {index_name!r}")
+    out(f"deleted {what}")  # with --yes too: the user sees what went
 
 
 models_app = typer.Typer(

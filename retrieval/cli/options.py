@@ -31,8 +31,10 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="Model numerics: auto (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), fp32, bf16, "
-        "fp16 (GPUs) or int8 (CPU, image tower only). All keep cosine >= 0.99 to fp32.",
+        help="Model numerics: auto (fp16 on GPUs; on CPUs the fastest measured here that keeps its accuracy "
+        "floor, chosen once per machine and shown by 'mmsearch info'), fp32, bf16, fp16 (GPUs), int8 (CPU, "
+        "image tower only), onnx-fp32 or onnx-int8 (CPU: image tower under ONNX Runtime). "
+        "All keep cosine >= 0.995 to fp32.",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")]

@@ -27,11 +27,11 @@ class BudgetClock(str, Enum):
 
 
 DataArg = Annotated[
-    Path,
+    str,
     typer.Argument(
-        exists=True, resolve_path=True,
-        help="Image-caption pairs: a CSV (image,caption[,label][,split]), a JSONL file, "
-             "or a folder of images with sidecar .txt captions.",
+        help="Image-caption pairs: a CSV (image,caption[,label][,split]), a JSONL file, a folder of images with "
+             "sidecar .txt captions, webdataset tar shards ('shards/{00000..00099}.tar', a folder of .tar "
+             "files, or fsspec URLs) or Parquet (a file, folder or glob; image bytes or paths + captions).",
     ),
 ]
 ImagesOpt = Annotated[
@@ -43,7 +43,7 @@ CaptionColOpt = Annotated[Optional[str], typer.Option("--caption-column", help="
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 
 
-def _read(data: Path, images: Path | None, image_column: str | None, caption_column: str | None,
+def _read(data: str, images: Path | None, image_column: str | None, caption_column: str | None,
           quiet: bool = False) -> Any:
     from ..train import read_pairs
 
@@ -100,6 +100,20 @@ def train(
                          "process uses cuda:LOCAL_RANK.")] = "auto",
     amp: Annotated[bool, typer.Option(
         "--amp/--no-amp", help="bf16 autocast on CUDA GPUs that support it (CPU and MPS train in fp32).")] = True,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=0, help="Decode threads preparing the next batches while the model runs [default: half "
+                                 "the CPUs, at most 8; on a GPU all but one]; 0 decodes on the training thread.")
+    ] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="torch threads [default: one per CPU; on a CPU with --max-minutes, the count "
+                                 "that trains fastest, measured as the machine's load changes].")] = None,
+    cache_mb: Annotated[Optional[float], typer.Option(
+        "--cache-mb", min=0, help="Memory for decoded pictures, kept as uint8 at the model's input size; the rest "
+                                  "are decoded each time they are met [default: 1/8 of RAM, at most 1536].")
+    ] = None,
+    checkpoint_minutes: Annotated[float, typer.Option(
+        "--checkpoint-minutes", min=0, help="Also save OUT/last this often within an epoch, so --resume after a "
+                                            "crash continues mid-epoch; 0: at epoch ends only.")] = 10.0,
     images: ImagesOpt = None,
     image_column: ImageColOpt = None,
     caption_column: CaptionColOpt = None,
@@ -111,6 +125,9 @@ def train(
     """
     import sys
 
+    from ..cpu_threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch loads: see retrieval/cpu_threads.py (training on a busy machine)
     from ..errors import MMSearchError
     from ..train import TrainCfg, fit, world_from_env
 
@@ -123,20 +140,29 @@ def train(
         weight_decay=weight_decay, warmup_steps=warmup, grad_clip=grad_clip or None, accum_steps=accum_steps,
         loss=loss.value, lock_image=lock_image, lock_text=lock_text, augment=augment, val_fraction=val_fraction,
         seed=seed, resume=resume, overwrite=overwrite, budget_clock=budget_clock.value, device=device, amp=amp,
+        workers=workers, threads=threads, cache_mb=cache_mb, checkpoint_minutes=checkpoint_minutes or None,
     )
     result = fit(pairs, out, cfg, progress=sys.stderr)
     if result.rank != 0:
         return
+    reasons = dict(pairs.skip_reasons)
+    for why, n in result.skip_reasons.items():
+        reasons[why] = reasons.get(why, 0) + n
     summary = {
         "out": str(result.out_dir), "epochs_run": result.epochs_run, "steps": result.steps,
         "best_epoch": result.best_epoch, "best_val": result.best, "samples_per_s": round(result.samples_per_s, 1),
         "train_seconds": round(result.train_seconds, 1), "stopped_by": result.stopped_by,
         "n_train": result.n_train, "n_val": result.n_val, "processes": result.world_size,
-        "skipped_rows": pairs.skipped_rows, "skipped_images": pairs.skipped_images,
+        "skipped_rows": pairs.skipped_rows, "skipped_images": pairs.skipped_images + result.skipped_images,
+        "skip_reasons": reasons, "decode_workers": result.decode_workers, "threads": result.threads,
+        "cached_images": result.cached_items, "cache_mb": round(result.cache_bytes / 2**20, 1),
     }
     if as_json:
         echo_json(summary, compact=True)
         return
+    if result.skipped_images:
+        err(f"skipped {result.skipped_images} more image(s) met while training: "
+            + ", ".join(f"{n} {why}" for why, n in sorted(result.skip_reasons.items())))
     out(f"trained {result.epochs_run} epoch(s), {result.steps} steps, "
         f"{result.samples_per_s:.0f} samples/s, {result.train_seconds:.0f} s (stopped by {result.stopped_by})")
     if result.best:
@@ -161,6 +187,9 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Recall@1/5/10 both ways, mean rank and zero-shot accuracy of a model on held-out pairs."""
+    from ..cpu_threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch loads (retrieval/cpu_threads.py)
     from ..train import evaluate_model, format_metrics
 
     pairs = _read(data, images, image_column, caption_column)

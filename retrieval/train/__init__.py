@@ -1,8 +1,8 @@
 """Contrastive training, fine-tuning and evaluation of dual encoders (imports torch: load on demand).
 
     from retrieval.train import read_pairs, fit, TrainCfg, evaluate_model
-    data = read_pairs("captions.csv")
-    result = fit(data, "models/mine", TrainCfg(epochs=5))
+    data = read_pairs("captions.csv")                    # or 'shards/{00000..00099}.tar', or pairs.parquet
+    result = fit(data, "models/mine", TrainCfg(epochs=5, cache_mb=1024, workers=4))
     metrics = evaluate_model("models/mine", data)
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .checkpoint import is_complete, save_model
 from .distributed import world_from_env
-from .data import PairData, PairItem, heldout_items, read_pairs, split_items
+from .data import PairData, PairItem, heldout_items, load_item, read_pairs, split_items
 from .evaluate import RetrievalMetrics, evaluate, format_metrics, retrieval_metrics
 from .loop import TrainCfg, TrainResult, fit
 from .models import DEFAULT_ARCH
@@ -39,6 +39,6 @@ def evaluate_model(spec: str, data: PairData, split: str = "heldout", batch_size
 
 __all__ = [
     "DEFAULT_ARCH", "PairData", "PairItem", "RetrievalMetrics", "TrainCfg", "TrainResult", "evaluate",
-    "evaluate_model", "fit", "format_metrics", "heldout_items", "is_complete", "read_pairs",
+    "evaluate_model", "fit", "format_metrics", "heldout_items", "is_complete", "load_item", "read_pairs",
     "retrieval_metrics", "save_model", "split_items", "world_from_env",
 ]

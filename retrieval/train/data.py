@@ -1,15 +1,18 @@
 """Image-caption pairs for training and evaluation.
 
-Three layouts are read:
+Five layouts are read:
   - a CSV file with a header (``image,caption[,label][,split]``; other common column
     names are recognised), image paths relative to an images folder;
   - a JSONL file, one object per line with ``image`` and ``caption`` (or ``captions``:
     a list), optionally ``label`` and ``split``;
-  - a folder of images, each with a sidecar ``.txt`` file of captions (one per line).
+  - a folder of images, each with a sidecar ``.txt`` file of captions (one per line);
+  - webdataset tar shards and Parquet files (:mod:`retrieval.train.shards`).
 
 Several captions of one image are the same item's positives, never separate items.
-Bad rows and undecodable images are skipped and counted; only data with no usable
-item at all is an error.
+Reading is an index pass: captions and where each image is, never its pixels. Bad
+rows and missing files are skipped and counted here; undecodable images are
+skipped and counted when training or evaluation meets them (see
+:mod:`retrieval.train.pipeline`). Only data with no usable item at all is an error.
 """
 
 from __future__ import annotations
@@ -17,66 +20,25 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import torch
 from PIL import Image
 
 from ..config import IMAGE_EXTENSIONS
 from ..errors import DataError
+from ..loading import LoadedImage
+from .records import PairData, PairItem
+from .shards import BlobReader, looks_like_shards, read_shards
+
+__all__ = ["PairData", "PairItem", "Split", "heldout_items", "load_item", "read_pairs", "split_items"]
 
 IMAGE_COLUMNS = ("image", "filepath", "file", "path", "image_path", "img", "filename")
 CAPTION_COLUMNS = ("caption", "text", "title", "captions")
 LABEL_COLUMNS = ("label", "class", "category")
 SPLIT_COLUMNS = ("split",)
 TRAIN_SPLIT = "train"
-
-
-@dataclass
-class PairItem:
-    """One image and every caption that describes it."""
-
-    image_path: Path
-    captions: list[str]
-    label: str | None = None
-    split: str | None = None
-
-
-@dataclass
-class PairData:
-    """Items read from one source plus what was skipped and why."""
-
-    source: Path
-    items: list[PairItem]
-    skipped_rows: int = 0
-    skipped_images: int = 0
-    skip_reasons: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def has_labels(self) -> bool:
-        return any(item.label for item in self.items)
-
-    @property
-    def n_captions(self) -> int:
-        return sum(len(item.captions) for item in self.items)
-
-    def summary(self) -> str:
-        text = f"{len(self.items)} images, {self.n_captions} captions from {self.source}"
-        skipped = self.skipped_rows + self.skipped_images
-        if skipped:
-            reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skip_reasons.items()))
-            text += f"; skipped {skipped} ({reasons})"
-        return text
-
-    def _skip(self, reason: str, image: bool = False) -> None:
-        if image:
-            self.skipped_images += 1
-        else:
-            self.skipped_rows += 1
-        self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -92,12 +54,21 @@ def read_pairs(
     caption_column: str | None = None,
     check_images: bool = True,
 ) -> PairData:
-    """Read image-caption pairs from a CSV, a JSONL file or a folder with sidecar captions.
+    """Read image-caption pairs from a CSV, a JSONL file, a folder with sidecar captions,
+    webdataset tar shards (``'shards/{00000..00099}.tar'``, local or fsspec URLs) or Parquet.
 
     ``images_dir``: where relative image paths start (default: the file's folder).
-    ``check_images``: decode every image once, skipping (and counting) the bad ones.
+    ``check_images``: skip (and count) rows whose image file does not exist. No image
+    is decoded here: an undecodable one is skipped and counted when it is first met.
     Raises ``DataError`` when the source is missing or yields no usable item.
     """
+    if looks_like_shards(str(source)):
+        data = read_shards(str(source), images_dir, image_column, caption_column)
+        if check_images:
+            _drop_missing(data)
+        if not data.items:
+            raise DataError(f"no usable image-caption pairs in {str(source)!r} ({data.summary()})")
+        return data
     src = Path(source).expanduser()
     if not src.exists():
         raise DataError(f"training data {str(src)!r} does not exist")
@@ -116,7 +87,7 @@ def read_pairs(
             raise DataError(f"{str(src)!r}: expected a .csv, a .jsonl or a folder of images with .txt captions")
         data = _group_rows(src, rows, base)
     if check_images:
-        _drop_undecodable(data)
+        _drop_missing(data)
     if not data.items:
         raise DataError(f"no usable image-caption pairs in {str(src)!r} ({data.summary()})")
     return data
@@ -205,11 +176,11 @@ def _group_rows(src: Path, rows: Iterable[_RowT | None], base: Path) -> PairData
     by_image: dict[Path, PairItem] = {}
     for row in rows:
         if row is None:
-            data._skip("malformed rows")
+            data.skip("malformed rows")
             continue
         image, captions, label, split = row
         if not image or not captions:
-            data._skip("rows without image or caption")
+            data.skip("rows without image or caption")
             continue
         path = Path(image).expanduser()
         path = path if path.is_absolute() else base / path
@@ -230,16 +201,16 @@ def _read_sidecar_folder(root: Path) -> PairData:
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
         sidecar = path.with_suffix(".txt")
         if not sidecar.is_file():
-            data._skip("images without a .txt caption")
+            data.skip("images without a .txt caption")
             continue
         try:
             lines = sidecar.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError):
-            data._skip("unreadable caption files")
+            data.skip("unreadable caption files")
             continue
         captions = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
         if not captions:
-            data._skip("empty caption files")
+            data.skip("empty caption files")
             continue
         label = path.parent.name if path.parent != root else None
         data.items.append(PairItem(image_path=path, captions=captions, label=label))
@@ -253,13 +224,41 @@ def decode_image(path: Path, min_side: int | None = None) -> Image.Image | None:
     return load_image(path, min_side=min_side).image
 
 
-def _drop_undecodable(data: PairData) -> None:
+def load_item(item: PairItem, reader: BlobReader | None = None, min_side: int | None = None) -> LoadedImage:
+    """Decode ``item``'s picture wherever it is (a file, a tar member, a Parquet row); never raises.
+
+    ``min_side``: reduced-size JPEG decoding keeping the shorter side >= this (as indexing does).
+    """
+    from ..loading import load_image
+
+    source: str | Path | bytes | None = item.image_path
+    if item.blob is not None:
+        if reader is None:
+            reader = _shared_reader()
+        source, error = reader.read(item.blob)
+        if source is None:
+            return LoadedImage(None, error or "unreadable shards")
+    elif not item.image_path.is_file():
+        return LoadedImage(None, "missing image files")
+    return load_image(source, min_side=min_side)
+
+
+_READER: BlobReader | None = None
+
+
+def _shared_reader() -> BlobReader:
+    global _READER
+    if _READER is None:
+        _READER = BlobReader()
+    return _READER
+
+
+def _drop_missing(data: PairData) -> None:
+    """Skip rows whose image file is not there (a stat each, no decoding: cheap even for 100k rows)."""
     kept = []
     for item in data.items:
-        if not item.image_path.is_file():
-            data._skip("missing image files", image=True)
-        elif decode_image(item.image_path, min_side=64) is None:
-            data._skip("undecodable images", image=True)
+        if item.blob is None and not item.image_path.is_file():
+            data.skip("missing image files", image=True)
         else:
             kept.append(item)
     data.items = kept
@@ -302,68 +301,3 @@ def _split_key(item: PairItem) -> str:
 def _hash_unit(key: str, seed: int) -> float:
     digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """(pixels, tokens) samples: each image once per epoch with one of its captions drawn at random.
-
-    Small datasets are decoded once and kept in memory (at most ``cache_side`` pixels
-    a side), which matters on a CPU-only machine; with ``deterministic_transform`` (no
-    augmentation) the transformed pixels themselves are kept. Tokens are cached per caption.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[PairItem],
-        transform: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
-        seed: int = 0,
-        cache_images: bool = True,
-        cache_side: int = 256,
-        deterministic_transform: bool = False,
-    ) -> None:
-        self.items = list(items)
-        self.transform = transform
-        self.tokenizer = tokenizer
-        self.rng = random.Random(seed)
-        self.cache_side = cache_side
-        self._cache: dict[int, Image.Image] | None = {} if cache_images else None
-        self._pixels: dict[int, torch.Tensor] | None = {} if cache_images and deterministic_transform else None
-        self._tokens: dict[str, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def image(self, index: int) -> Image.Image:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        img = decode_image(self.items[index].image_path)
-        if img is None:  # vanished or changed since it was checked: a blank stand-in keeps the batch shape
-            img = Image.new("RGB", (self.cache_side, self.cache_side))
-        if self._cache is not None:
-            img.thumbnail((self.cache_side, self.cache_side))
-            self._cache[index] = img
-        return img
-
-    def pixels(self, index: int) -> torch.Tensor:
-        if self._pixels is None:
-            return self.transform(self.image(index))
-        cached = self._pixels.get(index)
-        if cached is None:
-            cached = self._pixels[index] = self.transform(self.image(index))
-        return cached
-
-    def tokens(self, captions: Sequence[str]) -> torch.Tensor:
-        missing = [c for c in dict.fromkeys(captions) if c not in self._tokens]
-        if missing:
-            self._tokens.update(zip(missing, self.tokenizer(missing)))
-        return torch.stack([self._tokens[c] for c in captions])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        caption = self.rng.choice(self.items[index].captions)
-        return self.pixels(index), self.tokens([caption])[0]
-
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Collate a batch without a DataLoader (no worker processes to compete for two cores)."""
-        captions = [self.rng.choice(self.items[i].captions) for i in indices]
-        return torch.stack([self.pixels(i) for i in indices]), self.tokens(captions)

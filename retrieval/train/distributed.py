@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -64,6 +64,19 @@ class DistEnv:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
+
+
+    def sum_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Counts by name (e.g. skipped images by reason) added up over ranks; every rank gets the sum."""
+        if not self.distributed:
+            return dict(counts)
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, dict(counts))
+        total: dict[str, int] = {}
+        for part in gathered:
+            for key, value in (part or {}).items():
+                total[key] = total.get(key, 0) + int(value)
+        return total
 
 
 def world_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..encoder import Encoder
-from .data import PairItem, decode_image
+from .data import PairItem, load_item
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a {}.", "a picture of a {}.")
@@ -38,6 +38,7 @@ class RetrievalMetrics:
     text_to_image_median_rank: float = 0.0
     zero_shot_accuracy: float | None = None
     zero_shot_classes: int | None = None
+    skipped_images: int = 0  # items left out because their picture could not be decoded
 
     @property
     def mean_recall(self) -> float:
@@ -102,32 +103,68 @@ def retrieval_metrics(
     )
 
 
+PictureSource = Callable[[Sequence[int]], Sequence["Image.Image | None"]]
+
+
+def decode_pictures(items: Sequence[PairItem], min_side: int | None = None, workers: int | None = None
+                    ) -> PictureSource:
+    """A :data:`PictureSource` decoding ``items`` in a thread pool (reduced-size JPEG decoding at ``min_side``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..embed import default_workers
+    from .shards import BlobReader
+
+    reader = BlobReader()
+    n_workers = workers or default_workers()
+
+    def pictures(indices: Sequence[int]) -> list[Image.Image | None]:
+        with ThreadPoolExecutor(n_workers) as pool:
+            return [r.image for r in pool.map(lambda i: load_item(items[i], reader, min_side), indices)]
+
+    return pictures
+
+
 def encode_items(
     encoder: Encoder,
     items: Sequence[PairItem],
     batch_size: int = 64,
-    images: Callable[[int], Image.Image] | None = None,
+    images: PictureSource | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(image features, caption features, caption -> image index) for ``items``.
+    """(image features, caption features, caption -> image index) for the items whose picture decodes.
 
-    ``images(i)`` may supply already-decoded pictures (training's validation keeps them
-    in memory); otherwise each file is decoded here and an undecodable one becomes blank.
+    ``images(indices)`` may supply the pictures (training's validation keeps them in
+    memory); by default they are decoded here in parallel. Items whose picture cannot
+    be decoded are left out with their captions: see :func:`encode_kept`.
     """
-    image_feats = []
+    image_feats, text_feats, owner, _ = encode_kept(encoder, items, batch_size, images)
+    return image_feats, text_feats, owner
+
+
+def encode_kept(
+    encoder: Encoder,
+    items: Sequence[PairItem],
+    batch_size: int = 64,
+    images: PictureSource | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """:func:`encode_items` plus the indices of the items kept (those whose picture decoded)."""
+    source = images or decode_pictures(items, min_side=encoder.image_size)
+    image_feats, kept = [], []
     for start in range(0, len(items), batch_size):
-        batch = []
-        for i in range(start, min(start + batch_size, len(items))):
-            img = images(i) if images is not None else decode_image(items[i].image_path)
-            batch.append(img if img is not None else Image.new("RGB", (encoder.image_size,) * 2))
-        image_feats.append(encoder.encode_images(batch))
-    captions = [c for item in items for c in item.captions]
-    owner = [i for i, item in enumerate(items) for _ in item.captions]
+        indices = list(range(start, min(start + batch_size, len(items))))
+        pictures = source(indices)
+        good = [(i, img) for i, img in zip(indices, pictures) if img is not None]
+        if good:
+            image_feats.append(encoder.encode_images([img for _, img in good]))
+            kept.extend(i for i, _ in good)
+    captions = [c for i in kept for c in items[i].captions]
+    owner = [k for k, i in enumerate(kept) for _ in items[i].captions]
     text_feats = [encoder.encode_texts(captions[s:s + batch_size * 4]) for s in range(0, len(captions), batch_size * 4)]
     empty = np.zeros((0, encoder.dim), dtype=np.float32)
     return (
         np.concatenate(image_feats) if image_feats else empty,
         np.concatenate(text_feats) if text_feats else empty,
         owner,
+        kept,
     )
 
 
@@ -157,13 +194,23 @@ def evaluate(
     items: Sequence[PairItem],
     batch_size: int = 64,
     relevance: np.ndarray | None = None,
-    images: Callable[[int], Image.Image] | None = None,
+    images: PictureSource | None = None,
 ) -> RetrievalMetrics:
-    """Recall@1/5/10 both ways, mean ranks and, when every item has a label, zero-shot accuracy."""
-    image_feats, text_feats, owner = encode_items(encoder, items, batch_size, images)
+    """Recall@1/5/10 both ways, mean ranks and, when every item has a label, zero-shot accuracy.
+
+    Items whose picture cannot be decoded are left out (with their captions and their
+    rows and columns of ``relevance``) and counted in ``skipped_images``.
+    """
+    image_feats, text_feats, owner, kept = encode_kept(encoder, items, batch_size, images)
+    if relevance is not None and len(kept) < len(items):
+        rel = np.asarray(relevance, dtype=bool)
+        caption_rows = np.cumsum([0] + [len(item.captions) for item in items])
+        rows = [r for i in kept for r in range(caption_rows[i], caption_rows[i + 1])]
+        relevance = rel[np.ix_(rows, kept)]
     metrics = retrieval_metrics(image_feats, text_feats, owner, relevance)
-    labels = [item.label for item in items]
-    if items and all(labels) and len(set(labels)) > 1:
+    metrics.skipped_images = len(items) - len(kept)
+    labels = [items[i].label for i in kept]
+    if kept and all(labels) and len(set(labels)) > 1:
         acc, n_classes = zero_shot_accuracy(encoder, image_feats, labels)  # type: ignore[arg-type]
         metrics.zero_shot_accuracy, metrics.zero_shot_classes = acc, n_classes
     return metrics
@@ -171,7 +218,8 @@ def evaluate(
 
 def format_metrics(metrics: RetrievalMetrics) -> str:
     """A short human-readable table."""
-    lines = [f"{metrics.n_images} images, {metrics.n_texts} captions"]
+    lines = [f"{metrics.n_images} images, {metrics.n_texts} captions"
+             + (f" ({metrics.skipped_images} undecodable images left out)" if metrics.skipped_images else "")]
     for name, recalls, mean_rank in (
         ("image->text", metrics.image_to_text, metrics.image_to_text_mean_rank),
         ("text->image", metrics.text_to_image, metrics.text_to_image_mean_rank),

@@ -3,36 +3,46 @@
 The pieces come from open_clip: the models, ``ClipLoss`` / ``SigLipLoss``, the
 weight-decay exclusions and the temperature clamp of ``open_clip_train``. What
 is ours: a loop small enough to run in seconds on a laptop CPU, a time budget
-that the cosine schedule fits itself to, resumable checkpoints in hub layout and
-the best model kept by validation recall.
+that the cosine schedule fits itself to, resumable checkpoints in hub layout (at
+each epoch's end and every ``checkpoint_minutes`` within one, so a long epoch over
+shards resumes where it was cut), the best model kept by validation recall, and an
+input pipeline of bounded memory (:mod:`retrieval.train.pipeline`).
 """
 
 from __future__ import annotations
 
 import math
-import random
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
-from torch.utils.data.distributed import DistributedSampler
 
 from ..encoder import Encoder
 from ..errors import DataError, MMSearchError
 from . import checkpoint as ckpt
 from . import distributed as dist_env
-from .data import PairData, PairDataset, Split, split_items
+from .data import PairData, Split, split_items
 from .distributed import DistEnv
 from .evaluate import RetrievalMetrics, evaluate
 from .models import (
-    DEFAULT_ARCH, TrainableModel, create_from_checkpoint, create_from_scratch, create_from_spec, lock_towers,
+    DEFAULT_ARCH,
+    TrainableModel,
+    create_from_checkpoint,
+    create_from_scratch,
+    create_from_spec,
+    lock_towers,
     param_groups,
 )
+from .pipeline import PairLoader, epoch_order, plan_threads, rank_share
+from .pixels import ImagePrep, PixelCache, default_cache_mb
 from .progress import Progress, fmt_eta
+from .steps import accumulate, lr_at
+from .threads import ThreadTuner
 
 DEFAULT_EPOCHS = 10
 SCRATCH_LR = 1e-3
@@ -68,6 +78,13 @@ class TrainCfg:
     overwrite: bool = False
     device: str = "auto"  # auto | cpu | cuda | mps; under torchrun with CUDA each process takes cuda:LOCAL_RANK
     amp: bool = True  # bf16 autocast on CUDA GPUs that support it (CPU and MPS always train in fp32)
+    # Where it runs, not what it trains (a resumed run takes the new values):
+    workers: int | None = None  # decode threads; None: from the cores (pipeline.plan_threads); 0: none
+    # torch threads; None: one per CPU, and on a CPU under a time budget tuned by measurement (threads.py)
+    threads: int | None = None
+    cache_mb: float | None = None  # decoded pixels kept in memory (per machine); None: pipeline.default_cache_mb()
+    checkpoint_minutes: float | None = 10.0  # also save last/ this often within an epoch; None: at epoch ends only
+    checkpoint_steps: int | None = None  # ... or every this many optimizer steps
 
 
 @dataclass
@@ -86,23 +103,38 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0  # under torchrun: this process's rank; only rank 0's metrics are complete
     world_size: int = 1
+    skipped_images: int = 0  # undecodable images met while training and validating (all processes)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    cached_items: int = 0  # pictures kept in memory by this process, and their bytes
+    cache_bytes: int = 0
+    decode_workers: int = 0
+    threads: int = 0  # torch intra-op threads
 
 
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warmup then cosine decay to zero (open_clip_train's ``cosine_lr``)."""
-    if step < warmup:
-        return base_lr * (step + 1) / max(1, warmup)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
+def _resume_state(cfg: TrainCfg, out_dir: Path) -> tuple[TrainCfg, dict[str, Any] | None, Path | None]:
+    """With ``cfg.resume``: the checkpoint's state, and the settings of the run it continues.
+
+    What defines the run (model, data split, schedule, augmentation, seed) comes from the
+    checkpoint, so that a resumed run trains on the same split and batches; where and how
+    long it runs (epochs, time budget, device, workers, cache) comes from ``cfg``.
+    """
+    if not cfg.resume:
+        return cfg, None, None
+    last = ckpt.find_last(out_dir)
+    if last is None:
+        raise MMSearchError(f"nothing to resume in {str(out_dir)!r}: it has no {ckpt.LAST_DIR}/ checkpoint")
+    state = ckpt.load_state(last)
+    saved = TrainCfg(**{k: v for k, v in state["cfg"].items() if k in TrainCfg.__dataclass_fields__})
+    keep = {"epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "device": cfg.device, "amp": cfg.amp}
+    here = {k: getattr(cfg, k) for k in ("workers", "threads", "cache_mb", "checkpoint_minutes", "checkpoint_steps")}
+    merged = TrainCfg(**{**asdict(saved), **{k: v for k, v in keep.items() if v is not None}, **here, "resume": True})
+    return merged, state, last
 
 
-def _build(cfg: TrainCfg, out_dir: Path, is_main: bool = True
-           ) -> tuple[TrainableModel, dict[str, Any] | None, Path | None]:
-    if cfg.resume:
-        last = ckpt.find_last(out_dir)
-        if last is None:
-            raise MMSearchError(f"nothing to resume in {str(out_dir)!r}: it has no {ckpt.LAST_DIR}/ checkpoint")
-        return create_from_checkpoint(last, cfg.augment), ckpt.load_state(last), last
+def _build(cfg: TrainCfg, out_dir: Path, is_main: bool = True, state: dict[str, Any] | None = None,
+           last: Path | None = None) -> TrainableModel:
+    if state is not None and last is not None:
+        return create_from_checkpoint(last, cfg.augment)
     if ckpt.find_last(out_dir) is not None or ckpt.is_complete(out_dir):
         if not cfg.overwrite:
             raise MMSearchError(
@@ -115,19 +147,19 @@ def _build(cfg: TrainCfg, out_dir: Path, is_main: bool = True
     if cfg.from_spec and cfg.arch:
         raise MMSearchError("give --model ARCH (train from scratch) or --from SPEC (fine-tune), not both")
     if cfg.from_spec:
-        return create_from_spec(cfg.from_spec, cfg.loss, cfg.augment), None, None
-    return create_from_scratch(cfg.arch or DEFAULT_ARCH, cfg.loss, cfg.seed, cfg.augment), None, None
+        return create_from_spec(cfg.from_spec, cfg.loss, cfg.augment)
+    return create_from_scratch(cfg.arch or DEFAULT_ARCH, cfg.loss, cfg.seed, cfg.augment)
 
 
-def _validate(tm: TrainableModel, dataset: PairDataset | None, batch_size: int,
+def _validate(tm: TrainableModel, loader: PairLoader | None, batch_size: int,
               device: torch.device) -> RetrievalMetrics | None:
-    if dataset is None or len(dataset) == 0:
+    if loader is None or not loader.items:
         return None
     was_training = tm.model.training
     encoder = Encoder(tm.model, tm.preprocess_val, tm.tokenizer, spec="(training)", model_config=tm.model_cfg,
                       device=device)
     try:
-        return evaluate(encoder, dataset.items, batch_size=max(batch_size, 64), images=dataset.image)
+        return evaluate(encoder, loader.items, batch_size=max(batch_size, 64), images=loader.pictures)
     finally:
         tm.model.train(was_training)
 
@@ -148,13 +180,14 @@ def fit(data: PairData, out_dir: str | Path, cfg: TrainCfg | None = None,
     cfg = cfg or TrainCfg()
     check_cfg(cfg)
     out = Path(out_dir)
+    cfg, state, last = _resume_state(cfg, out)
     split = split_items(data.items, cfg.val_fraction, cfg.seed, cfg.max_val_items)  # the same on every rank
     if len(split.train) < 2:
         raise DataError(f"only {len(split.train)} training image(s) in {data.source}: need at least 2")
     created = _prepare_out_dir(out)
     env = dist_env.setup(cfg.device)
     try:
-        return _fit(data, out, cfg, split, env, progress)
+        return _fit(data, out, cfg, split, env, progress, state, last)
     except BaseException:
         if created and env.is_main:
             _remove_if_empty(out)  # a run that failed before writing anything leaves no empty folder
@@ -210,14 +243,10 @@ def _remove_if_empty(folder: Path) -> None:
         pass  # not empty (a checkpoint was written) or already gone
 
 
-def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
-         progress: TextIO | None) -> TrainResult:
+def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, progress: TextIO | None,
+         state: dict[str, Any] | None, last: Path | None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
-    tm, state, _ = _build(cfg, out, env.is_main)
-    if state is not None:  # the settings that define the run come from the checkpoint; where it runs does not
-        saved = TrainCfg(**state["cfg"])
-        keep = {"epochs": cfg.epochs, "max_minutes": cfg.max_minutes, "device": cfg.device, "amp": cfg.amp}
-        cfg = TrainCfg(**{**asdict(saved), **{k: v for k, v in keep.items() if v is not None}, "resume": True})
+    tm = _build(cfg, out, env.is_main, state, last)
     model = tm.model.to(env.device).train()
     lock_towers(model, cfg.lock_image, cfg.lock_text)
     bias = getattr(model, "logit_bias", None)
@@ -231,32 +260,30 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = dist_env.create_loss(cfg.loss, env)
 
-    train_set = PairDataset(split.train, tm.preprocess_train, tm.tokenizer, seed=cfg.seed,
-                            deterministic_transform=not cfg.augment)
-    val_set = PairDataset(split.val, tm.preprocess_val, tm.tokenizer, seed=cfg.seed) if split.val else None
-    # Each rank draws its own share of one seeded permutation per epoch; one rank draws it all.
-    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    if len(sampler) == 0:  # more processes than training images
+    per_rank = len(split.train) // env.world_size  # each rank's share of an epoch (equal shares)
+    if per_rank == 0:  # more processes than training images
         raise DataError(f"only {len(split.train)} training image(s) for {env.world_size} processes: "
                         "use fewer processes or more data")
-    batch = min(cfg.batch_size, len(sampler))  # per process
+    train_loader, val_loader = _loaders(tm, model, cfg, split, env)
+    batch = min(cfg.batch_size, per_rank)  # per process
     accum = max(1, cfg.accum_steps)
     step_samples = batch * accum * env.world_size  # samples per optimizer step, over all ranks
-    steps_per_epoch = max(1, len(sampler) // batch // accum)
+    steps_per_epoch = max(1, per_rank // batch // accum)
     epochs = cfg.epochs or (10**6 if cfg.max_minutes else DEFAULT_EPOCHS)
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
 
-    step, epoch, best_score, best_epoch = 0, 0, -math.inf, None
+    step, epoch, best_score, best_epoch, start_step = 0, 0, -math.inf, None, 0
     history: list[dict[str, Any]] = []
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, epoch = int(state["step"]), int(state["epoch"])
         best_score = float(state["best_score"])
         best_epoch = state.get("best_epoch")
+        # A checkpoint written within an epoch: the global samples of that epoch already trained on.
+        start_step = min(int(state.get("epoch_samples", 0)) // step_samples, steps_per_epoch)
         saved_world = int(state.get("world_size", 1))
         if saved_world != env.world_size:  # keep the schedule's place in samples, not in steps
-            step = min(round(step * saved_world / env.world_size), epoch * steps_per_epoch)
+            step = min(round(step * saved_world / env.world_size), epoch * steps_per_epoch + start_step)
     max_steps = epochs * steps_per_epoch
     total_steps = max_steps
     # Transformers trained from scratch with Adam collapse without a warmup; 10% (at most 100 steps).
@@ -268,9 +295,14 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
         ckpt.atomic_write_text(out / ckpt.INFO_NAME, _info_json(cfg, tm, data, split, base_lr, env))
     bar = Progress(progress if env.is_main else None)
     where = f" on {env.device}" + (f" x {env.world_size} processes" if env.distributed else "")
+    resuming = (f", resuming at epoch {epoch + 1}" + (f" step {start_step + 1}" if start_step else "")) if state else ""
     bar.line(f"training {tm.source}{where} on {len(split.train)} images ({len(split.val)} for validation), "
-             f"{steps_per_epoch} steps/epoch of {step_samples} samples" + (f", resuming at epoch {epoch + 1}"
-                                                                           if state else ""))
+             f"{steps_per_epoch} steps/epoch of {step_samples} samples{resuming}")
+    # A time budget on a CPU: the thread count that makes the most steps, measured as the load changes.
+    tuner = ThreadTuner(torch.get_num_threads()) if (
+        budget_s < math.inf and env.device.type == "cpu" and not env.distributed and cfg.threads is None
+        and "OMP_NUM_THREADS" not in os.environ) else None
+    bar.line(train_loader.describe(torch.get_num_threads()) + (", tuned while training" if tuner else ""))
     start = time.monotonic()
     clock = _budget_clock(cfg.budget_clock)
     clock_start = clock()
@@ -279,82 +311,115 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
     stopped_by = "epochs"
     last_metrics: RetrievalMetrics | None = None
     lr = base_lr
-    while epoch < epochs:
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        train_set.rng = random.Random(cfg.seed * 1_000_003 + epoch + env.rank * 2**32)
-        losses: list[float] = []
-        for s in range(steps_per_epoch):
-            t0, t0_clock = time.monotonic(), clock()
-            lr = lr_at(step, base_lr, warmup, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            micro = (train_set.batch(order[(s * accum + a) * batch:(s * accum + a + 1) * batch]) for a in range(accum))
-            step_loss = accumulate(net, loss_fn, cfg.loss, micro, accum, env.device, cfg.amp)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # type: ignore[operator]
-            step += 1
-            steps_done += 1
-            losses.append(step_loss)
-            train_time += time.monotonic() - t0
-            train_clock += clock() - t0_clock
-            rate = steps_done * step_samples / max(train_time, 1e-9)
-            out_of_time = False
-            if budget_s < math.inf:
-                elapsed = clock() - clock_start
-                if steps_done >= 3:
-                    # Fit the cosine to the budget: steps left = time left / time per step so far.
-                    # Validation runs once an epoch: spread its cost over the epoch's steps.
-                    per_step = train_clock / steps_done + val_clock / max(1, len(history)) / steps_per_epoch
-                    total_steps = min(max_steps, step + max(1, int((budget_s - elapsed) / max(per_step, 1e-6))))
-                # Rank 0's clock decides for all, so that every rank runs the same steps.
-                flag, agreed_total = env.from_main([elapsed >= budget_s, total_steps])
-                out_of_time, total_steps = flag > 0, int(agreed_total)
-            eta = (total_steps - step) * step_samples / max(rate, 1e-9)
-            bar.update(f"epoch {epoch + 1} step {step}/{total_steps} loss {np.mean(losses[-20:]):.4f} "
-                       f"lr {lr:.2e} {rate:.0f} samples/s ETA {fmt_eta(eta)}")
-            if out_of_time or step >= total_steps:
-                break
-        epoch += 1
-        train_loss = env.mean(float(np.mean(losses))) if losses else None  # over the global batch
-        v0, v0_clock = time.monotonic(), clock()
-        last_metrics = _validate(tm, val_set, batch, env.device) if env.is_main else None
-        val_time += time.monotonic() - v0
-        val_clock += clock() - v0_clock
-        score = last_metrics.mean_recall if last_metrics else -(train_loss or 0.0)
-        is_best = env.is_main and score > best_score
-        record = {
-            "epoch": epoch, "step": step, "train_loss": train_loss, "lr": lr,
-            "samples_per_s": steps_done * step_samples / max(train_time, 1e-9), "elapsed_s": time.monotonic() - start,
-            "logit_scale": float(model.logit_scale.detach().exp()),  # type: ignore[operator]
-            "val": last_metrics.to_dict() if last_metrics else None, "is_best": is_best,
+    last_save = time.monotonic()
+    skips: dict[str, int] = {}
+
+    def save_state(epochs_done: int, epoch_step: int) -> None:
+        state_out = {
+            "cfg": asdict(cfg), "optimizer": optimizer.state_dict(), "step": step, "epoch": epochs_done,
+            "epoch_samples": epoch_step * step_samples, "best_score": best_score, "best_epoch": best_epoch,
+            "world_size": env.world_size,
         }
-        if is_best:
-            best_score, best_epoch = score, epoch
-        if env.is_main:
-            if is_best:
-                ckpt.save_model(model, tm.model_cfg, out, tm.tokenizer if _is_hf(tm) else None)
-            state_out = {
-                "cfg": asdict(cfg), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-                "best_score": best_score, "best_epoch": best_epoch, "world_size": env.world_size,
+        ckpt.save_last(model, tm.model_cfg, state_out, out, tm.tokenizer if _is_hf(tm) else None)
+
+    try:
+        while epoch < epochs:
+            order = rank_share(epoch_order(split.train, cfg.seed, epoch), env.rank, env.world_size)
+            order = order[:steps_per_epoch * accum * batch]
+            losses: list[float] = []
+            batches = train_loader.batches(order, epoch, batch, start=start_step * accum)
+            s = start_step
+            try:
+                while s < steps_per_epoch:
+                    if tuner is not None:
+                        tuner.before_step()
+                    t0, t0_clock = time.monotonic(), clock()
+                    lr = lr_at(step, base_lr, warmup, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    optimizer.zero_grad(set_to_none=True)
+                    micro = ((train_loader.prep.to_pixels(b.pixels, env.device), b.tokens)
+                             for b in (next(batches) for _ in range(accum)))
+                    step_loss = accumulate(net, loss_fn, cfg.loss, micro, accum, env.device, cfg.amp)
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       cfg.grad_clip)
+                    optimizer.step()
+                    with torch.no_grad():
+                        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # type: ignore[operator]
+                    step += 1
+                    s += 1
+                    steps_done += 1
+                    losses.append(step_loss)
+                    train_time += time.monotonic() - t0
+                    train_clock += clock() - t0_clock
+                    if tuner is not None:
+                        tuner.after_step(time.monotonic() - t0)
+                    rate = steps_done * step_samples / max(train_time, 1e-9)
+                    out_of_time = False
+                    if budget_s < math.inf:
+                        elapsed = clock() - clock_start
+                        if steps_done >= 3:
+                            # Fit the cosine to the budget: steps left = time left / time per step so far.
+                            # Validation runs once an epoch: spread its cost over the epoch's steps.
+                            per_step = train_clock / steps_done + val_clock / max(1, len(history)) / steps_per_epoch
+                            total_steps = min(max_steps, step + max(1, int((budget_s - elapsed) / max(per_step, 1e-6))))
+                        # Rank 0's clock decides for all, so that every rank runs the same steps.
+                        flag, agreed_total = env.from_main([elapsed >= budget_s, total_steps])
+                        out_of_time, total_steps = flag > 0, int(agreed_total)
+                    eta = (total_steps - step) * step_samples / max(rate, 1e-9)
+                    bar.update(f"epoch {epoch + 1} step {step}/{total_steps} loss {np.mean(losses[-20:]):.4f} "
+                               f"lr {lr:.2e} {rate:.0f} samples/s ETA {fmt_eta(eta)}")
+                    if out_of_time or step >= total_steps:
+                        break
+                    if env.is_main and s < steps_per_epoch and _checkpoint_due(cfg, step, last_save):
+                        save_state(epoch, s)  # within the epoch: a kill -9 from here on resumes at step s
+                        last_save = time.monotonic()
+            finally:
+                batches.close()  # stops the decode threads' look-ahead
+            start_step = 0
+            epoch += 1
+            train_loss = env.mean(float(np.mean(losses))) if losses else None  # over the global batch
+            v0, v0_clock = time.monotonic(), clock()
+            last_metrics = _validate(tm, val_loader, batch, env.device) if env.is_main else None
+            val_time += time.monotonic() - v0
+            val_clock += clock() - v0_clock
+            skips = env.sum_counts(_merge_counts(train_loader.skip_reasons(), val_loader.skip_reasons()))
+            score = last_metrics.mean_recall if last_metrics else -(train_loss or 0.0)
+            is_best = env.is_main and score > best_score
+            record = {
+                "epoch": epoch, "step": step, "train_loss": train_loss, "lr": lr,
+                "samples_per_s": steps_done * step_samples / max(train_time, 1e-9),
+                "elapsed_s": time.monotonic() - start,
+                "logit_scale": float(model.logit_scale.detach().exp()),  # type: ignore[operator]
+                "val": last_metrics.to_dict() if last_metrics else None, "is_best": is_best,
+                "skipped_images": sum(skips.values()), "threads": torch.get_num_threads(),
             }
-            ckpt.save_last(model, tm.model_cfg, state_out, out, tm.tokenizer if _is_hf(tm) else None)
-            ckpt.append_metrics(out, record)
-        history.append(record)
-        val_text = (f" val R@1 i->t {last_metrics.image_to_text['R@1']:.3f} t->i "
-                    f"{last_metrics.text_to_image['R@1']:.3f}") if last_metrics else ""
-        bar.line(f"epoch {epoch} step {step} loss {train_loss or 0.0:.4f}{val_text}"
-                 f"{' (best)' if is_best else ''}  {record['samples_per_s']:.0f} samples/s")
-        env.barrier()  # the other ranks wait here while rank 0 validates and writes
-        if budget_s < math.inf and env.from_main([clock() - clock_start >= budget_s])[0] > 0:
-            stopped_by = "time"
-            break
-        if step >= total_steps:
-            break
+            if is_best:
+                best_score, best_epoch = score, epoch
+            if env.is_main:
+                if is_best:
+                    ckpt.save_model(model, tm.model_cfg, out, tm.tokenizer if _is_hf(tm) else None)
+                save_state(epoch, 0)
+                last_save = time.monotonic()
+                ckpt.append_metrics(out, record)
+            history.append(record)
+            val_text = (f" val R@1 i->t {last_metrics.image_to_text['R@1']:.3f} t->i "
+                        f"{last_metrics.text_to_image['R@1']:.3f}") if last_metrics else ""
+            bar.line(f"epoch {epoch} step {step} loss {train_loss or 0.0:.4f}{val_text}"
+                     f"{' (best)' if is_best else ''}  {record['samples_per_s']:.0f} samples/s")
+            env.barrier()  # the other ranks wait here while rank 0 validates and writes
+            if budget_s < math.inf and env.from_main([clock() - clock_start >= budget_s])[0] > 0:
+                stopped_by = "time"
+                break
+            if step >= total_steps:
+                break
+    finally:
+        train_loader.close()
+        val_loader.close()
+    final_threads = torch.get_num_threads()
+    if tuner is not None:
+        torch.set_num_threads(tuner.candidates and max(tuner.candidates))  # leave the process as planned
     if budget_s < math.inf and step < max_steps:
         stopped_by = "time"  # the schedule fitted to the budget ended before the epochs did
     best = next((h for h in history if h["epoch"] == best_epoch), None)
@@ -363,8 +428,48 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv,
         best=best["val"] if best else None, last=last_metrics.to_dict() if last_metrics else None,
         samples_per_s=steps_done * step_samples / max(train_time, 1e-9), train_seconds=time.monotonic() - start,
         stopped_by=stopped_by, n_train=len(split.train), n_val=len(split.val), history=history,
-        rank=env.rank, world_size=env.world_size,
+        rank=env.rank, world_size=env.world_size, skipped_images=sum(skips.values()), skip_reasons=skips,
+        cached_items=len(train_loader.cache) + len(val_loader.cache),
+        cache_bytes=train_loader.cache.used + val_loader.cache.used,
+        decode_workers=train_loader.workers, threads=final_threads,
     )
+
+
+def _loaders(tm: TrainableModel, model: torch.nn.Module, cfg: TrainCfg, split: Split,
+             env: DistEnv) -> tuple[PairLoader, PairLoader]:
+    """The training and validation loaders, sharing one memory budget and the machine's cores."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if env.distributed else 1
+    threads, workers = plan_threads(cfg.workers, env.device, local)
+    threads = cfg.threads or threads
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    budget = (cfg.cache_mb if cfg.cache_mb is not None else default_cache_mb()) * 2**20 / max(1, local)
+    prep_train = ImagePrep(model, tm.preprocess_train, cfg.augment)
+    prep_val = ImagePrep(model, tm.preprocess_val, augment=False)
+    # Validation pictures are met every epoch: keep them first, within a quarter of the budget.
+    val_need = len(split.val) * (prep_val.size[0] * prep_val.size[1] * 3 + PixelCache.OVERHEAD) \
+        if env.is_main else 0
+    val_budget = min(val_need, budget // 4)
+    pin = env.device.type == "cuda"
+    train = PairLoader(split.train, prep_train, tm.tokenizer, PixelCache(int(budget - val_budget)),
+                       seed=cfg.seed, workers=workers, pin_memory=pin)
+    val = PairLoader(split.val if env.is_main else [], prep_val, None, PixelCache(int(val_budget)),
+                     seed=cfg.seed, workers=workers)
+    return train, val
+
+
+def _checkpoint_due(cfg: TrainCfg, step: int, last_save: float) -> bool:
+    if cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0:
+        return True
+    return bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= cfg.checkpoint_minutes * 60
+
+
+def _merge_counts(*counts: dict[str, int]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            merged[k] = merged.get(k, 0) + v
+    return merged
 
 
 def _budget_clock(kind: str) -> Any:
@@ -374,46 +479,6 @@ def _budget_clock(kind: str) -> Any:
         threads = max(1, torch.get_num_threads())
         return lambda: time.process_time() / threads
     raise MMSearchError(f"unknown budget clock {kind!r}: use wall or cpu")
-
-
-def _forward(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[Any, Any, Any, Any]:
-    """(image features, text features, logit scale, logit bias or None), whatever open_clip returns."""
-    out = model(pixels, tokens)
-    if isinstance(out, dict):
-        return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
-    return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)
-
-
-def accumulate(net: torch.nn.Module, loss_fn: torch.nn.Module, kind: str,
-               batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, device: torch.device,
-               amp: bool = True) -> float:
-    """Forward and backward over ``n`` micro-batches (pixels, tokens): one optimizer step's gradients.
-
-    Returns the mean loss. Each micro-batch's negatives are its own (global) batch. Under
-    DDP, gradients are averaged across ranks once, on the last micro-batch.
-    """
-    total = 0.0
-    for a, (pixels, tokens) in enumerate(batches):
-        with dist_env.maybe_no_sync(net, skip=a < n - 1):
-            with dist_env.autocast(device, amp):
-                image_f, text_f, scale, bias = _forward(net, pixels.to(device, non_blocking=True),
-                                                        tokens.to(device, non_blocking=True))
-            loss = _loss(loss_fn, kind, image_f, text_f, scale, bias)
-            (loss / n).backward()
-        total += float(loss.detach()) / n
-    return total
-
-
-def _loss(loss_fn: torch.nn.Module, kind: str, image_f: torch.Tensor, text_f: torch.Tensor, scale: torch.Tensor,
-          bias: torch.Tensor | None) -> torch.Tensor:
-    """The contrastive loss in at least fp32 whatever precision the forward pass ran in (logits x 100 need it)."""
-
-    def wide(t: torch.Tensor) -> torch.Tensor:
-        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-    if kind == "siglip":
-        return loss_fn(wide(image_f), wide(text_f), wide(scale), wide(bias) if bias is not None else None)
-    return loss_fn(wide(image_f), wide(text_f), wide(scale))
 
 
 def _is_hf(tm: TrainableModel) -> bool:

@@ -12,7 +12,9 @@ const els = {
   info: $("index-info"), tokenForm: $("token-form"), token: $("token"), more: $("more"), sentinel: $("sentinel"),
   options: $("options"), filterCount: $("filter-count"), resetFilters: $("reset-filters"),
   under: $("under"), glob: $("glob"), types: $("types"), after: $("after"), before: $("before"),
-  minScore: $("min-score"), dedup: $("dedup"),
+  minScore: $("min-score"), dedup: $("dedup"), sort: $("sort"),
+  takenAfter: $("taken-after"), takenBefore: $("taken-before"), place: $("place"), near: $("near"),
+  within: $("within"), camera: $("camera"), hasGps: $("has-gps"), showDuplicates: $("show-duplicates"),
   detail: $("detail"), detailImg: $("detail-img"), detailVideo: $("detail-video"), detailText: $("detail-text"),
   detailTitle: $("detail-title"), detailMoments: $("detail-moments"), detailMomentList: $("detail-moment-list"),
   detailSimilarVideo: $("detail-similar-video"),
@@ -20,7 +22,13 @@ const els = {
   detailSimilar: $("detail-similar"), detailOpen: $("detail-open"), detailPrev: $("detail-prev"),
   detailNext: $("detail-next"), detailClose: $("detail-close"),
 };
-const FILTER_INPUTS = ["under", "glob", "types", "after", "before", "minScore"];
+// The filter inputs and the API's names for them.
+const FILTERS = {
+  under: "under", glob: "glob", types: "types", after: "after", before: "before", minScore: "min_score",
+  takenAfter: "taken_after", takenBefore: "taken_before", place: "place", near: "near", within: "within",
+  camera: "camera", hasGps: "has_gps",
+};
+const FILTER_INPUTS = Object.keys(FILTERS);
 const DEDUP_THRESHOLD = 0.95;  // cosine at which a picture counts as a near-duplicate of a better one
 const state = {
   image: null, imageUrl: null, similar: null, similarId: null, detailMoment: null, limits: null, seq: 0,
@@ -135,6 +143,30 @@ function scoreBar(hit) {
   return bar;
 }
 
+// When and where, as a result's caption says it: "14 Jul 2023 · Sevilla, Spain".
+function takenDate(photo) {
+  if (!photo || !photo.taken_at) return "";
+  // The photo's own wall clock, as recorded: the date part is what the camera showed.
+  const [y, m, d] = photo.taken_at.slice(0, 10).split("-").map(Number);
+  if (!y || !m || !d) return "";
+  const date = new Date(Date.UTC(y, m - 1, d)).toLocaleDateString(undefined,
+    { year: "numeric", month: "short", day: "numeric", timeZone: "UTC" });
+  return photo.time_source === "file-mtime" ? `${date} (file date)` : date;
+}
+
+function shortPlace(photo) {
+  if (!photo) return "";
+  return [photo.place_city, photo.place_country].filter(Boolean).join(", ") || photo.place || "";
+}
+
+function photoLine(photo) {
+  return [takenDate(photo), shortPlace(photo)].filter(Boolean).join(" · ");
+}
+
+function photoTitle(photo) {
+  return [photo.taken_at, photo.place, photo.camera].filter(Boolean).join(" · ");
+}
+
 function card(hit, index) {
   const ar = aspect(hit);
   let inner;
@@ -158,14 +190,56 @@ function card(hit, index) {
   const thumb = el("button", { type: "button", class: "thumb", title: (hit.path || hit.text || "") + where,
                                "aria-label": `${nameOf(hit)}: show details (result ${index + 1})` }, inner);
   thumb.addEventListener("click", () => openDetail(index));
+  const meta = el("div", { class: "meta" },
+                  el("span", { class: "name", text: isPicture(hit) ? (hit.name || "") : "text", title: hit.path || "" }),
+                  scoreBar(hit));
+  const terms = state.query && state.query.explainTerms;
+  if (hit.kind === "image" && terms) meta.append(whyButton(hit, terms, inner));
   const article = el("article", { class: `card ${isPicture(hit) ? "image" : "text"}${hit.kind === "video" ? " video" : ""}`,
                                   "data-id": String(hit.id) },
-                     thumb, el("div", { class: "meta" },
-                               el("span", { class: "name", text: isPicture(hit) ? (hit.name || "") : "text",
-                                            title: hit.path || "" }),
-                               scoreBar(hit)));
+                     thumb, meta);
+  const taken = photoLine(hit.photo);
+  if (taken) article.lastChild.after(el("div", { class: "taken muted", text: taken, title: photoTitle(hit.photo) }));
   article.style.setProperty("--ar", ar.toFixed(4));
   return article;
+}
+
+// "why?": the heatmap of this hit for the query the hits answered (issue 21), drawn in place of the
+// thumbnail; pressed again, the thumbnail comes back. Red pulled the picture towards the query, blue
+// pushed it away (a negative term's share shows as what held it back).
+function whyButton(hit, terms, img) {
+  const button = el("button", { type: "button", class: "why", "aria-pressed": "false", text: "why?",
+                                title: "Why did this match? Show where in the photo the query was answered" });
+  let plain = null;
+  button.addEventListener("click", async () => {
+    if (plain) {
+      img.src = plain.src;
+      if (plain.srcset) img.setAttribute("srcset", plain.srcset);
+      plain = null;
+      button.setAttribute("aria-pressed", "false");
+      return;
+    }
+    button.disabled = true;
+    try {
+      const body = await api(`/api/items/${hit.id}/explain`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ terms, max_side: 512 }),
+      });
+      plain = { src: img.getAttribute("src"), srcset: img.getAttribute("srcset") };
+      img.removeAttribute("srcset");
+      img.src = body.overlay;
+      button.setAttribute("aria-pressed", "true");
+      const why = body.explanation;
+      const parts = why.terms.map((t) => `${t.label || "term"}: +${t.pull.toFixed(3)} / ${t.push.toFixed(3)}`);
+      button.title = [`score ${why.score.toFixed(3)} (red pulled it in, blue pushed it away)`, ...parts,
+                      why.outside_note || ""].filter(Boolean).join("\n");
+    } catch (err) {
+      setStatus(`why? ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
 }
 
 function showHits(hits, append) {
@@ -199,15 +273,67 @@ function summarize() {
   return `${n} result${n === 1 ? "" : "s"} for ${state.query.label}${more}.`;
 }
 
+// -- the duplicates view ------------------------------------------------------------------
+
+function duplicateGroup(group, number) {
+  const exact = group.members.filter((m) => m.exact_copy_of != null).length;
+  const heading = `Group ${number}: ${group.members.length} near-identical photos` +
+                  (exact ? ` (${exact} exact cop${exact === 1 ? "y" : "ies"})` : "");
+  const list = el("ul", { class: "dup-members" });
+  for (const m of group.members) {
+    const keep = m.id === group.keep;
+    const size = m.width && m.height ? `${m.width} × ${m.height}` : "";
+    const badge = keep ? el("span", { class: "badge", text: "keep" })
+      : el("span", { class: `badge${m.exact_copy_of != null ? " exact" : ""}`,
+                     text: m.exact_copy_of != null ? "exact copy" : `similarity ${m.similarity.toFixed(3)}` });
+    list.append(el("li", {},
+      el("a", { href: m.original, target: "_blank", rel: "noopener", title: m.path || "" },
+         el("img", { src: `${m.thumbnail}?size=256`, alt: `${m.name || `item ${m.id}`}${keep ? " (the copy to keep)" : ""}`,
+                     loading: "lazy" })),
+      el("span", { class: "name", text: m.name || `item ${m.id}`, title: m.path || "" }),
+      el("span", { class: "muted", text: [size, m.size ? bytes(m.size) : "", takenDate(m)].filter(Boolean).join(" · ") }),
+      badge));
+  }
+  return el("section", { class: "dup-group", "aria-label": heading }, el("h2", { text: heading }), list);
+}
+
+// Near-identical photos among those the filters let through; nothing is ever deleted from here.
+async function showDuplicates() {
+  const seq = ++state.seq;
+  state.query = null;
+  clearResults();
+  setStatus("Looking for near-duplicates…", "loading");
+  const fields = filterFields();
+  delete fields.min_score;
+  delete fields.dedup;
+  try {
+    const body = await api("/api/duplicates?" + new URLSearchParams({ threshold: DEDUP_THRESHOLD, limit: maxK(), ...fields }));
+    if (seq !== state.seq) return;
+    els.results.replaceChildren(...body.groups.map((g, i) => duplicateGroup(g, i + 1)));
+    const shown = body.groups.length < body.total ? ` (the first ${body.groups.length} shown)` : "";
+    setStatus(body.total ? `${body.total} group${body.total === 1 ? "" : "s"} of near-duplicates${shown}, the copy ` +
+                           "to keep first (most pixels, then earliest capture). Nothing is deleted."
+                         : "No near-duplicates among these photos.");
+  } catch (err) {
+    if (seq === state.seq) setStatus(err.message, "error");
+  }
+}
+
 // -- building a query from the page ------------------------------------------------------
 
 function filterFields() {
   const out = {};
-  const values = { under: els.under.value.trim(), glob: els.glob.value.trim(), types: els.types.value.trim(),
-                   after: els.after.value, before: els.before.value, min_score: els.minScore.value.trim() };
-  for (const [key, value] of Object.entries(values)) if (value) out[key] = value;
+  for (const [input, key] of Object.entries(FILTERS)) {
+    const value = els[input].value.trim();
+    if (value) out[key] = value;
+  }
   if (els.dedup.checked) out.dedup = String(DEDUP_THRESHOLD);
   return out;
+}
+
+// What every request carries besides the filters: the order (not a filter: it does not narrow).
+function orderFields() {
+  return els.sort.value === "score" ? {} : { sort: els.sort.value };
 }
 
 function countFilters() {
@@ -228,7 +354,8 @@ function showChoice(fields) {
 function jsonBody(terms, k, target, fields) {
   const body = { terms, k, target };
   for (const [key, value] of Object.entries(fields)) {
-    if (key === "min_score" || key === "dedup") body[key] = Number(value);
+    if (key === "min_score" || key === "dedup" || key === "within") body[key] = Number(value);
+    else if (key === "has_gps") body.has_gps = value === "true";
     else if (key === "types") body.types = value.split(",").map((t) => t.trim()).filter(Boolean);
     else body[key] = value;
   }
@@ -244,7 +371,9 @@ function buildQuery() {
   const text = els.q.value.trim();
   const neg = els.not.value.trim();
   const weight = Number(els.weight.value) || 1;
-  const { target, fields } = showChoice(filterFields());
+  const chosen = showChoice(filterFields());
+  const target = chosen.target;
+  const fields = { ...chosen.fields, ...orderFields() };
   const minScore = fields.min_score !== undefined ? Number(fields.min_score) : null;
   if (minScore !== null && !(minScore >= -1 && minScore <= 1)) {
     throw new ApiError(0, "The lowest score must be a number from -1 to 1.");
@@ -274,18 +403,20 @@ function buildQuery() {
       const terms = [{ item: itemId, weight: 1 }];
       if (text) terms.push({ text, weight });
       if (neg) terms.push({ text: neg, weight: -1 });
-      return { label, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
+      return { label, explainTerms: terms, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
     }
-    return { label, request: (k) => [`/api/items/${itemId}/similar?` + new URLSearchParams({ k, target, ...fields })] };
+    return { label, explainTerms: [{ item: itemId, weight: 1 }],
+             request: (k) => [`/api/items/${itemId}/similar?` + new URLSearchParams({ k, target, ...fields })] };
   }
   if (text) {
     const label = describe([`“${text}”`, neg && `not “${neg}”`]);
+    const terms = [{ text, weight }];
+    if (neg) terms.push({ text: neg, weight: -1 });
     if (neg || weight !== 1) {
-      const terms = [{ text, weight }];
-      if (neg) terms.push({ text: neg, weight: -1 });
-      return { label, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
+      return { label, explainTerms: terms, request: (k) => ["/api/search", jsonBody(terms, k, target, fields)] };
     }
-    return { label, request: (k) => ["/api/search?" + new URLSearchParams({ q: text, k, target, ...fields })] };
+    return { label, explainTerms: terms,
+             request: (k) => ["/api/search?" + new URLSearchParams({ q: text, k, target, ...fields })] };
   }
   return null;
 }
@@ -497,6 +628,19 @@ function showVideo(hit) {
   }
 }
 
+function photoFacts(photo) {
+  if (!photo) return;
+  const taken = photo.taken_at ? photo.taken_at.replace("T", " ") : "";
+  fact(els.detailFacts, "Taken", taken && (photo.time_source === "file-mtime" ? `${taken} (the file's date: no date inside)` : taken));
+  fact(els.detailFacts, "Place", photo.place);
+  if (photo.gps_lat != null && photo.gps_lon != null) {
+    fact(els.detailFacts, "Position", `${photo.gps_lat.toFixed(5)}, ${photo.gps_lon.toFixed(5)}` +
+                                      (photo.gps_alt != null ? `, ${Math.round(photo.gps_alt)} m` : ""));
+  }
+  fact(els.detailFacts, "Camera", photo.camera);
+  fact(els.detailFacts, "Lens", photo.lens);
+}
+
 async function openDetail(index) {
   const hit = state.hits[index];
   if (!hit) return;
@@ -532,6 +676,7 @@ async function openDetail(index) {
     if (hit.meta && hit.meta.duration) fact(els.detailFacts, "Duration", clock(hit.meta.duration));
   }
   if (hit.width && hit.height) fact(els.detailFacts, "Dimensions", `${hit.width} × ${hit.height} pixels`);
+  photoFacts(hit.photo);
   showMeta(hit.meta, video);
   els.detailPrev.disabled = index === 0;
   els.detailNext.disabled = index >= state.hits.length - 1 && state.exhausted;
@@ -630,6 +775,8 @@ document.addEventListener("keydown", (event) => {
     event.preventDefault();
   } else if (event.key === "m" && !typing && focusedHit()) {
     moreLike(focusedHit());
+  } else if (event.key === "w" && !typing && focusedHit()) {
+    document.activeElement.closest(".card").querySelector(".why")?.click();  // why did it match? (pictures)
   } else if (event.key === "o" && !typing && focusedHit()?.original) {
     window.open(focusedHit().play || focusedHit().original, "_blank", "noopener");
   }
@@ -639,7 +786,7 @@ document.addEventListener("keydown", (event) => {
 
 els.form.addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
 els.weight.addEventListener("input", () => { els.weightOut.textContent = Number(els.weight.value).toFixed(1); });
-for (const select of [els.target, els.k]) {
+for (const select of [els.target, els.k, els.sort]) {
   select.addEventListener("change", () => { if (state.query) runSearch(); });
 }
 for (const name of FILTER_INPUTS) {
@@ -656,6 +803,7 @@ els.resetFilters.addEventListener("click", () => {
   if (state.query) runSearch();
 });
 els.more.addEventListener("click", loadMore);
+els.showDuplicates.addEventListener("click", showDuplicates);
 els.drop.addEventListener("click", (event) => { if (event.target !== els.clearImage) els.file.click(); });
 els.drop.addEventListener("keydown", (event) => {
   if (event.key === "Enter" || event.key === " ") { event.preventDefault(); els.file.click(); }
