@@ -22,10 +22,9 @@ import json
 import sys
 import time
 import unicodedata
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from . import synthetic as syn
 from .synthetic_zh import DEMO_QUERIES
@@ -76,24 +75,12 @@ def _stamp(catalogue: syn.Catalogue, epochs: int) -> dict[str, object]:
 
 
 def demo_train_cfg(epochs: int = DEMO_EPOCHS, seed: int = DEMO_SEED) -> "TrainCfg":
-    """The demo's training recipe: :data:`DEMO_ARCH` from scratch, a fixed number of epochs, seeded."""
+    """The demo's training recipe: :data:`DEMO_ARCH` from scratch, a fixed number of epochs, seeded, on
+    :data:`DEMO_THREADS` torch threads (the trainer would otherwise take one per CPU)."""
     from .train import TrainCfg
 
     return TrainCfg(arch=DEMO_ARCH, epochs=epochs, batch_size=DEMO_BATCH, lr=DEMO_LR, warmup_steps=DEMO_WARMUP,
-                    augment=False, overwrite=True, seed=seed)
-
-
-@contextmanager
-def fixed_threads(threads: int = DEMO_THREADS) -> Iterator[None]:
-    """Run torch on exactly ``threads`` intra-op threads inside the block (what the machine has does not matter)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+                    augment=False, overwrite=True, seed=seed, threads=DEMO_THREADS)
 
 
 def train_demo_model(catalogue: syn.Catalogue, model_dir: Path, epochs: int = DEMO_EPOCHS, seed: int = DEMO_SEED,
@@ -109,8 +96,7 @@ def train_demo_model(catalogue: syn.Catalogue, model_dir: Path, epochs: int = DE
 
     data = read_pairs(catalogue.captions_csv)  # every picture's captions in both languages: one drawn per step
     data.items = [item for item in data.items if item.split == "train"]
-    with fixed_threads():
-        return fit(data, model_dir, demo_train_cfg(epochs, seed), progress=progress)
+    return fit(data, model_dir, demo_train_cfg(epochs, seed), progress=progress)
 
 
 def ensure_model(catalogue: syn.Catalogue, model_dir: Path, epochs: int = DEMO_EPOCHS) -> Path:
