@@ -26,6 +26,7 @@ by the commands that run models, first thing. A user's own setting always wins.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import sys
 from typing import MutableMapping
 
@@ -46,3 +47,18 @@ def prefer_passive_waiting(environ: MutableMapping[str, str] | None = None) -> b
         return False
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask and any cgroup (container) CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from .config import PRECISIONS
+from .cpu_threads import available_cpus  # noqa: F401 - also this module's name (callers and tests use it here)
 from .errors import InvalidQueryError, ModelLoadError
 from .fast_paths import CausalTextTower, SplitPreprocess, lower_image_tower, lower_text_tower
 from .model_folder import explain_missing_module, fingerprint_config, local_model_kwargs, require_text_extra
@@ -68,21 +69,6 @@ def default_precision(device: torch.device | str = "cpu") -> str:
     except OSError:
         return "fp32"
     return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "fp32"
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: its affinity mask and any cgroup (container) CPU quota."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 def configure_threads(threads: int | None = None) -> int:

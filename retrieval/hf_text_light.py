@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cpu_threads import available_cpus
 from .errors import InvalidQueryError, ModelLoadError
 from .text_light import META_FILE, LightTextEncoder, _clean, export_dir, load_light_encoder
 from .text_normalise import FittedQuery, fit_spans
@@ -124,20 +125,6 @@ class HfTokenizer:
         return fit_spans(cleaned, encoding.offsets, len(prefix) + len(suffix), self.context_length)
 
 
-def _cpu_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
 class HfLightTextEncoder:
     """Embeds texts with an exported HF-tokenizer text tower: float32 unit rows, as the torch path gives."""
 
@@ -208,7 +195,7 @@ class HfLightTextEncoder:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = _cpu_threads()
+            options.intra_op_num_threads = available_cpus()
             options.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
             self._session = ort.InferenceSession(
                 str(self.directory / TOWER_FILE), sess_options=options, providers=["CPUExecutionProvider"]
