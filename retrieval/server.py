@@ -12,9 +12,13 @@ Concurrency: ``IndexStore`` holds one sqlite connection, which sqlite3 binds
 to the thread that opened it. So the app opens its own ``Index`` objects on
 one dedicated worker thread ("the index thread") and runs every call that
 touches a store there, one at a time; torch already spreads each forward pass
-over all cores. Uploads are decoded on a small bounded pool
-(:mod:`retrieval.server_files`); thumbnails and file streaming run in the
-ordinary threadpool, concurrently.
+over all cores. Searches waiting for that thread go before the ranking step
+of uploads, whose decoding and image tower ran first on a small bounded pool
+at a lower OS priority (:mod:`retrieval.server_files`); an upload beyond the
+pool is refused before its body is read. Dependencies that only check
+arguments are ``async`` so that they run on the event loop, not queued in the
+thread pool behind a burst. Thumbnails and file streaming run in the
+ordinary thread pool, concurrently.
 
 Security (see docs/serving.md, "Running it safely"): files are served only by
 item id, never by a client-given path, and only while they are still the files
@@ -28,10 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import os
-from functools import partial
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from functools import partial
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -48,7 +55,7 @@ from .explain_report import explained_payload
 from .query import QueryTerm, parse_terms
 from .search import Filters, photo_info
 from .server_guard import LOOPBACK_HOSTS, ApiError, RequestGuard, install_error_handlers, is_loopback, token_checker
-from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool
+from .server_files import DEFAULT_DECODE_QUEUE, DEFAULT_DECODE_WORKERS, DecodePool, UploadAdmission
 from .server_ranges import stream_ranges
 from .thumbnails import DEFAULT_THUMB_SIZE, THUMB_SIZES
 
@@ -59,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = ["create_app", "is_loopback", "LOOPBACK_HOSTS", "DEFAULT_MAX_UPLOAD_BYTES", "MAX_K", "MAX_ITEM_ID"]
 
+IMAGE_SEARCH_PATH = "/api/search/image"
 WEB_DIR = FilePath(__file__).resolve().parent / "web"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000  # ~120 MB of RGB once decoded; phones shoot 12-50 MP
@@ -272,7 +280,8 @@ _FILTER_NAMES = tuple(name for name, *_ in _FILTER_PARAMS)
 def _filters_dependency(kind: Callable[..., Any]) -> Callable[..., Filters]:
     """A FastAPI dependency reading every filter from the query string (``Query``) or a form (``Form``)."""
 
-    def dependency(**raw: Any) -> Filters:
+    # async: pure checks, run on the event loop (a plain def would cost a trip through the thread pool)
+    async def dependency(**raw: Any) -> Filters:
         return filters_of(**raw)
 
     dependency.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
@@ -287,11 +296,11 @@ _query_filters = _filters_dependency(Query)
 _form_filters = _filters_dependency(Form)
 
 
-def _sort_query(sort: Annotated[Sort, Query(description="'taken': the k best, newest capture first")] = "score") -> str:
+async def _sort_query(sort: Annotated[Sort, Query(description="'taken': the k best, newest capture first")] = "score") -> str:
     return sort
 
 
-def _sort_form(sort: Annotated[Sort, Form(description="'taken': the k best, newest capture first")] = "score") -> str:
+async def _sort_form(sort: Annotated[Sort, Form(description="'taken': the k best, newest capture first")] = "score") -> str:
     return sort
 
 
@@ -367,19 +376,51 @@ def _group_out(group: "DuplicateGroup") -> dict[str, Any]:
 
 
 class _IndexThread:
-    """Runs callables on the one thread that owns the served indexes (see module docstring)."""
+    """Runs callables on the one thread that owns the served indexes (see module docstring).
+
+    Jobs wait in a priority queue: a search that only ranks (text, items) goes
+    before the ranking that finishes an upload (``background=True``), so a
+    burst of uploads does not put everyone else's searches at the back of the
+    line. Equal priorities run in arrival order.
+    """
+
+    _STOP = object()
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsearch-index")
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._serve, name="mmsearch-index", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            _, _, job = self._jobs.get()
+            if job is self._STOP:
+                return
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def submit(self, fn: Callable[..., T], *args: Any, background: bool = False, **kwargs: Any) -> "Future[T]":
+        future: Future = Future()
+        self._jobs.put((1 if background else 0, next(self._order), (future, fn, args, kwargs)))
+        return future
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._pool.submit(fn, *args, **kwargs).result()
+        return self.submit(fn, *args, **kwargs).result()
 
-    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.wrap_future(self._pool.submit(fn, *args, **kwargs))
+    async def __call__(self, fn: Callable[..., T], *args: Any, background: bool = False, **kwargs: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, *args, background=background, **kwargs))
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._jobs.put((2, next(self._order), self._STOP))  # after every job already queued
+        self._thread.join()
 
 
 class _Backend:
@@ -429,9 +470,16 @@ class _Backend:
 
     def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
         """``await backend(fn, ...)``: run ``fn`` on the index thread."""
+        return self._index_thread()(fn, *args, **kwargs)
+
+    def after_searches(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """Like calling the backend, but queued behind the searches waiting now (the last step of an upload)."""
+        return self._index_thread()(fn, *args, background=True, **kwargs)
+
+    def _index_thread(self) -> _IndexThread:
         if self._thread is None:
             raise ApiError(503, "unavailable", "the server is stopping")
-        return self._thread(fn, *args, **kwargs)
+        return self._thread
 
 
 class _LiveIndexes(Mapping[str, "Index"]):
@@ -514,6 +562,8 @@ def create_app(
     )
     app.state.index = backend.main
     app.state.decoder = decoder
+    # Inside the guard: a refused upload costs neither its body nor its form (see UploadAdmission).
+    app.add_middleware(UploadAdmission, pool=decoder, paths=[IMAGE_SEARCH_PATH])
     app.add_middleware(RequestGuard, max_body=guard.max_body, allowed_hosts=guard.allowed_hosts,
                        allowed_origins=guard.allowed_origins)
     install_error_handlers(app)
@@ -544,7 +594,7 @@ def create_app(
                 "took_ms": round((time.perf_counter() - started) * 1e3, 2)}
 
     @app.get("/api/health", tags=["server"], summary="Liveness: the server answers (no token needed)")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @api.get("/info", tags=["server"], summary="The index: model, counts, size; and the server's limits")
@@ -577,7 +627,7 @@ def create_app(
                  for t in body.terms]  # type: ignore[arg-type]
         return searched(await backend(search_rows, terms, body.k, filters, body.dedup, body.sort), body.k, started)
 
-    @api.post("/search/image", response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
+    @api.post(IMAGE_SEARCH_PATH.removeprefix("/api"), response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
               summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')",
               responses=IMAGE_ROUTE_ERRORS)  # type: ignore[arg-type]
     async def search_image(
@@ -602,7 +652,7 @@ def create_app(
         _, vector = await decoder.decode_and_embed(data, backend.main.embed_image, min_side=image_side,
                                                    max_pixels=max_upload_pixels)
         terms = [QueryTerm.vector(vector, image_weight), *words]
-        return searched(await backend(search_rows, terms, k, filters, dedup, sort), k, started)
+        return searched(await backend.after_searches(search_rows, terms, k, filters, dedup, sort), k, started)
 
     @api.get("/items/{item_id}/similar", response_model=SearchOut, response_model_exclude_none=True, tags=["items"],
              summary="More like this: neighbours of an indexed item (no model run)")
@@ -697,7 +747,7 @@ def create_app(
         ))
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    async def page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

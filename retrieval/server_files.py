@@ -13,8 +13,11 @@ rules bound what a burst of them costs:
   input side, exactly as a query file is (``Index.embed_image``), so a forged
   6000x6000 header costs a 750x750 buffer, not 108 MB;
 - at most ``workers`` decodes run at once and ``queue`` more wait; beyond
-  that the request is answered ``503`` with ``Retry-After`` at once, so memory
-  and CPU stay bounded and other requests keep their share.
+  that the request is answered ``503`` with ``Retry-After`` at once, before
+  its body is read (:class:`UploadAdmission`), so memory and CPU stay bounded;
+- the decode threads run ``DECODE_NICE`` below the server's other threads, so
+  in a burst the event loop and the index thread keep the CPU they need to
+  answer everyone else.
 
 Indexed files go out through :func:`stream_file`, from the descriptor that
 ``Index.open_original`` checked (never reopened by path).
@@ -23,18 +26,19 @@ Indexed files go out through :func:`stream_file`, from the descriptor that
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import mimetypes
 import os
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fastapi.responses import StreamingResponse
 
 from .loading import load_image
-from .server_guard import ApiError
+from .server_guard import ApiError, send_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,12 +46,34 @@ if TYPE_CHECKING:
 
     from .loading import LoadedImage
 
-__all__ = ["DecodePool", "DEFAULT_DECODE_WORKERS", "DEFAULT_DECODE_QUEUE", "stream_file"]
+__all__ = ["DecodePool", "UploadAdmission", "DEFAULT_DECODE_WORKERS", "DEFAULT_DECODE_QUEUE", "stream_file"]
 
 DEFAULT_DECODE_WORKERS = 2  # decoding is CPU-bound; more threads only add memory
 DEFAULT_DECODE_QUEUE = 8
+DECODE_NICE = 10  # how far below the server's other threads uploads are decoded
 RETRY_AFTER_S = 2
 _STREAM_CHUNK = 256 * 1024
+
+
+class _Slot:
+    """One admitted upload: freed when every holder (the request, its decode job) has let go."""
+
+    def __init__(self, pool: "DecodePool") -> None:
+        self._pool, self._holders = pool, 1
+
+    def hold(self) -> None:
+        with self._pool._lock:
+            self._holders += 1
+
+    def drop(self, *_: Any) -> None:
+        with self._pool._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                self._pool._admitted -= 1
+
+
+# The slot the current request was admitted with (set by UploadAdmission, used by DecodePool).
+_REQUEST_SLOT: contextvars.ContextVar["_Slot | None"] = contextvars.ContextVar("mmsearch_upload_slot", default=None)
 
 
 class DecodePool:
@@ -63,13 +89,18 @@ class DecodePool:
 
     @property
     def busy(self) -> int:
-        """Decodes running or waiting now."""
+        """Uploads admitted now (being read, waiting, or decoding)."""
         with self._lock:
             return self._admitted
 
-    def _release(self, _: Future) -> None:
+    def admit(self) -> _Slot:
+        """A slot for one upload, or ``ApiError`` 503 (with Retry-After) when all are taken."""
         with self._lock:
-            self._admitted -= 1
+            if self._admitted >= self.workers + self.queue:
+                raise ApiError(503, "busy", "the server is decoding as many uploads as it can take; try again shortly",
+                               headers={"Retry-After": str(RETRY_AFTER_S)})
+            self._admitted += 1
+        return _Slot(self)
 
     async def decode(
         self, data: bytes | BinaryIO, *, min_side: int | None, max_pixels: int, error_status: int = 415,
@@ -79,7 +110,8 @@ class DecodePool:
         ``data`` is an upload's bytes, or an open file (an indexed file that
         ``Index.open_original`` checked). ``min_side`` is the model's input side
         (None: full size). The slot is held until the decode finishes, even if the
-        client has gone away.
+        client has gone away. A request that :class:`UploadAdmission` admitted
+        decodes in the slot it was given.
         """
         loaded, _ = await self._submit(data, min_side, max_pixels, error_status, None)
         return loaded
@@ -103,21 +135,23 @@ class DecodePool:
     ) -> "tuple[LoadedImage, np.ndarray | None]":
         if isinstance(data, (bytes, bytearray)) and not data:
             raise ApiError(error_status, "not_an_image", "the upload is empty")
+        slot = _REQUEST_SLOT.get()
+        if slot is not None and slot._pool is self:
+            _REQUEST_SLOT.set(None)  # one decode per admission
+            slot.hold()
+        else:
+            slot = self.admit()
         with self._lock:
-            if self._admitted >= self.workers + self.queue:
-                raise ApiError(503, "busy", "the server is decoding as many uploads as it can take; try again shortly",
-                               headers={"Retry-After": str(RETRY_AFTER_S)})
-            self._admitted += 1
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mmsearch-decode")
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mmsearch-decode",
+                                                initializer=_lower_priority)
             pool = self._pool
         try:
             future = pool.submit(_decode_job, data, min_side, max_pixels, embed)
         except BaseException:
-            with self._lock:
-                self._admitted -= 1
+            slot.drop()
             raise
-        future.add_done_callback(self._release)
+        future.add_done_callback(slot.drop)
         loaded, vector = await asyncio.wrap_future(future)
         if loaded.image is None:
             raise ApiError(error_status, "not_an_image", f"the upload is not usable as an image: {loaded.error}")
@@ -129,6 +163,47 @@ class DecodePool:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class UploadAdmission:
+    """ASGI middleware: an upload route's request gets a decode slot before its body is read, or a 503 at once.
+
+    Without it a refused upload would still be read and its form parsed on the
+    event loop (FastAPI does that before the route runs), the work that slows
+    everyone else down in a burst. ``paths``: the POST routes that always
+    decode an upload; the slot is the one their decode then runs in.
+    """
+
+    def __init__(self, app: Any, *, pool: DecodePool, paths: Iterable[str]) -> None:
+        self.app, self.pool, self.paths = app, pool, frozenset(paths)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        try:
+            slot = self.pool.admit()
+        except ApiError as exc:
+            await send_json(send, exc.status, exc.error, exc.message, headers=exc.headers)
+            return
+        token = _REQUEST_SLOT.set(slot)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _REQUEST_SLOT.reset(token)
+            slot.drop()
+
+
+def _lower_priority() -> None:
+    """Run this decode thread (and the threads it starts, e.g. the model's) below the server's other threads.
+
+    Linux gives each thread its own nice value: a burst of uploads then yields
+    the CPU to the event loop and the index thread, which answer everyone else.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the rest
+        pass
 
 
 def _decode_job(

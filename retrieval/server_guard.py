@@ -22,7 +22,7 @@ import binascii
 import hmac
 import json
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
@@ -131,7 +131,7 @@ def _basic_password(auth: str) -> str | None:
     return decoded.partition(":")[2] or None
 
 
-def token_checker(token: str | None) -> Callable[[Request], None]:
+def token_checker(token: str | None) -> Callable[[Request], Awaitable[None]]:
     """A FastAPI dependency that lets a request through only with ``token`` (or anything, if None).
 
     Accepted: ``Authorization: Bearer TOKEN``; ``Authorization: Basic`` whose
@@ -140,7 +140,7 @@ def token_checker(token: str | None) -> Callable[[Request], None]:
     """
     expected = check_token(token)
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:  # async: no I/O, so no trip through the thread pool
         if expected is None:
             return
         supplied = None
@@ -324,11 +324,14 @@ class RequestGuard:
         await send({"type": "http.response.body", "body": b""})
 
 
-async def send_json(send: Callable, status: int, error: str, message: str) -> None:
-    """Answer with the error shape straight from a middleware (before the app runs)."""
+async def send_json(
+    send: Callable, status: int, error: str, message: str, headers: Mapping[str, str] | None = None,
+) -> None:
+    """Answer with the error shape straight from a middleware (before the app runs; its body is left unread)."""
     body = json.dumps({"status": status, "error": error, "message": message}).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"x-content-type-options", b"nosniff"), (b"connection", b"close"),
+        *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()),
     ]})
     await send({"type": "http.response.body", "body": body})

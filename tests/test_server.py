@@ -557,6 +557,114 @@ def test_a_full_decode_pool_answers_503_with_retry_after(shop, monkeypatch: pyte
     assert {"413", "415", "503"} <= set(paths), sorted(paths)
 
 
+def test_a_refused_upload_is_answered_before_its_body_is_read(shop) -> None:
+    """In a burst, uploads beyond the pool cost the server no body reading and no form parsing."""
+    import asyncio
+
+    app = create_app(shop, decode_workers=1, decode_queue=0)
+    pool = app.state.decoder
+    held = pool.admit()  # another upload holds the only slot
+    reads: list[str] = []
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        reads.append("body")
+        return {"type": "http.request", "body": b"x" * 100, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/search/image", "raw_path": b"/api/search/image", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"multipart/form-data; boundary=b"),
+                         (b"content-length", b"100")], "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    start = sent[0]
+    headers = dict(start["headers"])
+    assert start["status"] == 503 and headers[b"retry-after"] == b"2", start
+    assert json.loads(sent[1]["body"])["error"] == "busy"
+    assert reads == []  # the body was never read
+    held.drop()
+    assert pool.busy == 0
+
+
+def test_upload_slots_are_given_back_however_the_request_ends(shop) -> None:
+    """Admitted before the body is read, the slot is freed after a success, a refused form and a bad image."""
+    query = png_bytes(draw("red", "cup"))
+    with TestClient(create_app(shop, decode_workers=1, decode_queue=0)) as c:
+        pool = c.app.state.decoder  # type: ignore[attr-defined]
+        assert c.post("/api/search/image", files={"image": ("q.png", query, "image/png")}).status_code == 200
+        assert_error(c.post("/api/search/image", files={"image": ("q.png", query, "image/png")},
+                            data={"text": ["-1000:red"]}), 422)
+        assert_error(c.post("/api/search/image", files={"image": ("q.png", b"not a picture", "image/png")}), 415)
+        assert_error(c.post("/api/search/image", data={"k": "3"}), 422)  # no image at all
+        assert pool.busy == 0
+        # one slot, so each of these would have been a 503 had a slot leaked
+        assert c.post("/api/search/image", files={"image": ("q.png", query, "image/png")}).status_code == 200
+
+
+def test_uploads_are_decoded_below_the_servers_other_threads(client: TestClient, monkeypatch) -> None:
+    import retrieval.server_files as server_files
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("thread priorities are a POSIX feature")
+    seen: list[int] = []
+    real = server_files.load_image
+
+    def spy(data, **kwargs):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(server_files, "load_image", spy)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    answer = client.post("/api/search/image", files={"image": ("q.png", png_bytes(draw("red", "cup")), "image/png")})
+    assert answer.status_code == 200, answer.text
+    assert seen and seen[0] >= min(19, mine + server_files.DECODE_NICE), (seen, mine)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # only the decode threads
+
+
+def test_text_searches_make_no_trip_through_the_thread_pool(client: TestClient, monkeypatch) -> None:
+    """Plain-def dependencies would each run on AnyIO's thread pool, queued behind a burst's work."""
+    import fastapi.dependencies.utils as dependency_utils
+    import fastapi.routing as routing
+
+    trips: list[str] = []
+
+    def counting(real):
+        async def run(func, *args, **kwargs):
+            trips.append(getattr(func, "__name__", repr(func)))
+            return await real(func, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(dependency_utils, "run_in_threadpool", counting(dependency_utils.run_in_threadpool))
+    monkeypatch.setattr(routing, "run_in_threadpool", counting(routing.run_in_threadpool))
+    assert client.get("/api/search", params={"q": "red cup", "k": 2, "camera": "x"}).status_code == 200
+    assert client.post("/api/search", json={"terms": [{"text": "red"}], "k": 2}).status_code == 200
+    assert client.get("/api/health").status_code == 200
+    assert trips == []
+
+
+def test_searches_waiting_on_the_index_thread_go_before_uploads_rankings() -> None:
+    from retrieval.server import _IndexThread
+
+    thread = _IndexThread()
+    try:
+        gate, order = threading.Event(), []
+        blocker = thread.submit(gate.wait, 20)
+        later = [thread.submit(order.append, f"upload {i}", background=True) for i in range(3)]
+        first = thread.submit(order.append, "search")
+        gate.set()
+        for future in (blocker, *later, first):
+            future.result(timeout=20)
+        assert order == ["search", "upload 0", "upload 1", "upload 2"]
+        failing = thread.submit(int, "not a number")
+        with pytest.raises(ValueError):
+            failing.result(timeout=20)
+        assert thread.run(sum, [1, 2]) == 3  # an error does not stop the thread
+    finally:
+        thread.shutdown()
+
+
 def test_pages_of_other_origins_may_not_post(shop) -> None:
     query = png_bytes(draw("red", "cup"))
     body = {"terms": [{"text": "red"}], "k": 1}
