@@ -142,8 +142,8 @@ def test_grid_shapes_and_work_counted(encoders, family, method):
     with torch.no_grad():
         cosine = float(enc.encode_images([_photo()])[0] @ (_query(enc) / np.linalg.norm(_query(enc))))
     assert e.score == pytest.approx(cosine, abs=1e-5)
-    expected_forward = {"occlusion": 37, "rise": 97, "intgrad": 3}.get(method, 1)
-    expected_backward = {"gradcam": 1, "gradeclip": 1, "intgrad": 2}.get(method, 0)
+    expected_forward = {"occlusion": 37, "rise": 97, "intgrad": 4}.get(method, 1)
+    expected_backward = {"gradcam": 1, "gradeclip": 1, "intgrad": 3}.get(method, 0)
     assert e.passes == {"forward": expected_forward, "backward": expected_backward}
     assert e.method == method and e.tower
 
@@ -420,10 +420,10 @@ def test_intgrad_shares_add_up_to_the_score_against_a_blank_picture(encoders, fa
     gap = float(picture @ unit / np.linalg.norm(picture) - mean_colour @ unit / np.linalg.norm(mean_colour))
     # 64 midpoint steps: the path integral to within 1% of the gap.
     assert float(e.grid.sum()) == pytest.approx(gap, rel=0.01, abs=1e-6)
-    # The default: two steps on the path (one batch of two forward and backward passes), and the
+    # The default: three steps on the path (one batch of three forward and backward passes), and the
     # picture's own forward pass for its score.
     quick = explain(enc, q, photo, method="intgrad")
-    assert quick.passes == {"forward": 3, "backward": 2}
+    assert quick.passes == {"forward": 4, "backward": 3}
 
 
 def test_the_aspect_rounding_of_a_resize_is_no_squash(tiny_encoder):

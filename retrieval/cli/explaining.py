@@ -13,7 +13,7 @@ from .options import DeviceOpt, IndexDirOpt, IndexOpt, JsonOpt, PrecisionOpt, Th
 
 # The names of retrieval.explanation.METHODS, for --help without importing the engine
 # (a test checks that the two agree).
-METHOD_HELP = ("How to compute the heatmap: intgrad (default: integrated gradients, 3 forward and 2 backward "
+METHOD_HELP = ("How to compute the heatmap: intgrad (default: integrated gradients, 4 forward and 3 backward "
                "passes), occlusion (37 forward passes), rise (97), gradcam, gradeclip or tokens (1 forward pass "
                "each, gradcam and gradeclip 1 backward too); how they compare: docs/explain.md.")
 # Image formats an overlay may be written in, by file extension.
