@@ -200,6 +200,27 @@ def test_cli_explain_combined_query_by_item_id(tmp_path: Path) -> None:
     assert "shoes (-0.5): pulls" in table.stdout
 
 
+def test_cli_query_html_explain_puts_a_heatmap_beside_each_picture(tmp_path: Path) -> None:
+    _indexed(tmp_path / "photos")
+    page = tmp_path / "results.html"
+    result = runner.invoke(app, ["query", "red shoes", "--not-text", "0.5:leather", "-k", "3", "--html", str(page),
+                                 "--explain", *FP32])
+    assert result.exit_code == 0, result.output
+    html = page.read_text(encoding="utf-8")
+    assert html.count('class="explained"') == 3 and html.count("data:image/jpeg;base64,") >= 3
+    plain = tmp_path / "plain.html"
+    assert runner.invoke(app, ["query", "red shoes", "-k", "3", "--html", str(plain), *FP32]).exit_code == 0
+    assert 'class="explained"' not in plain.read_text(encoding="utf-8")
+    other = runner.invoke(app, ["query", "red shoes", "-k", "2", "--html", str(page), "--explain-method", "occlusion",
+                                *FP32])
+    assert other.exit_code == 0 and page.read_text(encoding="utf-8").count('class="explained"') == 2
+    for bad, words in ((["--explain"], "add --html"), (["--html", str(page), "--explain-method", "magic"],
+                                                       "unknown explain method")):
+        failed = runner.invoke(app, ["query", "red shoes", *bad, *FP32])
+        assert failed.exit_code == 1 and words in failed.output and "Traceback" not in failed.output
+        assert len(failed.output.strip().splitlines()) == 1, failed.output
+
+
 @pytest.mark.parametrize("args,words", [
     (["red"], ["give the words"]),
     ([], ["[TEXT] PHOTO"]),

@@ -25,11 +25,11 @@ from .options import (
 )
 
 
-def _emit(hits: list[Any], results: ResultOptions, title: str) -> None:
+def _emit(hits: list[Any], results: ResultOptions, title: str, heatmaps: dict[int, str] | None = None) -> None:
     if results.html is not None:
         from ..html_report import write_results_page
 
-        written = write_results_page(hits, results.html, title)
+        written = write_results_page(hits, results.html, title, heatmaps=heatmaps)
         err(f"wrote {written}")
     if results.paths_only and not results.json_out:
         for h in hits:
@@ -81,6 +81,14 @@ def query(
         typer.Option("--lang", help="Language of the query's words (zh, zh-TW, ja, fr, ... or an NLLB code), for "
                      "models that need one (NLLB) [default: from the script; Latin script is read as English]."),
     ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="With --html: beside each picture, a heatmap of why it matched "
+                           "(a few image encodes per hit; see mmsearch explain).")
+    ] = False,
+    explain_method: Annotated[
+        Optional[str], typer.Option("--explain-method", metavar="METHOD",
+                                    help="How --explain draws its heatmaps [default: intgrad; see mmsearch explain].")
+    ] = None,
     *,
     results: ResultOptions,
     device: DeviceOpt = "auto",
@@ -99,6 +107,7 @@ def query(
     mmsearch query beach --taken-after 2023-06-01 --taken-before 2023-09-01 --place Spain
     mmsearch query "birthday cake" --near Berlin --camera iphone --sort taken
     mmsearch query fireworks --type video --json
+    mmsearch query "red shoes" --html results.html --explain   (why each hit matched)
     """
     from ..errors import InvalidQueryError
     from ..query import parse_terms
@@ -110,15 +119,23 @@ def query(
     )
     if not terms or all(t.kind == "text" and not str(t.value).strip() for t in terms):
         raise InvalidQueryError("empty query: give some words to search for, or --image FILE")
+    if (explain or explain_method is not None) and results.html is None:
+        raise InvalidQueryError("--explain draws its heatmaps on the results page: add --html FILE")
     filters = Filters.parse(**results.filters)
+    heatmaps = None
     with open_named_index(index_name, index_dir, device=device, precision=precision, threads=threads) as idx:
         for term in terms:  # a query cut to the model's context, or a language the model does not read, is said
             if term.kind == "text":
                 for note in idx.queries.notes(str(term.value), term.lang):
                     err(note)
         hits = idx.search(terms, results.k, filters=filters, dedup=results.dedup, sort=results.sort)
+        if explain or explain_method is not None:
+            from ..explain_report import heatmap_uris
+
+            heatmaps = heatmap_uris(idx, terms, hits, method=explain_method,
+                                    on_skip=lambda path, why: err(f"skipped the heatmap of {path}: {why}"))
     title = " ".join(f"{t.weight:+g}:{t.value}" for t in terms)
-    _emit(hits, results, f"mmsearch: {title}")
+    _emit(hits, results, f"mmsearch: {title}", heatmaps)
 
 
 @with_result_options
