@@ -112,3 +112,14 @@ def test_build_records_what_would_meet_the_target(monkeypatch: pytest.MonkeyPatc
     assert index.config.lists_on_disk  # 30 kB cannot hold even 8-byte codes: the lists went to disk
     assert short is not None and short["reached"] < 0.999 and short["needs"]
     assert short["needs"][0].startswith("more memory: --max-memory")
+
+
+def test_a_short_hnsw_is_pointed_to_ivf_not_to_more_memory() -> None:
+    """HNSW keeps full vectors: more memory would not help it, a kind that scans whole lists does."""
+    short = {"target": 0.95, "reached": 0.62, "search": {"efSearch": 4096}, "full_vectors": None, "slower": None,
+             "deeper": True, "p50_ms": 13.5, "limit_ms": None}
+    hnsw = AnnConfig("hnsw", "IDMap2,HNSW32,Flat", hnsw_m=32).but(shortfall=short)
+    lines = needs(hnsw, make_policy("hnsw", "4GiB", 0.95), N, DIM)
+    assert len(lines) == 1 and "--ann ivf" in lines[0] and "--max-memory" not in lines[0]
+    pq = AnnConfig("ivfpq", "IVF32,PQ8x4", nlist=32, pq_m=8).but(shortfall=short)
+    assert "--max-memory" in needs(pq, make_policy("ivfpq", "64MiB", 0.95), N, DIM)[0]
