@@ -21,6 +21,9 @@ kept its floor: cosine >= 0.995 and recall@10 within 0.5 points), the ratio of t
 pick's end-to-end rate to today's default (torch bf16 where the CPU has native bf16,
 else fp32), and the load average before and after (compare runs only on a quiet machine).
 OpenVINO rows appear when ``openvino`` is importable (it reads the verified ONNX fp32 graph).
+``--rclip BIN`` adds rclip 3.3's own indexing loop over the same fp32 graph (:func:`rclip_rate`):
+    python3 -m venv /tmp/venv-rclip && /tmp/venv-rclip/bin/pip install rclip==3.3.0
+    .venv/bin/python benchmarks/bench_runtimes.py --model models/demo --rclip /tmp/venv-rclip/bin/rclip
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,6 +127,50 @@ def trained_model(args: argparse.Namespace, work: Path) -> tuple[str, Any]:
     return str(out), catalogue
 
 
+def rclip_rate(rclip: str, fp32_graph: Path, photos: Path, work: Path, reps: int) -> list[float]:
+    """rclip's own indexing loop over ``photos``, images/s per pass, with our verified fp32 graph as its model.
+
+    rclip 3.3 runs ViT-B-32-256 (datacomp_s34b_b86k) through ONNX Runtime from graphs it downloads from
+    Hugging Face, out of reach offline; it first looks for them in ``$RCLIP_DATADIR``, so the same
+    architecture exported here (input renamed to rclip's ``input``) stands in. The query is an image, so its
+    text graph is never loaded (an empty file satisfies its check). A pass's indexing time is a fresh
+    index-and-query run minus a ``--no-indexing`` run (model load and query).
+    """
+    import onnx
+
+    data = work / "rclip-data"
+    model_dir = data / "ViT-B-32-256-datacomp_s34b_b86k"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    graph = onnx.load(str(fp32_graph))
+    side = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim][-2:]
+    if side != [256, 256]:
+        raise SystemExit(f"{fp32_graph} takes {side} pixels; rclip feeds ViT-B-32-256 256x256 ones")
+    old = graph.graph.input[0].name
+    graph.graph.input[0].name = "input"
+    for node in graph.graph.node:
+        node.input[:] = ["input" if name == old else name for name in node.input]
+    onnx.save(graph, str(model_dir / "visual.onnx"))
+    (model_dir / "textual.onnx").write_bytes(b"")
+    import open_clip
+
+    (data / "tokenizer").mkdir(exist_ok=True)
+    shutil.copy(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", data / "tokenizer")
+    env = {**os.environ, "RCLIP_DATADIR": str(data), "HF_HUB_OFFLINE": "1"}
+    query = str(sorted(photos.rglob("*.jpg"))[0])
+    count = sum(1 for p in photos.rglob("*") if p.is_file())
+    rates = []
+    for _ in range(reps):
+        (data / "db.sqlite3").unlink(missing_ok=True)
+        times = []
+        for extra in ([], ["--no-indexing"]):
+            t0 = time.perf_counter()
+            subprocess.run([rclip, *extra, "-t", "3", query], cwd=photos, env=env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+        rates.append(count / (times[0] - times[1]))
+    return rates
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a trained model folder (default: train one on the synthetic world here)")
@@ -140,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reps", type=int, default=3, help="model-only timings per runtime (the best is kept)")
     ap.add_argument("--e2e-reps", type=int, default=3, help="end-to-end indexing passes per runtime (the median)")
     ap.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: the CPUs)")
+    ap.add_argument("--rclip", help="rclip 3.3's executable (in a venv of its own) for a row of its indexing loop")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     import logging
@@ -198,6 +247,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       if "recall_candidate" in row else "n/a")
             rows.append([runtime, row.get("model_images_per_s", "n/a"), row.get("end_to_end_images_per_s", "n/a"),
                          row.get("mean_cosine", "n/a"), recall])
+        if args.rclip:
+            # The speed model's export: the trained model's is beside it (and far smaller).
+            graphs = sorted(cache.rglob("fp32.onnx"), key=lambda g: g.stat().st_size)
+            if graphs and speed_spec == "ViT-B-32-256":
+                rates = rclip_rate(args.rclip, graphs[-1], photos, work, args.e2e_reps)
+                out["rclip"] = {"end_to_end_images_per_s": float(np.median(rates)),
+                                "end_to_end_passes": [round(r, 2) for r in rates]}
+                rows.insert(1, ["rclip 3.3 (its loop, this fp32 graph)", "", float(np.median(rates)), "", ""])
+            else:
+                print("rclip row skipped: it runs ViT-B-32-256 only, from the verified fp32 export", file=sys.stderr)
         auto = load_encoder(speed_spec, precision="auto", cache_root=cache, threads=threads)
         today = default_precision("cpu")
         print_table(
