@@ -24,8 +24,8 @@ from .explain_overlay import CropGeometry, draw_overlay
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "ExplainedItem", "Explanation", "TermMap", "oriented_photo"]
 
-# The methods of retrieval.explain. The default: the best of a small pointing-game check on the
-# synthetic world at a few encodes' cost (docs/explain.md; the full table: benchmarks/bench_explain.py).
+# The methods of retrieval.explain. The default: the best pointing on the synthetic world for a few
+# encodes' cost (docs/explain.md has the table; benchmarks/bench_explain.py measures it).
 METHODS = ("intgrad", "gradcam", "gradeclip", "tokens", "occlusion", "rise")
 DEFAULT_METHOD = "intgrad"
 

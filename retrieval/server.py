@@ -37,11 +37,11 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import Future
-from functools import partial
-from contextlib import asynccontextmanager
-from pathlib import Path as FilePath
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path as FilePath
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Path, Query, UploadFile
@@ -389,6 +389,7 @@ class _IndexThread:
     def __init__(self) -> None:
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
+        self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="mmsearch-index", daemon=True)
         self._thread.start()
 
@@ -408,6 +409,8 @@ class _IndexThread:
                 future.set_result(result)
 
     def submit(self, fn: Callable[..., T], *args: Any, background: bool = False, **kwargs: Any) -> "Future[T]":
+        if not self._thread.is_alive() or self._stopping:
+            raise RuntimeError("the index thread has stopped")  # a job queued now would never run
         future: Future = Future()
         self._jobs.put((1 if background else 0, next(self._order), (future, fn, args, kwargs)))
         return future
@@ -419,6 +422,7 @@ class _IndexThread:
         return await asyncio.wrap_future(self.submit(fn, *args, background=background, **kwargs))
 
     def shutdown(self) -> None:
+        self._stopping = True
         self._jobs.put((2, next(self._order), self._STOP))  # after every job already queued
         self._thread.join()
 
@@ -627,8 +631,8 @@ def create_app(
                  for t in body.terms]  # type: ignore[arg-type]
         return searched(await backend(search_rows, terms, body.k, filters, body.dedup, body.sort), body.k, started)
 
-    @api.post(IMAGE_SEARCH_PATH.removeprefix("/api"), response_model=SearchOut, response_model_exclude_none=True, tags=["search"],
-              summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')",
+    @api.post(IMAGE_SEARCH_PATH.removeprefix(api.prefix), response_model=SearchOut, response_model_exclude_none=True,
+              tags=["search"], summary="Search by an uploaded image, optionally with text terms ('WEIGHT:text')",
               responses=IMAGE_ROUTE_ERRORS)  # type: ignore[arg-type]
     async def search_image(
         image: Annotated[UploadFile, File(description="the query image (JPEG, PNG, WebP, HEIC ...)")],

@@ -66,6 +66,7 @@ class _Slot:
             self._holders += 1
 
     def drop(self, *_: Any) -> None:
+        """Let go (also a future's done-callback); the last holder gives the slot back to the pool."""
         with self._pool._lock:
             self._holders -= 1
             if self._holders == 0:

@@ -663,6 +663,8 @@ def test_searches_waiting_on_the_index_thread_go_before_uploads_rankings() -> No
         assert thread.run(sum, [1, 2]) == 3  # an error does not stop the thread
     finally:
         thread.shutdown()
+    with pytest.raises(RuntimeError, match="stopped"):  # not a future that would wait forever
+        thread.submit(sum, [1, 2])
 
 
 def test_pages_of_other_origins_may_not_post(shop) -> None:
