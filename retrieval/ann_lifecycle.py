@@ -169,7 +169,7 @@ def needs_refresh(policy: dict[str, Any], index: VectorIndex, n: int, dim: int) 
         return True
     if current.needs_training and not index.is_trained:
         return True
-    if current.type == "ivfpq" and wanted.pq_m != current.pq_m:
+    if current.type == "ivfpq" and (wanted.pq_m, wanted.pq_bits) != (current.pq_m, current.pq_bits):
         return True
     if wanted.lists_on_disk != current.lists_on_disk:
         return True

@@ -10,8 +10,10 @@ import pytest
 from retrieval.ann import AnnConfig, VectorIndex, exact_knn, exact_search
 from retrieval.ann_policy import (
     EXACT_BELOW,
+    FAST_SCAN_FROM,
     alternatives,
     choose_ann,
+    code_bytes,
     estimate_disk,
     estimate_memory,
     make_config,
@@ -144,29 +146,40 @@ def test_auto_rule_choices() -> None:
     gib = 1024**3
     assert choose_ann(1_000, 512).type == "flat"
     assert choose_ann(EXACT_BELOW - 1, 512).type == "flat"
-    big = choose_ann(1_000_000, 512)
-    assert (big.type, big.nlist, big.factory) == ("ivf", 4096, "IVF4096_HNSW32,Flat")
-    assert "fit" in big.rule and big.copy_dtype is None and not big.lists_on_disk
+    mid = choose_ann(FAST_SCAN_FROM - 1, 512)  # full vectors fit: exact scores from IVF-Flat
+    assert (mid.type, mid.factory) == ("ivf", "IVF2048,Flat")
+    assert "fit" in mid.rule and mid.copy_dtype is None and not mid.lists_on_disk
+    big = choose_ann(1_000_000, 512)  # full vectors fit, but fast-scan codes + re-ranking answer faster
+    assert (big.type, big.nlist, big.factory) == ("ivfpq", 4096, "IVF4096,PQ256x4fsr")
+    assert (big.pq_m, big.pq_bits, code_bytes(big)) == (256, 4, 128) and "fast scan" in big.rule
     flat_bytes = 1_000_000 * 512 * 4
-    small = choose_ann(1_000_000, 512, max_memory=flat_bytes // 8)
-    assert (small.type, small.pq_m, small.factory) == ("ivfpq", 64, "IVF4096_HNSW32,PQ64x8")
+    small = choose_ann(1_000_000, 512, max_memory=flat_bytes // 8)  # 128-byte codes still fit 1/8
+    assert (small.type, small.pq_m, small.factory) == ("ivfpq", 256, "IVF4096,PQ256x4fsr")
+    assert "exceed" in small.rule
     assert small.copy_dtype == "float16"  # re-ranked from a float16 copy beside index.faiss
-    assert make_config("ivfpq", 1_000_000, 512, opq=True).factory == "OPQ64,IVF4096_HNSW32,PQ64x8"
+    assert make_config("ivfpq", 1_000_000, 512, opq=True).factory == "OPQ256,IVF4096,PQ256x4fsr"
+    # What the builder tries when the code misses: full vectors where they fit, then OPQ.
+    assert [a.factory for a in alternatives(big, 1_000_000, 512)] == \
+        ["IVF4096,Flat", "OPQ256,IVF4096,PQ256x4fsr"]
     assert [a.factory for a in alternatives(small, 1_000_000, 512, max_memory=flat_bytes // 8)] == \
-        ["OPQ64,IVF4096_HNSW32,PQ64x8"]
+        ["OPQ256,IVF4096,PQ256x4fsr"]
     assert estimate_memory(small, 1_000_000, 512) <= flat_bytes // 8
     assert estimate_disk(small, 1_000_000, 512) > 1_000_000 * 512 * 2  # the copy is on disk, not in the budget
     tiny = choose_ann(1_000_000, 512, max_memory=40 * 1_000_000)
-    assert tiny.type == "ivfpq" and tiny.pq_m == 16
+    assert tiny.type == "ivfpq" and (tiny.pq_m, tiny.pq_bits, tiny.factory) == (32, 4, "IVF4096,PQ32x4fsr")
+    odd = choose_ann(1_000_000, 24)  # no 4-bit layout divides 24 dimensions: 8-bit codes
+    assert (odd.pq_bits, odd.factory) == (8, "IVF4096,PQ8x8")
     assert choose_ann(10_000_000, 512, max_memory=4 * gib).type == "ivfpq"
     assert nlist_for(100_000) == 1024 and nlist_for(20_000) == 512 and nlist_for(10**9) == 131072
-    assert choose_ann(100_000, 512).factory == "IVF1024,Flat"  # a flat coarse quantizer below 4096 lists
+    assert choose_ann(100_000, 512).factory == "IVF1024,Flat"  # a flat coarse quantizer below 8192 lists
+    assert choose_ann(10_000_000, 512).factory == "IVF16384_HNSW32,PQ256x4fsr"  # a graph over 16k centroids
 
 
 def test_past_the_budget_lists_go_on_disk() -> None:
     gib = 1024**3
     billion = choose_ann(10**9, 512, max_memory=4 * gib)
     assert billion.type == "ivfpq" and billion.lists_on_disk and billion.pq_m == 64
+    assert billion.pq_bits == 8 and billion.factory.endswith(",PQ64x8")  # on-disk lists hold 8-bit codes
     assert "on disk" in billion.rule
     assert estimate_memory(billion, 10**9, 512) <= 4 * gib  # centroids and tables only
     asked = make_config("ivf", 10_000_000, 512, max_memory=4 * gib)

@@ -76,7 +76,8 @@ def test_cli_index_accepts_ann_options(image_folder: Path) -> None:
 def test_plan_grows_from_flat_to_ivf_to_pq() -> None:
     policy = make_policy("auto", "1GiB")
     assert plan(policy, 5_000, 512).type == "flat"
-    assert plan(policy, 200_000, 512).type == "ivf"
+    assert plan(policy, 150_000, 512).type == "ivf"
+    assert plan(policy, 200_000, 512).type == "ivfpq"  # from 200k items fast-scan codes answer sooner
     assert plan(policy, 1_000_000, 512).type == "ivfpq"  # 2 GB of vectors > 1 GiB
     assert parse_size("512MiB") == 512 * 2**20 and parse_size("2GB") == 2 * 10**9 and parse_size("1000") == 1000
     with pytest.raises(MMSearchError):

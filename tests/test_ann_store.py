@@ -167,7 +167,7 @@ def test_lists_on_disk_answer_like_lists_in_memory(tmp_path: Path) -> None:
 
 
 def test_an_index_past_its_memory_budget_keeps_its_lists_on_disk(tmp_path: Path) -> None:
-    idx, vectors = _index_with("big", make_policy("ivfpq", 60_000, 0.9))  # 2000 x 32-d: not even 8-byte codes fit
+    idx, vectors = _index_with("big", make_policy("ivfpq", 50_000, 0.9))  # 2000 x 32-d: not even 8-byte codes fit
     ann = idx.store.manifest.ann
     assert ann["lists_on_disk"] and "on disk" in ann["rule"]
     lists = idx.path / ann["lists"]["name"]
