@@ -417,6 +417,9 @@ def _nearest(
             # copies of updated ids: re-score the candidates from stored vectors.
             exact, cand = rerank_candidates(query, ids[0], index, store.vectors_of, fetch)
             scores, ids = exact[None, :], cand[None, :]
+            approximate = {int(i) for i in cand[fetch:]}  # scored from the re-rank copy only
+        else:
+            approximate = set()
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
         rows = store.items_by_id([i for _, i in found])
         # A frame stands for its video: the video's row is what filters judge and what the hit shows.
@@ -440,6 +443,9 @@ def _nearest(
                     continue  # a moment of a video already answered (at a better moment), or gone
             if filters is not None and not filters.accepts(shown):
                 continue
+            if item_id in approximate:  # past the re-scored head (filters took some of it): show the exact score
+                vec = store.vector(item_id)
+                score = float(vec @ query) if vec is not None else score
             if dedup is not None:
                 vec = store.vector(item_id)
                 if vec is not None and any(float(vec @ other) >= dedup for other in kept):

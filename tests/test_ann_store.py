@@ -87,6 +87,13 @@ def test_an_ivfpq_index_keeps_a_verified_copy_and_answers_with_exact_scores(pq_i
             stored = idx.store.vector(item_id)
             assert score == pytest.approx(float(stored @ (q / np.linalg.norm(q))), abs=1e-6)
     assert np.mean(recall) >= 0.85  # tuned to 0.9 on held-out queries; these are 30 others
+    # A filter that rejects most of the re-scored head: hits from past it show exact scores too.
+    only = retrieval.Filters(path_glob="*7.jpg")
+    for q in _queries(5):
+        hits = idx.search_vector(q, k=10, filters=only)
+        assert len(hits) == 10 and all(h.path.endswith("7.jpg") for h in hits)
+        for h in hits:
+            assert h.score == pytest.approx(float(idx.store.vector(h.id) @ (q / np.linalg.norm(q))), abs=1e-6)
 
 
 def test_a_replaced_copy_is_not_used_and_the_next_save_rewrites_it(pq_index) -> None:
