@@ -63,7 +63,8 @@ def estimate_memory(config: AnnConfig, n: int, dim: int) -> int:
     code = code_bytes(config)
     opq = 4 * dim * dim
     codebooks = 4 * 2 ** (config.pq_bits or 8) * dim
-    blocks = 16 * code * nlist if config.pq_bits == FAST_SCAN_BITS and not config.lists_on_disk else 0  # half a 32-code block per list
+    # Fast-scan lists are stored in blocks of 32 codes: half a block of padding per list, on average.
+    blocks = 16 * code * nlist if config.pq_bits == FAST_SCAN_BITS and not config.lists_on_disk else 0
     return (code + 8) * lists + centroids + opq + codebooks + blocks
 
 

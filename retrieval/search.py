@@ -417,7 +417,8 @@ def _nearest(
             # copies of updated ids: re-score the candidates from stored vectors.
             exact, cand = rerank_candidates(query, ids[0], index, store.vectors_of, fetch)
             scores, ids = exact[None, :], cand[None, :]
-            approximate = {int(i) for i in cand[fetch:]}  # scored from the re-rank copy only
+            # Past the first ``fetch``, scores came from the re-rank copy alone (when there is one).
+            approximate = {int(i) for i in cand[fetch:]} if index.copy is not None else set()
         else:
             approximate = set()
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude_ids]
