@@ -318,7 +318,7 @@ def rerank(
     approximate scores. (Re-scoring every candidate near the ``top``-th from
     float32 made the top exactly float32's, but on 1M CLIP-like vectors
     nearly every candidate of a query lies within 1e-3 of it, so that read
-    them all: +3 ms a query for +0.001 recall; docs/scaling.md.) Padding (-1)
+    them all: +0.4-3 ms a query for +0.001 recall; docs/scaling.md.) Padding (-1)
     and repeated ids are dropped; ties keep id order. The one re-rank: queries
     use it (through :func:`rerank_candidates`) and so does the ANN tuner, so
     what is tuned is what is served.
