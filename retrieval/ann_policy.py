@@ -128,8 +128,9 @@ def _ivfpq_config(
     def sized(b: int, bits: int, on_disk: bool) -> AnnConfig:
         m = b * 8 // bits
         codes = f"PQ{m}x4fsr" if bits == FAST_SCAN_BITS else f"PQ{m}x8"  # fsr: fast scan of residuals
+        rotation = f"OPQ{opq_blocks(m, dim)}," if opq else ""
         return AnnConfig(
-            "ivfpq", f"{'OPQ%d,' % m if opq else ''}{prefix},{codes}", nlist=nlist, pq_m=m, pq_bits=bits,
+            "ivfpq", f"{rotation}{prefix},{codes}", nlist=nlist, pq_m=m, pq_bits=bits,
             built_for=n, copy_dtype=COPY_DTYPE, lists_on_disk=on_disk,
             rule=rule or f"asked for IVF-PQ ({b} bytes per vector{', lists on disk' if on_disk else ''})",
         )
@@ -147,6 +148,18 @@ def _ivfpq_config(
             f"({estimate_memory(config, n, dim)} bytes with lists on disk); raise it"
         )
     return config
+
+
+def opq_blocks(m: int, dim: int) -> int:
+    """The sub-spaces OPQ balances its rotation over: ``m``, but at least 8 dimensions each.
+
+    FAISS trains OPQ with an 8-bit PQ over its sub-spaces. Over a 4-bit code's narrow ones it crawls:
+    OPQ64 on 30k 64-d vectors (one dimension each) ran past 5 minutes, OPQ8 built the index in 7 s.
+    """
+    blocks = min(m, max(1, dim // 8))
+    while dim % blocks:
+        blocks -= 1
+    return blocks
 
 
 def choose_ann(n: int, dim: int, *, max_memory: int = DEFAULT_MAX_MEMORY) -> AnnConfig:

@@ -157,12 +157,12 @@ def test_auto_rule_choices() -> None:
     assert (small.type, small.pq_m, small.factory) == ("ivfpq", 256, "IVF4096,PQ256x4fsr")
     assert "exceed" in small.rule
     assert small.copy_dtype == "float16"  # re-ranked from a float16 copy beside index.faiss
-    assert make_config("ivfpq", 1_000_000, 512, opq=True).factory == "OPQ256,IVF4096,PQ256x4fsr"
+    assert make_config("ivfpq", 1_000_000, 512, opq=True).factory == "OPQ64,IVF4096,PQ256x4fsr"
     # What the builder tries when the code misses: full vectors where they fit, then OPQ.
     assert [a.factory for a in alternatives(big, 1_000_000, 512)] == \
-        ["IVF4096,Flat", "OPQ256,IVF4096,PQ256x4fsr"]
+        ["IVF4096,Flat", "OPQ64,IVF4096,PQ256x4fsr"]
     assert [a.factory for a in alternatives(small, 1_000_000, 512, max_memory=flat_bytes // 8)] == \
-        ["OPQ256,IVF4096,PQ256x4fsr"]
+        ["OPQ64,IVF4096,PQ256x4fsr"]
     assert estimate_memory(small, 1_000_000, 512) <= flat_bytes // 8
     assert estimate_disk(small, 1_000_000, 512) > 1_000_000 * 512 * 2  # the copy is on disk, not in the budget
     tiny = choose_ann(1_000_000, 512, max_memory=40 * 1_000_000)
@@ -173,6 +173,17 @@ def test_auto_rule_choices() -> None:
     assert nlist_for(100_000) == 1024 and nlist_for(20_000) == 512 and nlist_for(10**9) == 131072
     assert choose_ann(100_000, 512).factory == "IVF1024,Flat"  # a flat coarse quantizer below 8192 lists
     assert choose_ann(10_000_000, 512).factory == "IVF16384_HNSW32,PQ256x4fsr"  # a graph over 16k centroids
+
+
+def test_the_opq_alternative_of_a_fast_scan_code_builds_and_answers() -> None:
+    """OPQ over a 4-bit code's one-dimension sub-spaces ran past 5 minutes here: the rotation gets wider blocks."""
+    vectors = clip_like_vectors(6_000, 32, seed=5)
+    config = make_config("ivfpq", 6_000, 32, max_memory=10**9, opq=True)
+    assert config.factory == "OPQ4,IVF256,PQ32x4fsr" and config.pq_bits == 4
+    index = VectorIndex.build(32, np.arange(6_000), vectors, config)
+    index.apply_search_params({"nprobe": 256})  # every list: what is left is the code's own error
+    _, found = index.search(vectors[:50], 10)
+    assert np.mean(found[:, 0] == np.arange(50)) >= 0.9  # each vector finds itself first
 
 
 def test_past_the_budget_lists_go_on_disk() -> None:
