@@ -294,6 +294,8 @@ def main() -> int:
     load.add_argument("--policies", default="passive,spin", help="OpenMP waiting: passive (mmsearch's default), "
                                                                   "spin (GNU OpenMP's default)")
     load.add_argument("--load-epochs", type=int, default=3)
+    load.add_argument("--rounds", type=int, default=1,
+                      help="run every condition this many times, interleaved; the table gives medians")
     load.add_argument("--load-batch", type=int, default=128)
     load.add_argument("--budget-minutes", type=float, default=60.0,
                       help="train with --max-minutes this (tuned threads); 0: a fixed thread count")
