@@ -131,7 +131,7 @@ def measure(model_spec: str, threads: int, work: Path) -> list[dict[str, Any]]:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        rows.append({"runtime": name, "warm_ms": median_ms(lambda: session.run(None, {"tokens": one})),
+        rows.append({"runtime": name, "warm_ms": median_ms(lambda s=session: s.run(None, {"tokens": one})),
                      "cold_ms": cold_ms(_COLD_ORT.format(root=str(work), fingerprint=encoder.fingerprint,
                                                          threads=threads, graph=str(graph))),
                      "cosine": cosine(session.run(None, {"tokens": tokens.numpy()})[0])})
