@@ -7,8 +7,8 @@ index``) in a fresh process, exactly as a user would:
   quiet        nothing else running (as far as this script knows: see ``load_avg``)
   nice0        N busy-loop processes at nice 0      target >= 0.9 x quiet x cores / (cores + N)
   nice19       N busy-loop processes at nice 19     target >= 0.8 x quiet
-  nice19-session  the same, but niced as ``nice -n 19 CMD`` typed in another terminal
-               niced: see below               target: nice0's where autogroup is on, else nice19's
+  nice19-session  N busy loops niced only as ``nice -n 19 CMD`` in another terminal does
+               target: nice0's where the kernel has autogroups (below), else nice19's
 
 Each competitor runs in its own session, as a job started from another terminal does.
 Where the kernel groups processes by session (``/proc/sys/kernel/sched_autogroup_enabled``,
@@ -16,9 +16,9 @@ on by default in Ubuntu, Fedora and this machine), a process's nice value weighs
 against processes of its own session: the kernel splits the CPU between sessions first.
 ``nice -n 19`` alone then buys nothing against another session (measured here: a nice-19
 busy loop in its own session took half of a nice-0 thread's core, against 1% in the same
-session). So ``nice19`` niceness is given the way that works across sessions, to the
-process *and* to its session's group (``/proc/self/autogroup``, which any user may raise
-for their own processes), and ``nice19-session`` measures what the plain ``nice`` gets.
+session). So in ``nice19`` each competitor nices itself *and* its session's group
+(``/proc/self/autogroup``, which any user may raise for their own processes), which is
+what works across sessions; ``nice19-session`` measures what the plain ``nice`` gets.
 
 and for each OpenMP wait policy asked for (``--policies``): ``passive`` (what ``mmsearch``
 sets when the user has not chosen: ``OMP_WAIT_POLICY=PASSIVE``) and ``spin`` (GNU
@@ -186,8 +186,7 @@ def run_load(args: Any) -> dict[str, Any]:
             finally:
                 stop_competitors(procs)
             row.update({"round": rnd, "policy": policy, "condition": condition, "competitors": len(procs),
-                        "cores": cores,
-                        "load_avg": os.getloadavg()})
+                        "cores": cores, "load_avg": os.getloadavg()})
             results.append(row)
             _log(f"  -> {json.dumps({k: v for k, v in row.items() if k != 'load_avg'})}")
     _print_load_table(results, n, cores)
