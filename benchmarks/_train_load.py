@@ -20,7 +20,7 @@ session). So in ``nice19`` each competitor nices itself *and* its session's grou
 (``/proc/self/autogroup``, which any user may raise for their own processes), which is
 what works across sessions; ``nice19-session`` measures what the plain ``nice`` gets.
 
-and for each OpenMP wait policy asked for (``--policies``): ``passive`` (what ``mmsearch``
+Every condition runs under each OpenMP wait policy asked for (``--policies``): ``passive`` (what ``mmsearch``
 sets when the user has not chosen: ``OMP_WAIT_POLICY=PASSIVE``) and ``spin`` (GNU
 OpenMP's own default, spelled out as ``GOMP_SPINCOUNT=300000`` so that mmsearch leaves
 it alone). Training reports samples/s per epoch (from ``metrics.jsonl``): the first
