@@ -11,6 +11,7 @@ import io
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from retrieval.train.data import PairItem, load_item
 from retrieval.train.models import create_from_scratch
 from retrieval.train.pipeline import PairLoader, epoch_order, plan_threads, rank_share
 from retrieval.train.pixels import ImagePrep, PixelCache
+from retrieval.train.threads import ThreadTuner
 from retrieval.train.shards import (
     BlobReader,
     expand_braces,
@@ -384,7 +386,7 @@ def test_thread_tuner_keeps_the_fastest_count_and_measures_again_when_the_load_c
     now = [0.0]
     applied: list[int] = []
     # Seconds per step by thread count: first a busy machine (barriers wait), then a quiet one.
-    busy = {4: 0.50, 2: 0.30, 1: 0.25}
+    busy = {4: 0.50, 2: 0.35, 1: 0.25}
     quiet = {4: 0.10, 2: 0.15, 1: 0.25}
     tuner = ThreadTuner(4, probe_steps=3, hold_seconds=20.0, clock=lambda: now[0], set_threads=applied.append)
     assert tuner.candidates == [4, 2, 1] and applied == [4]
@@ -403,3 +405,53 @@ def test_thread_tuner_keeps_the_fastest_count_and_measures_again_when_the_load_c
     run(12, quiet)  # then measures again, the held count first, and moves to 4
     assert tuner.choices == [1, 4] and tuner.current == 4 and applied == [4, 2, 1, 4, 2, 4]
     assert ThreadTuner(1, set_threads=lambda n: None).candidates == [1]
+
+
+def _drive(tuner: ThreadTuner, now: list[float], steps: int, cost: Callable[[int], float]) -> None:
+    """Run ``steps`` optimizer steps whose wall time is ``cost(thread count)`` on a fake clock."""
+    for _ in range(steps):
+        tuner.before_step()
+        seconds = cost(tuner.current)
+        now[0] += seconds
+        tuner.after_step(seconds)
+
+
+def test_thread_tuner_drops_a_lucky_choice_before_its_hold_ends() -> None:
+    """Two threads look fast in their three probe steps, then run slower than one thread did: re-probed early."""
+    now = [0.0]
+    tuner = ThreadTuner(2, probe_steps=3, hold_seconds=30.0, clock=lambda: now[0], set_threads=lambda n: None)
+    probe_2 = iter([0.9, 0.20, 0.20, 0.20])  # a warm-up step, then a lucky streak
+    _drive(tuner, now, 4, lambda n: next(probe_2))
+    _drive(tuner, now, 4, lambda n: 0.30)  # one thread: warm-up + 3 steps
+    assert tuner.choices == [2] and tuner.current == 2
+    steady = {2: 0.45, 1: 0.30}  # what the load really gives
+    _drive(tuner, now, 6, steady.__getitem__)  # six held steps show it
+    assert tuner.probing and now[0] < 10.0  # long before the 30 s hold was over
+    _drive(tuner, now, 8, steady.__getitem__)
+    assert tuner.choices == [2, 1] and tuner.current == 1
+
+
+def test_thread_tuner_holds_a_clear_choice_and_rechecks_a_close_call_sooner() -> None:
+    def rounds_within(cost: dict[int, float], seconds: float) -> int:
+        now = [0.0]
+        tuner = ThreadTuner(2, probe_steps=3, hold_seconds=30.0, clock=lambda: now[0], set_threads=lambda n: None)
+        while now[0] < seconds:
+            _drive(tuner, now, 1, cost.__getitem__)
+        return len(tuner.choices)
+
+    assert rounds_within({2: 0.30, 1: 0.45}, 29.0) == 1  # one thread is 50% slower: held the full 30 s
+    assert rounds_within({2: 0.30, 1: 0.33}, 29.0) >= 2  # 10% apart: measured again after 10 s
+    assert rounds_within({2: 0.30, 1: 0.33}, 9.0) == 1
+
+
+def test_thread_tuner_measures_again_when_asked() -> None:
+    """The trainer asks once its first epoch's decoding is over (the cached epochs load the CPU less)."""
+    now = [0.0]
+    tuner = ThreadTuner(2, probe_steps=3, hold_seconds=30.0, clock=lambda: now[0], set_threads=lambda n: None)
+    decoding = {2: 0.50, 1: 0.30}  # our own decode threads take a core
+    _drive(tuner, now, 8, decoding.__getitem__)
+    assert tuner.choices == [1] and not tuner.probing
+    tuner.remeasure()
+    cached = {2: 0.20, 1: 0.30}
+    _drive(tuner, now, 8, cached.__getitem__)
+    assert tuner.choices == [1, 2] and tuner.current == 2 and now[0] < 10.0

@@ -323,6 +323,7 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
         ckpt.save_last(model, tm.model_cfg, state_out, out, tm.tokenizer if _is_hf(tm) else None)
 
     try:
+        first_epoch, tuner_logged = epoch, 0
         while epoch < epochs:
             order = rank_share(epoch_order(split.train, cfg.seed, epoch), env.rank, env.world_size)
             order = order[:steps_per_epoch * accum * batch]
@@ -379,6 +380,8 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
                 batches.close()  # stops the decode threads' look-ahead
             start_step = 0
             epoch += 1
+            if tuner is not None and epoch == first_epoch + 1:
+                tuner.remeasure()  # this run's first epoch decoded its images; the next ones read the cache
             train_loss = env.mean(float(np.mean(losses))) if losses else None  # over the global batch
             v0, v0_clock = time.monotonic(), clock()
             last_metrics = _validate(tm, val_loader, batch, env.device) if env.is_main else None
@@ -395,6 +398,8 @@ def _fit(data: PairData, out: Path, cfg: TrainCfg, split: Split, env: DistEnv, p
                 "val": last_metrics.to_dict() if last_metrics else None, "is_best": is_best,
                 "skipped_images": sum(skips.values()), "threads": torch.get_num_threads(),
             }
+            if tuner is not None:  # this epoch's rounds of thread-count probes
+                record["thread_probes"], tuner_logged = tuner.rounds[tuner_logged:], len(tuner.rounds)
             if is_best:
                 best_score, best_epoch = score, epoch
             if env.is_main:
