@@ -10,8 +10,8 @@ import dataclasses
 import io
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -26,13 +26,13 @@ from retrieval.train.data import PairItem, load_item
 from retrieval.train.models import create_from_scratch
 from retrieval.train.pipeline import PairLoader, epoch_order, plan_threads, rank_share
 from retrieval.train.pixels import ImagePrep, PixelCache
-from retrieval.train.threads import ThreadTuner
 from retrieval.train.shards import (
     BlobReader,
     expand_braces,
     shard_urls,
     write_tar_shard,
 )
+from retrieval.train.threads import ThreadTuner
 
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
