@@ -22,9 +22,10 @@ import json
 import sys
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TextIO
 
 from . import synthetic as syn
 from .synthetic_zh import DEMO_QUERIES
@@ -192,6 +193,17 @@ def precision_summary(answers: Sequence[tuple[Answer, Answer]]) -> dict[str, flo
     return {"zh": share(zh), "en": share(en), "all": share(zh + en), "held_out": share(held)}
 
 
+def missed_attributes(judged: Iterable[tuple[Mapping[str, str] | None, Mapping[str, str]]]) -> Counter[str]:
+    """How often each asked-for attribute is wrong, over (hit's attributes, attributes asked for) pairs.
+
+    A hit without attributes (not a catalogue picture) misses everything asked for.
+    """
+    missed: Counter[str] = Counter()
+    for attrs, wanted in judged:
+        missed.update(a for a, v in wanted.items() if attrs is None or attrs.get(a) != v)
+    return missed
+
+
 def _describe(attrs: dict[str, str] | None) -> str:
     if not attrs:
         return "?"
@@ -250,6 +262,12 @@ def run_queries(catalogue: syn.Catalogue, model_dir: Path, index_root: Path, k: 
         print(f"  {rank:>2}. {_cell((hit, attrs, ok), splits)}")
     precision["image"] = good / max(1, len(hits))
     index.close()
+    judged = [(attrs, a.wanted) for pair in answers for a in pair for _, attrs, ok in a.hits if not ok]
+    judged += [(catalogue.attributes_of(h.path), wanted) for h in hits]
+    missed = missed_attributes(judged)
+    if missed:  # what the wrong hits got wrong, and where the reason is written up
+        print("\nwrong hits, by the attribute they miss: " + ", ".join(f"{a} {n}" for a, n in missed.most_common())
+              + " (why: docs/training.md, \"What the demo still gets wrong\")")
     return precision
 
 

@@ -25,6 +25,18 @@ WORLD_IMAGES = demo.DEMO_IMAGES  # the demo's own world and training: the test c
 EPOCHS = demo.DEMO_EPOCHS
 
 
+def test_wrong_hits_are_counted_by_the_attributes_they_miss() -> None:
+    wanted = {"kind": "shoe", "colour": "green", "pattern": "striped"}
+    judged = [
+        ({"kind": "shoe", "colour": "green", "pattern": "dotted", "size": "small"}, wanted),
+        ({"kind": "shoe", "colour": "red", "pattern": "plain"}, wanted),
+        ({"kind": "shoe", "colour": "green", "pattern": "striped"}, wanted),  # right: counts nothing
+        (None, {"colour": "red"}),  # not a catalogue picture
+    ]
+    assert demo.missed_attributes(judged) == {"pattern": 2, "colour": 2}
+    assert not demo.missed_attributes([])
+
+
 def test_every_demo_caption_fits_the_demo_context() -> None:
     """No caption is cut in training: CLIP's BPE spends ~2 tokens a Chinese character."""
     from retrieval.text_light import ClipBpeTokenizer
